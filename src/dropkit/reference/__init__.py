@@ -1,0 +1,15 @@
+"""NumPy references of dropkit's rules, for tests (as oracles) and for learners. Never imports torch."""
+
+from dropkit.reference.philox import (
+    keep_mask_reference,
+    philox4x32_10,
+    random_uint16,
+    threshold_from_p,
+)
+
+__all__ = [
+    "keep_mask_reference",
+    "philox4x32_10",
+    "random_uint16",
+    "threshold_from_p",
+]
