@@ -15,10 +15,68 @@ from dropkit.layers import (
     is_dropout_module,
 )
 from dropkit.models import MLP, fold_dropout_scaling
+from dropkit import functional_variants, schedules
+from dropkit.layers.sequence import EmbeddingDropout, LockedDropout
+from dropkit.layers.structured import (
+    AttentionDropout,
+    DropBlock2d,
+    DropBlock3d,
+    DropHead,
+    DropPath,
+    drop_path_rates,
+)
+from dropkit.layers.weights import (
+    DropConnectConv1d,
+    DropConnectConv2d,
+    DropConnectConv3d,
+    DropConnectLinear,
+    WeightDrop,
+)
+from dropkit.schedules import DropoutScheduler
+from dropkit import functional_learned
+from dropkit.layers.learned import (
+    ConcreteDropout,
+    Conv2dSVDO,
+    ELBOLoss,
+    LinearSVDO,
+    Standout,
+    VariationalDropout,
+    VariationalLinear,
+    concrete_regularization,
+    kl_divergence,
+    sparsity,
+)
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "functional_variants",
+    "schedules",
+    "DropBlock2d",
+    "DropBlock3d",
+    "DropPath",
+    "drop_path_rates",
+    "DropHead",
+    "AttentionDropout",
+    "DropConnectLinear",
+    "DropConnectConv1d",
+    "DropConnectConv2d",
+    "DropConnectConv3d",
+    "WeightDrop",
+    "LockedDropout",
+    "EmbeddingDropout",
+    "DropoutScheduler",
+    "functional_learned",
+    "ConcreteDropout",
+    "concrete_regularization",
+    "VariationalDropout",
+    "VariationalLinear",
+    "LinearSVDO",
+    "Conv2dSVDO",
+    "kl_divergence",
+    "sparsity",
+    "ELBOLoss",
+    "Standout",
     "functional",
     "Dropout",
     "Dropout1d",

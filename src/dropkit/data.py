@@ -7,12 +7,20 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import os
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
-__all__ = ["Dataset", "load_mnist1d", "load_digits", "load_diabetes", "split_train_val"]
+__all__ = [
+    "Dataset",
+    "load_mnist1d",
+    "load_digits",
+    "load_diabetes",
+    "split_train_val",
+    "load_table",
+]
 
 
 @dataclass
@@ -29,6 +37,8 @@ class Dataset:
     y_test: torch.Tensor
     task: str = "classification"
     n_classes: int = 0
+    classes: list[str] = field(default_factory=list)
+    features: list[str] = field(default_factory=list)
 
     @property
     def n_features(self) -> int:
@@ -129,3 +139,229 @@ def split_train_val(
         )
     train_t, val_t = torch.from_numpy(train), torch.from_numpy(val)
     return x[train_t], y[train_t], x[val_t], y[val_t]
+
+
+# --------------------------------------------------------------------------------------------
+# A user's table (CSV or NPZ)
+# --------------------------------------------------------------------------------------------
+
+#: The fewest rows :func:`load_table` accepts: enough for non-empty train, validation and test parts.
+MIN_TABLE_ROWS = 10
+_MISSING = {"", "nan", "na", "n/a", "null", "none", "?"}
+
+
+def _parse_csv(path: str, label: str) -> tuple[list[str], np.ndarray, list[str]]:
+    """Header, float feature matrix and raw label strings of a CSV file; every problem is a ValueError."""
+    import csv
+
+    with open(path, newline="", encoding="utf-8-sig") as handle:
+        sample = handle.read(65536)
+        if not sample.strip():
+            raise ValueError(f"data file {path!r} is empty")
+        handle.seek(0)
+        try:
+            dialect = csv.Sniffer().sniff(sample, delimiters=",;\t")
+        except csv.Error:
+            dialect = csv.excel
+        rows = [row for row in csv.reader(handle, dialect) if any(cell.strip() for cell in row)]
+    header = [name.strip() for name in rows[0]]
+    body = rows[1:]
+    if not body:
+        raise ValueError(f"data file {path!r} has a header but no data rows")
+    if label not in header:
+        raise ValueError(f"label column {label!r} is not in {path!r}; its columns are {header}")
+    if len(header) < 2:
+        raise ValueError(f"data file {path!r} has only the label column {label!r}; no features")
+    label_index = header.index(label)
+    features = [name for i, name in enumerate(header) if i != label_index]
+    x = np.empty((len(body), len(features)), dtype=np.float64)
+    labels: list[str] = []
+    for r, row in enumerate(body, start=2):
+        if len(row) != len(header):
+            raise ValueError(
+                f"data file {path!r} line {r} has {len(row)} fields, the header has {len(header)}"
+            )
+        labels.append(row[label_index].strip())
+        cells = [cell.strip() for i, cell in enumerate(row) if i != label_index]
+        for c, cell in enumerate(cells):
+            if cell.lower() in _MISSING:
+                raise ValueError(
+                    f"data file {path!r} line {r}, column {features[c]!r}: missing value {cell!r} "
+                    "(NaN); fill or drop missing values first"
+                )
+            try:
+                x[r - 2, c] = float(cell)
+            except ValueError:
+                raise ValueError(
+                    f"data file {path!r} line {r}, column {features[c]!r}: non-numeric feature "
+                    f"{cell!r}; encode categorical features as numbers first"
+                ) from None
+    return features, x, labels
+
+
+def _parse_npz(path: str, label: str) -> tuple[list[str], np.ndarray, list[str]]:
+    try:
+        archive = np.load(path, allow_pickle=False)
+    except Exception as err:
+        raise ValueError(f"data file {path!r} is not a readable .npz archive: {err}") from None
+    with archive:
+        keys = list(archive.files)
+        if not keys:
+            raise ValueError(f"data file {path!r} is empty: the archive holds no arrays")
+        if label not in keys:
+            raise ValueError(f"label array {label!r} is not in {path!r}; its arrays are {keys}")
+        others = [k for k in keys if k != label]
+        if len(others) == 1:
+            x_key = others[0]
+        elif "x" in others or "X" in others:
+            x_key = "x" if "x" in others else "X"
+        else:
+            raise ValueError(
+                f"data file {path!r}: cannot tell the feature array among {others}; "
+                "name it 'x' or store only the features and the label"
+            )
+        x_raw, y_raw = archive[x_key], archive[label]
+    if x_raw.ndim == 1:
+        x_raw = x_raw[:, None]
+    if x_raw.ndim != 2 or y_raw.ndim != 1:
+        raise ValueError(
+            f"data file {path!r}: features {x_key!r} must be 2-D and label {label!r} 1-D, got "
+            f"shapes {x_raw.shape} and {y_raw.shape}"
+        )
+    if len(x_raw) != len(y_raw):
+        raise ValueError(
+            f"data file {path!r}: {x_key!r} has {len(x_raw)} rows but {label!r} has {len(y_raw)}"
+        )
+    if len(x_raw) == 0:
+        raise ValueError(f"data file {path!r} is empty: 0 rows")
+    if not (np.issubdtype(x_raw.dtype, np.number) or x_raw.dtype == np.bool_):
+        raise ValueError(
+            f"data file {path!r}: non-numeric features (array {x_key!r} has dtype {x_raw.dtype})"
+        )
+    x = x_raw.astype(np.float64)
+    bad = ~np.isfinite(x)
+    if bad.any():
+        row, col = (int(i) for i in np.argwhere(bad)[0])
+        raise ValueError(
+            f"data file {path!r}: {int(bad.sum())} NaN or infinite feature values (first at row "
+            f"{row}, column {col}); fill or drop missing values first"
+        )
+    labels = [str(v) for v in y_raw.tolist()]
+    return [f"{x_key}[{i}]" for i in range(x.shape[1])], x, labels
+
+
+def _encode_labels(path: str, label: str, labels: list[str]) -> tuple[np.ndarray, list[str]]:
+    """Class indices 0..K−1 (sorted numerically when every label is a number, else as text)."""
+    if any(v.strip().lower() in _MISSING for v in labels):
+        raise ValueError(f"data file {path!r}: label column {label!r} has missing values (NaN)")
+    try:
+        numbers = [float(v) for v in labels]
+        classes = sorted(set(numbers))
+        if not all(np.isfinite(classes)):
+            raise ValueError(f"data file {path!r}: label column {label!r} has infinite values")
+        index = {c: i for i, c in enumerate(classes)}
+        codes = np.array([index[v] for v in numbers], dtype=np.int64)
+        names = [f"{c:g}" for c in classes]
+    except ValueError as err:
+        if "infinite" in str(err):
+            raise
+        classes_text = sorted(set(labels))
+        index_text = {c: i for i, c in enumerate(classes_text)}
+        codes = np.array([index_text[v] for v in labels], dtype=np.int64)
+        names = classes_text
+    n = len(labels)
+    if len(names) < 2:
+        raise ValueError(f"data file {path!r}: label column {label!r} has a single class {names}")
+    if len(names) > max(50, n // 5):
+        raise ValueError(
+            f"data file {path!r}: label column {label!r} has {len(names)} distinct values in {n} rows; "
+            "it looks continuous, and only class labels are supported"
+        )
+    return codes, names
+
+
+def load_table(
+    path: str | os.PathLike,
+    label: str = "label",
+    *,
+    test_fraction: float = 0.2,
+    seed: int = 0,
+    standardize: bool = True,
+) -> Dataset:
+    r"""A user's classification table from a CSV or NPZ file, split into train and test.
+
+    CSV: a header row naming the columns, comma, semicolon or tab separated; the column ``label``
+    holds the class (numbers or text), every other column is a numeric feature. NPZ: the array
+    named ``label`` holds the classes and the other array (or the one named ``x``) the (N, D)
+    features. Classes are coded 0..K−1 in sorted order (``Dataset.classes`` keeps the names). The
+    rows are split at random (``seed``) into train and test; with ``standardize``, features are
+    scaled by the training part's mean and standard deviation: x ← (x − μ_train) / σ_train.
+
+    Args:
+        path: a ``.csv`` (or ``.tsv``/``.txt``) or ``.npz`` file.
+        label: the label column (CSV) or array (NPZ).
+        test_fraction: share of rows held out as the test set, in (0, 1).
+        seed: seed of the train/test split.
+        standardize: scale features with the training part's statistics.
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        ValueError: an empty file, an unknown label column, a non-numeric feature, a missing
+            (NaN) value, fewer than :data:`MIN_TABLE_ROWS` rows or a single class, each named in
+            the message.
+
+    Example:
+        >>> import os, tempfile
+        >>> path = os.path.join(tempfile.mkdtemp(), "toy.csv")
+        >>> rows = ["a,b,label"] + [f"{i},{i % 3},{'yes' if i % 2 else 'no'}" for i in range(20)]
+        >>> _ = open(path, "w").write("\n".join(rows))
+        >>> d = load_table(path, label="label")
+        >>> d.x_train.shape, d.x_test.shape, d.classes
+        (torch.Size([16, 2]), torch.Size([4, 2]), ['no', 'yes'])
+    """
+    path = os.fspath(path)
+    if not isinstance(label, str) or not label:
+        raise TypeError(f"label must be a non-empty column name, got {label!r}")
+    if not 0.0 < test_fraction < 1.0:
+        raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction!r}")
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"data file {path!r} does not exist")
+    if os.path.isdir(path):
+        raise ValueError(f"data file {path!r} is a folder, expected a .csv or .npz file")
+    if os.path.getsize(path) == 0:
+        raise ValueError(f"data file {path!r} is empty")
+    if path.lower().endswith(".npz"):
+        features, x, labels = _parse_npz(path, label)
+    else:
+        try:
+            features, x, labels = _parse_csv(path, label)
+        except UnicodeDecodeError:
+            raise ValueError(
+                f"data file {path!r} is not a UTF-8 text CSV (a .npz archive must end in .npz)"
+            ) from None
+    n = len(labels)
+    if n < MIN_TABLE_ROWS:
+        raise ValueError(
+            f"data file {path!r} has {n} rows, too few to split into train, validation and test "
+            f"parts (need at least {MIN_TABLE_ROWS})"
+        )
+    y, classes = _encode_labels(path, label, labels)
+    train, test = _split_indices(n, test_fraction, seed)
+    if len(train) == 0 or len(test) == 0:
+        raise ValueError(f"data file {path!r}: cannot split {n} rows with test_fraction={test_fraction}")
+    if standardize:
+        mean = x[train].mean(0)
+        std = x[train].std(0)
+        x = (x - mean) / np.where(std > 0, std, 1.0)
+    name = os.path.splitext(os.path.basename(path))[0] or "table"
+    return Dataset(
+        name,
+        torch.from_numpy(x[train].astype(np.float32)),
+        torch.from_numpy(y[train]),
+        torch.from_numpy(x[test].astype(np.float32)),
+        torch.from_numpy(y[test]),
+        task="classification",
+        n_classes=len(classes),
+        classes=classes,
+        features=features,
+    )

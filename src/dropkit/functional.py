@@ -1,17 +1,31 @@
 r"""Functional dropout: one function per variant, each the single source of its rule.
 
-Every function validates its arguments (see :mod:`dropkit._validate`), picks the mask's shape,
-applies the scaling rule and draws the mask through :mod:`dropkit.ops`, whose counter-based kernels
-store no mask and give the same bits on every device.
+Every function validates its arguments (see :mod:`dropkit._validate`) before doing any work, picks
+the mask's shape, applies the scaling rule and draws the Bernoulli mask through :mod:`dropkit.ops`,
+whose counter-based kernels store no mask and give the same bits on every device.
 
-The two scalings of the seeds:
+The two scalings of the seeds (Srivastava et al. 2014; the seeds' "standard" and "inverted"
+dropout), with m ~ Bernoulli(1 − p) drawn afresh on every call:
 
-- ``"inverted"`` (default): training y = m ⊙ x / (1 − p), m ~ Bernoulli(1 − p); eval y = x.
-- ``"inference"`` (the seeds' "standard" dropout): training y = m ⊙ x; eval y = (1 − p) x.
+=============  ==========================  =====================
+scaling        training                    eval
+=============  ==========================  =====================
+``inverted``   y = m ⊙ x / (1 − p)         y = x
+``inference``  y = m ⊙ x                   y = (1 − p) x
+=============  ==========================  =====================
 
-``1 − p`` here is :func:`dropkit.ops.keep_probability` of p — the keep probability the kernel
-actually uses (p on a 2^-16 grid), so the expected training output and the eval output agree
-exactly.
+Both give E[y_train] = y_eval. ``1 − p`` is :func:`dropkit.ops.keep_probability` of p — the keep
+probability the kernel actually uses (exact for p on the kernels' threshold grid, e.g. 0.5 or 0.25;
+within 2^-16 otherwise), so the expected training output and the eval output agree exactly.
+
+Masks shared along dimensions use Keras's name, ``noise_shape``: the mask's shape, one entry per
+input dim, where ``None`` takes the input's size and ``1`` shares one mask value along that dim
+(Flax calls the same thing ``broadcast_dims``; Keras's form also says which dims are kept apart).
+Channel dropout (:func:`dropout1d`, :func:`dropout2d`, :func:`dropout3d`) is ``noise_shape`` with the
+spatial dims set to 1.
+
+Papers: Srivastava et al. 2014 (dropout, Gaussian dropout), Tompson et al. 2015 (spatial dropout),
+Klambauer et al. 2017 (alpha dropout).
 """
 
 from __future__ import annotations
@@ -24,7 +38,9 @@ import torch
 from dropkit import ops
 from dropkit._validate import (
     check_float_tensor,
+    check_generator,
     check_mask_shape,
+    check_noise_shape,
     check_probability,
     check_rank,
     check_scaling,
@@ -40,50 +56,76 @@ __all__ = [
     "resolve_noise_shape",
     "train_scale",
     "eval_scale",
+    "alpha_dropout_affine",
 ]
 
-# Klambauer et al. 2017, SELU's fixed point: alpha' = -lambda * alpha.
-SELU_ALPHA = 1.6732632423543772
-SELU_LAMBDA = 1.0507009873554805
+# Klambauer et al. 2017, SELU's fixed point: alpha' = -lambda * alpha, SELU's negative saturation.
+SELU_ALPHA = 1.6732632423543772848170429916717
+SELU_LAMBDA = 1.0507009873554804934193349852946
 ALPHA_PRIME = -SELU_LAMBDA * SELU_ALPHA
 
 
-def train_scale(p: float, scaling: str) -> float:
-    """The factor kept units are multiplied by in training."""
+def train_scale(p: float, scaling: str = "inverted") -> float:
+    r"""The factor kept units are multiplied by in training.
+
+    s = 1/(1 − p) for ``"inverted"``, 1 for ``"inference"``; at p = 1 (nothing kept) s = 0 instead
+    of 1/0, so forward and backward stay free of inf and NaN. 1 − p is
+    :func:`dropkit.ops.keep_probability` of p.
+
+    Example:
+        >>> train_scale(0.5, "inverted"), train_scale(0.5, "inference"), train_scale(1.0)
+        (2.0, 1.0, 0.0)
+    """
+    p = check_probability(p)
+    check_scaling(scaling)
     if scaling == "inference":
         return 1.0
     keep = ops.keep_probability(p)
-    # p = 1 keeps nothing; a 0 scale (not 1/0) keeps forward and backward free of inf and NaN.
     return 0.0 if keep == 0.0 else 1.0 / keep
 
 
-def eval_scale(p: float, scaling: str) -> float:
-    """The factor every unit is multiplied by in eval."""
+def eval_scale(p: float, scaling: str = "inverted") -> float:
+    r"""The factor every unit is multiplied by in eval: 1 − p for ``"inference"``, 1 for ``"inverted"``.
+
+    Example:
+        >>> eval_scale(0.25, "inference"), eval_scale(0.25, "inverted")
+        (0.75, 1.0)
+    """
+    p = check_probability(p)
+    check_scaling(scaling)
     return ops.keep_probability(p) if scaling == "inference" else 1.0
 
 
-def resolve_noise_shape(noise_shape: Sequence[int | None] | None, shape: torch.Size) -> tuple[int, ...] | None:
-    """Keras's ``noise_shape``: None entries take the input's size, 1 shares the mask along a dim.
+def resolve_noise_shape(
+    noise_shape: Sequence[int | None] | None, shape: torch.Size | Sequence[int]
+) -> tuple[int, ...] | None:
+    """Fills in Keras's ``noise_shape`` for an input of ``shape`` and checks that it broadcasts.
 
-    Returns None when the mask is elementwise (same shape as the input).
+    ``None`` entries take the input's size; an entry of 1 shares one mask value along that dim;
+    any other entry must equal the input's size. Returns None when the mask is elementwise (the
+    input's own shape), else the mask's shape.
+
+    Raises:
+        TypeError: noise_shape is not a sequence of ints and Nones.
+        ValueError: it has the wrong number of entries or does not broadcast to ``shape``.
+
+    Example:
+        >>> resolve_noise_shape((None, 1, None), (8, 50, 16))
+        (8, 1, 16)
+        >>> resolve_noise_shape((None, None), (8, 16)) is None
+        True
     """
-    if noise_shape is None:
+    entries = check_noise_shape(noise_shape)
+    if entries is None:
         return None
-    if isinstance(noise_shape, (str, bytes)) or not isinstance(noise_shape, Sequence):
-        raise TypeError(f"noise_shape must be a sequence of ints or None, got {noise_shape!r}")
-    if len(noise_shape) != len(shape):
+    if len(entries) != len(shape):
         raise ValueError(
-            f"noise_shape {tuple(noise_shape)} must have one entry per input dim "
-            f"({len(shape)} for input shape {tuple(shape)})"
+            f"noise_shape {entries} must have one entry per input dim: {len(shape)} for the "
+            f"input's shape {tuple(shape)}, got {len(entries)}"
         )
-    filled = []
-    for entry, size in zip(noise_shape, shape):
-        if entry is None:
-            filled.append(int(size))
-        elif isinstance(entry, bool) or not isinstance(entry, int):
-            raise TypeError(f"noise_shape entries must be ints or None, got {noise_shape!r}")
-        else:
-            filled.append(entry)
+    filled = [
+        int(size) if entry is None else entry for entry, size in zip(entries, shape, strict=True)
+    ]
     mask_shape = check_mask_shape(filled, shape, name="noise_shape")
     return None if mask_shape == tuple(shape) else mask_shape
 
@@ -96,11 +138,17 @@ def _masked(
     generator: torch.Generator | None,
     inplace: bool,
 ) -> torch.Tensor:
+    """y = m ⊙ x · scale, with m elementwise (fused kernel) or of ``mask_shape``, broadcast."""
     if mask_shape is None:
         return ops.dropout_elementwise(x, p, scale, generator=generator, inplace=inplace)
-    # A shared mask is small (one entry per broadcast position): draw it, then broadcast.
-    factor = ops.keep_mask(mask_shape, p, x.device, generator=generator).to(x.dtype) * scale
-    return x.mul_(factor) if inplace else x * factor
+    # A shared mask is small (one entry per broadcast position): draw it, then broadcast. x·m is
+    # exact (m is 0 or 1); multiplying by the Python scalar afterwards rounds once, as the fused
+    # kernel does, so a shared mask gives bit-identical values to an elementwise one.
+    kept = ops.keep_mask(mask_shape, p, x.device, generator=generator).to(x.dtype)
+    if inplace:
+        return x.mul_(kept).mul_(scale) if scale != 1.0 else x.mul_(kept)
+    y = x * kept
+    return y.mul_(scale) if scale != 1.0 else y
 
 
 def dropout(
@@ -115,33 +163,47 @@ def dropout(
 ) -> torch.Tensor:
     r"""Drops each unit with probability ``p`` (Srivastava et al. 2014).
 
-    Training: y = m ⊙ x · s with m ~ Bernoulli(1 − p), s = 1/(1 − p) (``scaling="inverted"``) or
-    s = 1 (``scaling="inference"``). Eval: y = x (inverted) or y = (1 − p) x (inference).
-    Gradients flow only through kept units: ∂L/∂x = m · s ⊙ ∂L/∂y.
+    Training: y = m ⊙ x · s with m ~ Bernoulli(1 − p) drawn afresh on each call, s = 1/(1 − p)
+    (``scaling="inverted"``) or s = 1 (``scaling="inference"``). Eval: y = x (inverted) or
+    y = (1 − p) x (inference). Gradients flow only through kept units: ∂L/∂x = m · s ⊙ ∂L/∂y.
+    p = 0 returns the input; p = 1 returns zeros (s = 0, no inf or NaN).
 
     Args:
         input: a floating-point tensor of any shape.
         p: probability of dropping a unit, in [0, 1].
         training: apply the training rule (True) or the eval rule (False).
-        inplace: write the result into ``input``.
-        scaling: ``"inverted"`` or ``"inference"``.
-        noise_shape: the mask's shape, one entry per input dim (Keras's convention): None takes the
-            input's size, 1 shares one mask value along that dim. ``(None, 1, None)`` on a
-            (N, T, C) input draws one mask per sequence, shared over time.
-        generator: a ``torch.Generator`` to draw the mask's seed from (default: torch's global one).
+        inplace: write the result into ``input`` (as ``torch.nn.functional.dropout``).
+        scaling: ``"inverted"`` (default) or ``"inference"``.
+        noise_shape: the mask's shape, one entry per input dim (Keras's convention): None takes
+            the input's size, 1 shares one mask value along that dim. ``(None, 1, None)`` on an
+            (N, T, C) input draws one mask per sequence and feature, shared over time.
+        generator: a ``torch.Generator`` to draw the mask from (default: torch's global one, so
+            ``torch.manual_seed`` reproduces the mask).
+
+    Shape:
+        input any shape; output the same shape and dtype.
+
+    Raises:
+        TypeError: input is not a floating-point tensor, p is not a number, scaling is not a string.
+        ValueError: p outside [0, 1] or NaN, an unknown scaling, a noise_shape that does not
+            broadcast to the input.
 
     Example:
         >>> import torch, dropkit
         >>> x = torch.ones(4, 5)
         >>> y = dropkit.functional.dropout(x, 0.5)
-        >>> sorted(set(y.flatten().tolist())) in ([0.0, 2.0], [0.0], [2.0])
+        >>> set(y.flatten().tolist()) <= {0.0, 2.0}
         True
-        >>> torch.equal(dropkit.functional.dropout(x, 0.5, training=False, scaling="inference"), x * 0.5)
+        >>> dropkit.functional.dropout(x, 0.5, training=False, scaling="inference")[0]
+        tensor([0.5000, 0.5000, 0.5000, 0.5000, 0.5000])
+        >>> z = dropkit.functional.dropout(torch.ones(2, 3, 4), 0.5, noise_shape=(None, 1, None))
+        >>> bool((z == z[:, :1]).all())  # one mask per (sample, feature), shared along dim 1
         True
     """
     check_float_tensor(input)
     p = check_probability(p)
     check_scaling(scaling)
+    check_generator(generator)
     mask_shape = resolve_noise_shape(noise_shape, input.shape)
     if not training:
         factor = eval_scale(p, scaling)
@@ -153,6 +215,13 @@ def dropout(
     return _masked(input, p, train_scale(p, scaling), mask_shape, generator, inplace)
 
 
+_CHANNEL_LAYOUTS = {
+    1: ("(C, L)", "(N, C, L)"),
+    2: ("(C, H, W)", "(N, C, H, W)"),
+    3: ("(C, D, H, W)", "(N, C, D, H, W)"),
+}
+
+
 def _channel_dropout(
     input: torch.Tensor,
     p: float,
@@ -161,19 +230,54 @@ def _channel_dropout(
     scaling: str,
     generator: torch.Generator | None,
     spatial_dims: int,
-    name: str,
 ) -> torch.Tensor:
+    name = f"dropout{spatial_dims}d"
     check_float_tensor(input)
     p = check_probability(p)
     check_scaling(scaling)
-    # (N, C, *spatial) or unbatched (C, *spatial); one mask value per (sample, channel).
-    check_rank(input, (spatial_dims + 1, spatial_dims + 2), name)
-    batched = input.dim() == spatial_dims + 2
-    lead = 2 if batched else 1
+    check_generator(generator)
+    # (N, C, *spatial) or unbatched (C, *spatial); one mask value per (sample, channel). Any other
+    # rank is refused: torch guesses (a 3-D input to dropout2d becomes (N, C, L)) and warns.
+    check_rank(
+        input, (spatial_dims + 1, spatial_dims + 2), name, layouts=_CHANNEL_LAYOUTS[spatial_dims]
+    )
+    lead = input.dim() - spatial_dims
     noise_shape = tuple(input.shape[:lead]) + (1,) * spatial_dims
     return dropout(
         input, p, training, inplace, scaling=scaling, noise_shape=noise_shape, generator=generator
     )
+
+
+_CHANNEL_DOC = r"""Drops whole channels of a {layouts} input with probability ``p``.
+
+    Each channel c of each sample n is kept with probability 1 − p, and its whole feature map with
+    it: y[n, c] = m[n, c] · x[n, c] · s with m[n, c] ~ Bernoulli(1 − p), s = 1/(1 − p) (inverted) or
+    1 (inference). Eval: y = x (inverted) or (1 − p) x (inference). {paper}An unbatched input
+    {unbatched} draws one mask value per channel.
+
+    Args:
+        input: a floating-point tensor {layouts}.
+        p: probability of dropping a channel, in [0, 1].
+        training: apply the training rule (True) or the eval rule (False).
+        inplace: write the result into ``input``.
+        scaling: ``"inverted"`` (default) or ``"inference"``.
+        generator: a ``torch.Generator`` to draw the mask from (default: torch's global one).
+
+    Shape:
+        input {layouts}; output the same.
+
+    Raises:
+        ValueError: the input has another rank (torch.nn.functional.{name} guesses and warns for
+            some ranks; dropkit refuses them), or p is outside [0, 1].
+
+    Example:
+        >>> import torch, dropkit
+        >>> y = dropkit.functional.{name}(torch.ones{example}, 0.5)
+        >>> y.shape
+        torch.Size({shape})
+        >>> bool((y == y.flatten(2)[..., :1].reshape(y.shape[:2] + (1,) * {k})).all())
+        True
+    """
 
 
 def dropout1d(
@@ -185,14 +289,7 @@ def dropout1d(
     scaling: str = "inverted",
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
-    """Drops whole channels of a (N, C, L) or (C, L) input with probability ``p``.
-
-    Example:
-        >>> import torch, dropkit
-        >>> dropkit.functional.dropout1d(torch.randn(8, 16, 100), 0.2).shape
-        torch.Size([8, 16, 100])
-    """
-    return _channel_dropout(input, p, training, inplace, scaling, generator, 1, "dropout1d")
+    return _channel_dropout(input, p, training, inplace, scaling, generator, 1)
 
 
 def dropout2d(
@@ -204,9 +301,7 @@ def dropout2d(
     scaling: str = "inverted",
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
-    """Drops whole channels of a (N, C, H, W) or (C, H, W) input with probability ``p``
-    (spatial dropout, Tompson et al. 2015)."""
-    return _channel_dropout(input, p, training, inplace, scaling, generator, 2, "dropout2d")
+    return _channel_dropout(input, p, training, inplace, scaling, generator, 2)
 
 
 def dropout3d(
@@ -218,8 +313,59 @@ def dropout3d(
     scaling: str = "inverted",
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
-    """Drops whole channels of a (N, C, D, H, W) or (C, D, H, W) input with probability ``p``."""
-    return _channel_dropout(input, p, training, inplace, scaling, generator, 3, "dropout3d")
+    return _channel_dropout(input, p, training, inplace, scaling, generator, 3)
+
+
+dropout1d.__doc__ = _CHANNEL_DOC.format(
+    layouts="(N, C, L) or (C, L)",
+    unbatched="(C, L)",
+    paper="",
+    name="dropout1d",
+    example="(8, 16, 10)",
+    shape="[8, 16, 10]",
+    k=1,
+)
+dropout2d.__doc__ = _CHANNEL_DOC.format(
+    layouts="(N, C, H, W) or (C, H, W)",
+    unbatched="(C, H, W)",
+    paper="Spatial dropout, Tompson et al. 2015. ",
+    name="dropout2d",
+    example="(8, 16, 5, 5)",
+    shape="[8, 16, 5, 5]",
+    k=2,
+)
+dropout3d.__doc__ = _CHANNEL_DOC.format(
+    layouts="(N, C, D, H, W) or (C, D, H, W)",
+    unbatched="(C, D, H, W)",
+    paper="",
+    name="dropout3d",
+    example="(2, 16, 3, 4, 4)",
+    shape="[2, 16, 3, 4, 4]",
+    k=3,
+)
+
+
+def alpha_dropout_affine(p: float) -> tuple[float, float, float]:
+    r"""Alpha dropout's constants (a, b, α') for drop rate p (Klambauer et al. 2017, sec. "New
+    Dropout Technique").
+
+    With q = 1 − p: a = (q + α'² q (1 − q))^(−1/2) and b = −a (1 − q) α', where α' = −λα ≈ −1.7581
+    is SELU's negative saturation. Kept units become a·x + b, dropped ones a·α' + b; for x with
+    mean 0 and variance 1 the output has mean 0 and variance 1. q is
+    :func:`dropkit.ops.keep_probability` of p; p = 1 has no such map (returns a = 0, b = 0).
+
+    Example:
+        >>> a, b, alpha_prime = alpha_dropout_affine(0.0)
+        >>> (a, b)
+        (1.0, 0.0)
+    """
+    p = check_probability(p)
+    keep = ops.keep_probability(p)
+    if keep == 0.0:
+        return 0.0, 0.0, ALPHA_PRIME
+    a = 1.0 / math.sqrt(keep + ALPHA_PRIME**2 * keep * (1.0 - keep))
+    b = -a * (1.0 - keep) * ALPHA_PRIME
+    return a, b, ALPHA_PRIME
 
 
 def alpha_dropout(
@@ -233,9 +379,23 @@ def alpha_dropout(
 ) -> torch.Tensor:
     r"""Alpha dropout (Klambauer et al. 2017): keeps the mean and variance of SELU-normalised inputs.
 
-    Dropped units are set to α' = −λα (SELU's negative saturation) instead of 0, then an affine map
-    a·(m ⊙ x + α'(1 − m)) + b restores zero mean and unit variance, with q = 1 − p,
-    a = (q + α'² q (1 − q))^(-1/2) and b = −a (1 − q) α'. Eval: identity. p = 1 returns zeros.
+    Dropped units are set to α' = −λα (SELU's negative saturation) instead of 0, then an affine
+    map restores zero mean and unit variance: y = a·(m ⊙ x + α'(1 − m)) + b with
+    m ~ Bernoulli(q), q = 1 − p, a = (q + α'² q (1 − q))^(−1/2), b = −a (1 − q) α' (see
+    :func:`alpha_dropout_affine`). Eval: identity. p = 1 returns zeros (the map is undefined
+    there; torch does the same). The same rule as ``torch.nn.functional.alpha_dropout``;
+    ``noise_shape=(None, None, 1, 1)`` on (N, C, H, W) gives ``feature_alpha_dropout``.
+
+    Args:
+        input: a floating-point tensor of any shape.
+        p: probability of dropping a unit, in [0, 1].
+        training: apply the training rule (True) or return the input (False).
+        inplace: write the result into ``input``.
+        noise_shape: the mask's shape, as in :func:`dropout`.
+        generator: a ``torch.Generator`` to draw the mask from.
+
+    Shape:
+        input any shape; output the same.
 
     Example:
         >>> import torch, dropkit
@@ -246,19 +406,18 @@ def alpha_dropout(
     """
     check_float_tensor(input)
     p = check_probability(p)
+    check_generator(generator)
     mask_shape = resolve_noise_shape(noise_shape, input.shape)
     if not training or p == 0.0:
         return input
     if p == 1.0:
         return input.mul_(0.0) if inplace else input * 0.0
-    keep = ops.keep_probability(p)
-    a = 1.0 / math.sqrt(keep + ALPHA_PRIME**2 * keep * (1.0 - keep))
-    b = -a * (1.0 - keep) * ALPHA_PRIME
+    a, b, alpha_prime = alpha_dropout_affine(p)
     shape = mask_shape if mask_shape is not None else tuple(input.shape)
     kept = ops.keep_mask(shape, p, input.device, generator=generator).to(input.dtype)
     # y = a·(m·x + α'(1 − m)) + b = (a·m)·x + (a·α'(1 − m) + b)
     multiplier = kept * a
-    offset = (1.0 - kept) * (a * ALPHA_PRIME) + b
+    offset = (1.0 - kept) * (a * alpha_prime) + b
     if inplace:
         return input.mul_(multiplier).add_(offset)
     return torch.addcmul(offset, input, multiplier)
@@ -275,8 +434,18 @@ def gaussian_dropout(
     r"""Gaussian dropout (Srivastava et al. 2014, sec. 10): y = x ⊙ ε, ε ~ N(1, p/(1 − p)).
 
     The multiplicative noise has the mean and variance of inverted Bernoulli dropout's factor
-    m/(1 − p), so E[y] = x and eval is the identity. p must be in [0, 1): at p = 1 the variance is
-    infinite.
+    m/(1 − p), so E[y] = x, Var[y] = x² p/(1 − p), and eval is the identity. ∂L/∂x = ε ⊙ ∂L/∂y.
+    p must be in [0, 1): at p = 1 the variance is infinite.
+
+    Args:
+        input: a floating-point tensor of any shape.
+        p: the Bernoulli rate whose variance the noise matches, in [0, 1).
+        training: add noise (True) or return the input (False).
+        noise_shape: the noise's shape, as in :func:`dropout` (1 shares one ε along a dim).
+        generator: a ``torch.Generator`` to draw ε from.
+
+    Shape:
+        input any shape; output the same.
 
     Example:
         >>> import torch, dropkit
@@ -285,6 +454,7 @@ def gaussian_dropout(
     """
     check_float_tensor(input)
     p = check_probability(p, allow_one=False)
+    check_generator(generator)
     mask_shape = resolve_noise_shape(noise_shape, input.shape)
     if not training or p == 0.0:
         return input

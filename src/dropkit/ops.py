@@ -1,31 +1,497 @@
-"""The mask path every dropkit layer goes through.
+r"""The mask path every dropkit layer goes through: counter-based fused dropout and its torch ops.
 
-Public contract (used by functional.py and every layer; keep these signatures):
+A mask is a pure function of a 64-bit ``seed`` and a 64-bit element ``offset``: element ``k`` (in
+the row-major order of the tensor's *logical* shape) is kept iff the 16-bit Philox4x32-10 word at
+stream position ``offset + k`` is ``>= threshold``, ``threshold = floor(p · 2^16 + 1/2)``
+(:mod:`dropkit.reference.philox`). So
 
-- ``keep_probability(p)``: the keep probability the kernels actually use for drop rate ``p``
-  (p quantised to the kernels' threshold resolution); scales must use this value so outputs
-  stay unbiased.
-- ``dropout_elementwise(x, p, scale, generator=None, inplace=False)``: y = m ⊙ x · scale with
-  m ~ Bernoulli(keep_probability(p)) drawn per element; differentiable (grad = m · scale).
-- ``keep_mask(shape, p, device, generator=None)``: a bool tensor of ``shape``, True where kept,
-  each entry ~ Bernoulli(keep_probability(p)); used for broadcast (shared) masks.
+* forward reads x once and writes y once; backward regenerates the mask from the seed, and what
+  autograd saves is O(1) bytes (a seed), never the mask or x;
+* the keep probability is exactly ``keep_probability(p) = 1 − threshold / 2^16`` (p to within
+  2^-17) and every scale uses that value, so the output is unbiased;
+* the bits are the same on every device: the numba kernel on CPU (:mod:`dropkit.kernels.cpu`),
+  Triton on CUDA (:mod:`dropkit.kernels.gpu`), plain torch ops elsewhere
+  (:mod:`dropkit.kernels.fallback`), and the NumPy reference all agree;
+* a permuted or strided view gets the mask of its contiguous copy, and the output keeps the
+  input's memory format (channels-last stays channels-last) as torch's dropout does.
 
-This first version is the torch fallback; the counter-based kernels replace the bodies.
+Seeds come from :func:`dropkit.rng.draw_seed` (torch's generator, salted per data-parallel rank);
+one fresh seed per call, offset 0.
+
+Public contract (used by :mod:`dropkit.functional` and every layer; the signatures are stable):
+
+- ``keep_probability(p)``: the keep probability the kernels actually use for drop rate ``p``.
+- ``dropout_elementwise(x, p, scale, generator=None, inplace=False)``: y = m ⊙ x · scale,
+  m ~ Bernoulli(keep_probability(p)) per element; differentiable (grad = m · scale).
+- ``keep_mask(shape, p, device, generator=None)``: a bool tensor of ``shape``, True where kept.
+
+Fused ops for transformer blocks: :func:`bias_dropout_add`, :func:`attention_dropout`,
+:func:`scaled_dot_product_attention_with_dropout`; explicit seeds: :func:`dropout_with_seed`.
+
+torch integration: the ops are registered with ``torch.library`` in the ``dropkit`` namespace
+(``torch.ops.dropkit.dropout``, ``dropout_with_seed``, ``bias_dropout_add``, ``keep_mask``) with
+autograd formulas and fake (meta) implementations, so ``torch.compile(fullgraph=True)`` traces
+them without a graph break. The ops that draw a seed carry ``torch.Tag.nondeterministic_seeded``
+and draw it *inside* the op at run time, from the same generator in the same order as eager, so
+the compiler never merges two dropout calls and a compiled model drops the same units as in eager
+mode for the same ``torch.manual_seed``. In eager mode a lighter path (an
+``autograd.Function`` calling the kernel) skips the dispatcher's overhead for small tensors; it
+produces the same bits.
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
+from types import ModuleType
+
+import numpy as np
 import torch
+
+from dropkit import rng
+from dropkit._validate import check_float_tensor, check_generator, check_probability
+from dropkit.kernels import fallback as _fallback
+
+__all__ = [
+    "THRESHOLD_RANGE",
+    "threshold",
+    "keep_probability",
+    "dropout_scale",
+    "dropout_elementwise",
+    "keep_mask",
+    "dropout_with_seed",
+    "bias_dropout_add",
+    "attention_dropout",
+    "scaled_dot_product_attention_with_dropout",
+    "kernels_for",
+]
+
+#: The keep threshold's resolution: a drop rate is represented as threshold / 65536.
+THRESHOLD_RANGE = 1 << 16
+_MASK64 = (1 << 64) - 1
+_THRESHOLDS: dict[float, int] = {}  # p -> threshold; checked once per distinct rate
+
+
+# ------------------------------------------------------------------------------------------------
+# Rates
+# ------------------------------------------------------------------------------------------------
+def threshold(p: float) -> int:
+    """The kernels' integer keep threshold for drop rate ``p``: ``floor(p · 65536 + 1/2)``.
+
+    An element is kept iff its 16-bit random word is >= this threshold.
+
+    Args:
+        p: drop probability in [0, 1].
+
+    Example:
+        >>> from dropkit import ops
+        >>> ops.threshold(0.1), ops.threshold(0.5), ops.threshold(1.0)
+        (6554, 32768, 65536)
+    """
+    cached = _THRESHOLDS.get(p) if type(p) is float else None
+    if cached is None:
+        cached = math.floor(check_probability(p) * THRESHOLD_RANGE + 0.5)
+        if type(p) is float and len(_THRESHOLDS) < 4096:
+            _THRESHOLDS[p] = cached
+    return cached
 
 
 def keep_probability(p: float) -> float:
-    return 1.0 - p
+    """The keep probability the kernels actually use for drop rate ``p``: 1 − threshold(p)/65536.
+
+    Exact for p on the 2^-16 grid (0.5, 0.25, …), within 2^-17 of 1 − p otherwise. Every scale in
+    dropkit uses this value, so E[y] = x exactly.
+
+    Example:
+        >>> from dropkit import ops
+        >>> ops.keep_probability(0.5), ops.keep_probability(0.1)
+        (0.5, 0.9000091552734375)
+    """
+    return 1.0 - threshold(p) / THRESHOLD_RANGE
 
 
-def keep_mask(shape, p: float, device, generator: torch.Generator | None = None) -> torch.Tensor:
+def dropout_scale(p: float) -> float:
+    """Inverted dropout's factor 1 / keep_probability(p); 0 at p = 1 so nothing becomes inf or NaN.
+
+    Example:
+        >>> from dropkit import ops
+        >>> ops.dropout_scale(0.5), ops.dropout_scale(1.0)
+        (2.0, 0.0)
+    """
     keep = keep_probability(p)
-    u = torch.rand(tuple(shape), device=device, generator=generator)
-    return u < keep
+    return 0.0 if keep == 0.0 else 1.0 / keep
+
+
+# ------------------------------------------------------------------------------------------------
+# Kernels per device, and the layout rule (mask over the logical row-major index)
+# ------------------------------------------------------------------------------------------------
+_KERNELS: dict[str, ModuleType] = {}
+
+
+def kernels_for(device: torch.device | str) -> ModuleType:
+    """The kernel module for a device: numba on CPU, Triton on CUDA, torch ops otherwise.
+
+    A missing optional dependency (numba, triton) falls back to :mod:`dropkit.kernels.fallback`,
+    which gives the same bits.
+
+    Example:
+        >>> import torch
+        >>> from dropkit import ops
+        >>> ops.kernels_for("meta").__name__
+        'dropkit.kernels.fallback'
+    """
+    kind = torch.device(device).type
+    module = _KERNELS.get(kind)
+    if module is None:
+        module = _fallback
+        try:
+            if kind == "cpu":
+                from dropkit.kernels import cpu as module  # type: ignore[no-redef]
+            elif kind == "cuda":
+                from dropkit.kernels import gpu as module  # type: ignore[no-redef]
+        except ImportError:
+            module = _fallback
+        _KERNELS[kind] = module
+    return module
+
+
+class _SmallCPU:
+    """Direct calls into the numba CPU kernels' serial loops for small contiguous tensors.
+
+    The public wrappers of :mod:`dropkit.kernels.cpu` check every argument, convert every tensor
+    and go through numba's type dispatch: about 12 µs per call, more than the kernel itself for
+    the 10^4-element activations of a small MLP. Here the arguments were checked by the caller
+    (they come from :func:`threshold` and :func:`dropkit.rng.draw_seed`) and the compiled loop
+    is entered through its resolved entry point (no type dispatch), about 2 µs per call. Same
+    compiled loop, same argument types (the entry point converts Python numbers to the compiled
+    signature's int32/uint64/float32 exactly as ``np.int32(...)`` etc. would), so the same bits;
+    the tests compare it with the public wrapper. Used only if the kernels module exposes those
+    loops; anything else goes through the public API.
+    """
+
+    def __init__(self) -> None:
+        self.loops: dict[torch.dtype, object] = {}
+        self.entry: dict[torch.dtype, object] = {}
+        self.limit = 0
+        try:
+            from dropkit.kernels import cpu
+
+            self.loops = {dtype: pair[1] for dtype, pair in cpu._DROPOUT.items()}
+            self.limit = int(cpu.PARALLEL_MIN)
+            self.scale_arg = cpu._scale_arg
+        except (ImportError, AttributeError, TypeError, IndexError):
+            self.loops = {}
+
+    @staticmethod
+    def _numpy(t: torch.Tensor) -> np.ndarray:
+        if t.requires_grad:
+            t = t.detach()
+        if t.dtype in (torch.float16, torch.bfloat16):
+            return t.view(torch.int16).numpy().view(np.uint16)
+        return t.numpy()
+
+    def _entry_point(self, dtype: torch.dtype, flat: np.ndarray):
+        loop = self.loops[dtype]
+        # Compile (or load from numba's disk cache) through the public dispatcher once, then
+        # keep the overload whose signature the dispatcher picked for these argument types.
+        args = (flat[:1], flat[:1].copy(), np.int64(0), np.uint64(0), np.uint64(0), np.int32(0))
+        loop(*args, self.scale_arg(dtype, 1.0))
+        chosen = loop.typeof_pyval
+        types = tuple(chosen(a) for a in (*args, self.scale_arg(dtype, 1.0)))
+        for signature, compiled in loop.overloads.items():
+            if tuple(signature) == types:
+                self.entry[dtype] = compiled.entry_point
+                return compiled.entry_point
+        self.entry[dtype] = loop  # no exact overload found: the dispatcher itself (still right)
+        return loop
+
+    def run(
+        self,
+        x: torch.Tensor,
+        out: torch.Tensor | None,
+        seed: int,
+        offset: int,
+        thresh: int,
+        scale: float,
+    ) -> torch.Tensor:
+        flat = self._numpy(x)
+        if flat.ndim != 1:
+            flat = flat.reshape(-1)
+        if out is x:
+            out_flat = flat
+        else:
+            if out is None:
+                out = torch.empty_like(x)
+            out_flat = self._numpy(out)
+            if out_flat.ndim != 1:
+                out_flat = out_flat.reshape(-1)
+        entry = self.entry.get(x.dtype) or self._entry_point(x.dtype, flat)
+        # float64 scale for float64 tensors, float32 otherwise: the compiled signature casts it.
+        entry(flat, out_flat, offset, seed & 0xFFFFFFFF, seed >> 32, thresh, scale)
+        return out
+
+
+_SMALL_CPU: list[_SmallCPU] = []
+
+
+def _small_cpu(x: torch.Tensor) -> _SmallCPU | None:
+    """The direct path when x is a small contiguous CPU tensor (None otherwise)."""
+    if x.device.type != "cpu":
+        return None
+    if not _SMALL_CPU:
+        _SMALL_CPU.append(_SmallCPU())
+    small = _SMALL_CPU[0]
+    if 0 < x.numel() < small.limit and x.dtype in small.loops and x.is_contiguous():
+        return small
+    return None
+
+
+def _apply(x: torch.Tensor, seed: int, offset: int, thresh: int, scale: float) -> torch.Tensor:
+    """A new tensor: dropout of x over its logical row-major index, in x's memory format."""
+    small = _small_cpu(x)
+    if small is not None:
+        return small.run(x, None, seed, offset, thresh, scale)
+    kernels = kernels_for(x.device)
+    if x.is_contiguous():
+        return kernels.dropout_forward(x, seed, offset, thresh, scale)
+    dense = kernels.dropout_forward(x.contiguous(), seed, offset, thresh, scale)
+    # empty_like keeps a dense permuted layout (channels-last) as torch's dropout does.
+    return torch.empty_like(x).copy_(dense)
+
+
+def _apply_(x: torch.Tensor, seed: int, offset: int, thresh: int, scale: float) -> torch.Tensor:
+    """In-place dropout of x (same bits as :func:`_apply`)."""
+    small = _small_cpu(x)
+    kernels = kernels_for(x.device)
+    write_out = getattr(kernels, "dropout_forward_out", None)
+    if small is not None or (write_out is not None and x.is_contiguous()):
+        if small is not None:
+            small.run(x, x, seed, offset, thresh, scale)
+        else:
+            write_out(x, x, seed, offset, thresh, scale)
+        # The kernel wrote through a raw pointer: tell autograd x changed, as x.mul_ would.
+        torch.autograd.graph.increment_version(x)
+        return x
+    return x.copy_(_apply(x, seed, offset, thresh, scale))
+
+
+def _seed_tensor(seed: int) -> torch.Tensor:
+    # A 64-bit seed kept in an int64 scalar (two's complement); _seed_int undoes it.
+    return torch.tensor(seed - (1 << 64) if seed >= 1 << 63 else seed, dtype=torch.int64)
+
+
+def _seed_int(seed: torch.Tensor) -> int:
+    return int(seed.item()) & _MASK64
+
+
+# ------------------------------------------------------------------------------------------------
+# Eager path: autograd.Function straight onto the kernel (low per-call overhead)
+# ------------------------------------------------------------------------------------------------
+class _DropoutFunction(torch.autograd.Function):
+    """y = m ⊙ x · scale; saves only (seed, offset, threshold, scale) as Python numbers."""
+
+    @staticmethod
+    def forward(ctx, x, seed, offset, thresh, scale, inplace):  # noqa: D102
+        ctx.stream = (seed, offset, thresh, scale)
+        if inplace:
+            ctx.mark_dirty(x)
+            return _apply_(x, seed, offset, thresh, scale)
+        return _apply(x, seed, offset, thresh, scale)
+
+    @staticmethod
+    def backward(ctx, grad):  # noqa: D102
+        # Regenerate the mask: ∂L/∂x = m · scale ⊙ ∂L/∂y (differentiable again for double backward).
+        return _dropout_stream(grad, *ctx.stream, False), None, None, None, None, None
+
+
+def _dropout_stream(
+    x: torch.Tensor, seed: int, offset: int, thresh: int, scale: float, inplace: bool
+) -> torch.Tensor:
+    if x.requires_grad and torch.is_grad_enabled():
+        return _DropoutFunction.apply(x, seed, offset, thresh, scale, inplace)
+    if inplace:
+        return _apply_(x, seed, offset, thresh, scale)
+    return _apply(x, seed, offset, thresh, scale)
+
+
+class _BiasDropoutAddFunction(torch.autograd.Function):
+    """y = residual + m ⊙ (x + bias) · scale; saves only the stream and the input shapes."""
+
+    @staticmethod
+    def forward(ctx, x, bias, residual, seed, thresh, scale):  # noqa: D102
+        ctx.stream = (seed, 0, thresh, scale)
+        ctx.shapes = (x.shape, None if bias is None else bias.shape, residual.shape)
+        return _bias_dropout_add_impl(x, bias, residual, seed, thresh, scale)
+
+    @staticmethod
+    def backward(ctx, grad):  # noqa: D102
+        x_shape, bias_shape, residual_shape = ctx.shapes
+        need_x, need_bias, need_residual = ctx.needs_input_grad[:3]
+        grad_h = _dropout_stream(grad, *ctx.stream, False) if (need_x or need_bias) else None
+        return (
+            grad_h.sum_to_size(x_shape) if need_x else None,
+            grad_h.sum_to_size(bias_shape) if need_bias else None,
+            grad.sum_to_size(residual_shape) if need_residual else None,
+            None,
+            None,
+            None,
+        )
+
+
+def _bias_dropout_add_impl(
+    x: torch.Tensor,
+    bias: torch.Tensor | None,
+    residual: torch.Tensor,
+    seed: int,
+    thresh: int,
+    scale: float,
+) -> torch.Tensor:
+    kernels = kernels_for(x.device)
+    fused = getattr(kernels, "bias_dropout_add", None)
+    if (
+        fused is not None
+        and bias is not None
+        and x.dim() >= 1
+        and bias.shape == x.shape[-1:]
+        and residual.shape == x.shape
+        and x.dtype == bias.dtype == residual.dtype
+    ):
+        return fused(x.contiguous(), bias.contiguous(), residual.contiguous(), seed, 0, thresh, scale)
+    # Any other broadcast: the same bits, unfused (the mask follows the shape of x + bias).
+    h = x if bias is None else x + bias
+    return residual + _apply(h, seed, 0, thresh, scale)
+
+
+# ------------------------------------------------------------------------------------------------
+# torch.library custom ops (the torch.compile path, and torch.ops.dropkit.* for users)
+# ------------------------------------------------------------------------------------------------
+_SEEDED = (torch.Tag.nondeterministic_seeded,)
+
+
+@torch.library.custom_op("dropkit::dropout", mutates_args=(), tags=_SEEDED)
+def _dropout_op(x: torch.Tensor, threshold: int, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Draws a seed from torch's generator and drops; returns (y, seed) with seed an int64 scalar."""
+    seed = rng.draw_seed()
+    return _apply(x, seed, 0, threshold, scale), _seed_tensor(seed)
+
+
+@_dropout_op.register_fake
+def _(x, threshold, scale):
+    return torch.empty_like(x), torch.empty((), dtype=torch.int64)
+
+
+def _dropout_op_setup(ctx, inputs, output):
+    _, ctx.threshold, ctx.scale = inputs
+    ctx.save_for_backward(output[1])  # the seed: 8 bytes, whatever the size of x
+
+
+def _dropout_op_backward(ctx, grad, _grad_seed):
+    (seed,) = ctx.saved_tensors
+    return torch.ops.dropkit.dropout_with_seed(grad, seed, 0, ctx.threshold, ctx.scale), None, None
+
+
+_dropout_op.register_autograd(_dropout_op_backward, setup_context=_dropout_op_setup)
+
+
+@torch.library.custom_op("dropkit::dropout_with_seed", mutates_args=())
+def _dropout_with_seed_op(
+    x: torch.Tensor, seed: torch.Tensor, offset: int, threshold: int, scale: float
+) -> torch.Tensor:
+    """Dropout with an explicit seed (int64 scalar, two's complement of the 64-bit seed)."""
+    return _apply(x, _seed_int(seed), offset, threshold, scale)
+
+
+@_dropout_with_seed_op.register_fake
+def _(x, seed, offset, threshold, scale):
+    return torch.empty_like(x)
+
+
+def _with_seed_setup(ctx, inputs, output):
+    _, seed, ctx.offset, ctx.threshold, ctx.scale = inputs
+    ctx.save_for_backward(seed)
+
+
+def _with_seed_backward(ctx, grad):
+    (seed,) = ctx.saved_tensors
+    grad_x = torch.ops.dropkit.dropout_with_seed(grad, seed, ctx.offset, ctx.threshold, ctx.scale)
+    return grad_x, None, None, None, None
+
+
+_dropout_with_seed_op.register_autograd(_with_seed_backward, setup_context=_with_seed_setup)
+
+
+@torch.library.custom_op("dropkit::bias_dropout_add", mutates_args=(), tags=_SEEDED)
+def _bias_dropout_add_op(
+    x: torch.Tensor,
+    bias: torch.Tensor | None,
+    residual: torch.Tensor,
+    threshold: int,
+    scale: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """residual + dropout(x + bias) with a freshly drawn seed; returns (y, seed)."""
+    seed = rng.draw_seed()
+    return _bias_dropout_add_impl(x, bias, residual, seed, threshold, scale), _seed_tensor(seed)
+
+
+@_bias_dropout_add_op.register_fake
+def _(x, bias, residual, threshold, scale):
+    h = x if bias is None else x + bias
+    return torch.empty_like(h + residual, memory_format=torch.contiguous_format), torch.empty(
+        (), dtype=torch.int64
+    )
+
+
+def _bda_setup(ctx, inputs, output):
+    x, bias, residual, ctx.threshold, ctx.scale = inputs
+    ctx.shapes = (x.shape, None if bias is None else bias.shape, residual.shape)
+    ctx.save_for_backward(output[1])
+
+
+def _bda_backward(ctx, grad, _grad_seed):
+    (seed,) = ctx.saved_tensors
+    x_shape, bias_shape, residual_shape = ctx.shapes
+    grad_h = torch.ops.dropkit.dropout_with_seed(grad, seed, 0, ctx.threshold, ctx.scale)
+    grad_bias = None if bias_shape is None else grad_h.sum_to_size(bias_shape)
+    return grad_h.sum_to_size(x_shape), grad_bias, grad.sum_to_size(residual_shape), None, None
+
+
+_bias_dropout_add_op.register_autograd(_bda_backward, setup_context=_bda_setup)
+
+
+@torch.library.custom_op("dropkit::keep_mask", mutates_args=(), tags=_SEEDED)
+def _keep_mask_op(shape: list[int], threshold: int, device: torch.device) -> torch.Tensor:
+    """A bool keep mask of ``shape`` with a freshly drawn seed."""
+    seed = rng.draw_seed()
+    return kernels_for(device).keep_mask(math.prod(shape), seed, 0, threshold, device).view(shape)
+
+
+@_keep_mask_op.register_fake
+def _(shape, threshold, device):
+    return torch.empty(shape, dtype=torch.bool, device=device)
+
+
+def _use_custom_ops(x: torch.Tensor | None, generator: torch.Generator | None) -> bool:
+    """True while torch.compile traces (or for tensor subclasses such as FakeTensor).
+
+    The ops draw from torch's default generator; an explicit ``generator`` cannot be an op argument,
+    so that case takes the eager path (a graph break under torch.compile).
+    """
+    if generator is not None:
+        return False
+    if torch.compiler.is_compiling():
+        return True
+    return x is not None and type(x) is not torch.Tensor and not isinstance(x, torch.nn.Parameter)
+
+
+# ------------------------------------------------------------------------------------------------
+# Public functions
+# ------------------------------------------------------------------------------------------------
+def _check_scale(scale: object) -> float:
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)):
+        raise TypeError(f"scale must be a real number, got {scale!r} of type {type(scale).__name__}")
+    if not math.isfinite(scale):
+        raise ValueError(f"scale must be a finite number, got {scale!r}")
+    return float(scale)
 
 
 def dropout_elementwise(
@@ -35,8 +501,288 @@ def dropout_elementwise(
     generator: torch.Generator | None = None,
     inplace: bool = False,
 ) -> torch.Tensor:
-    mask = keep_mask(x.shape, p, x.device, generator)
-    factor = mask.to(x.dtype) * scale
-    if inplace:
-        return x.mul_(factor)
-    return x * factor
+    r"""y = m ⊙ x · scale with m_k ~ Bernoulli(keep_probability(p)), one fresh seed per call.
+
+    The mask is regenerated in backward from the seed (∂L/∂x = m · scale ⊙ ∂L/∂y), so autograd
+    keeps no mask and no copy of x. Element k of the mask is the counter-based word at position k of
+    x's logical row-major order, whatever x's strides: a view and its contiguous copy get the same
+    mask. Dropped elements give 0 even where x is inf or NaN.
+
+    Args:
+        x: float16, bfloat16, float32 or float64 tensor, any shape, layout and device.
+        p: drop probability in [0, 1].
+        scale: factor for kept units (1 / keep_probability(p) for inverted dropout; 0 at p = 1).
+        generator: the ``torch.Generator`` the seed is drawn from (default: torch's CPU generator).
+        inplace: write the result into ``x``.
+
+    Shape:
+        x any shape; output the same shape, dtype and memory format.
+
+    Example:
+        >>> import torch
+        >>> from dropkit import ops
+        >>> _ = torch.manual_seed(0)
+        >>> y = ops.dropout_elementwise(torch.ones(2, 4), 0.5, 2.0)
+        >>> sorted(set(y.flatten().tolist()))
+        [0.0, 2.0]
+    """
+    check_float_tensor(x)
+    thresh = threshold(p)
+    scale = _check_scale(scale)
+    check_generator(generator)
+    if _use_custom_ops(x, generator):
+        y = _dropout_op(x, thresh, scale)[0]
+        return x.copy_(y) if inplace else y
+    return _dropout_stream(x, rng.draw_seed(generator), 0, thresh, scale, inplace)
+
+
+def keep_mask(
+    shape: Sequence[int],
+    p: float,
+    device: torch.device | str | None,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    r"""A bool tensor of ``shape``, True where kept: m_k ~ Bernoulli(keep_probability(p)).
+
+    Entry k (row-major) is the counter-based word at position k of a freshly seeded stream, so a
+    mask of the same seed is the same on every device. Used for broadcast (shared) masks.
+
+    Args:
+        shape: the mask's shape (ints >= 0).
+        p: drop probability in [0, 1].
+        device: where the mask lives (None: CPU).
+        generator: the ``torch.Generator`` the seed is drawn from.
+
+    Example:
+        >>> import torch
+        >>> from dropkit import ops
+        >>> m = ops.keep_mask((3, 1), 0.5, "cpu")
+        >>> m.shape, m.dtype
+        (torch.Size([3, 1]), torch.bool)
+    """
+    if isinstance(shape, int) or not all(isinstance(s, int) and s >= 0 for s in shape):
+        raise TypeError(f"shape must be a sequence of ints >= 0, got {shape!r}")
+    thresh = threshold(p)
+    check_generator(generator)
+    device = torch.device("cpu" if device is None else device)
+    shape = [int(s) for s in shape]
+    if _use_custom_ops(None, generator):
+        return _keep_mask_op(shape, thresh, device)
+    seed = rng.draw_seed(generator)
+    return kernels_for(device).keep_mask(math.prod(shape), seed, 0, thresh, device).view(shape)
+
+
+def dropout_with_seed(
+    x: torch.Tensor,
+    p: float,
+    seed: int,
+    offset: int = 0,
+    scale: float | None = None,
+) -> torch.Tensor:
+    r"""Dropout with an explicit 64-bit ``seed`` and stream ``offset``: element k uses position
+    offset + k (64-bit), so slices of one big mask can be computed piecewise (e.g. one shard per
+    tensor-parallel rank: ``offset = shard_start``).
+
+    Args:
+        x: float tensor, any shape and layout (the mask follows its logical row-major index).
+        p: drop probability in [0, 1].
+        seed: int in [0, 2^64).
+        offset: int >= 0 with offset + x.numel() <= 2^63.
+        scale: factor for kept units (default: dropout_scale(p)).
+
+    Example:
+        >>> import torch
+        >>> from dropkit import ops
+        >>> x = torch.ones(16)
+        >>> whole = ops.dropout_with_seed(x, 0.5, seed=7)
+        >>> halves = [ops.dropout_with_seed(x[:8], 0.5, 7, 0), ops.dropout_with_seed(x[8:], 0.5, 7, 8)]
+        >>> torch.equal(whole, torch.cat(halves))
+        True
+    """
+    check_float_tensor(x)
+    thresh = threshold(p)
+    scale = dropout_scale(p) if scale is None else _check_scale(scale)
+    for name, value, limit in (("seed", seed, 1 << 64), ("offset", offset, 1 << 63)):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise TypeError(f"{name} must be an int, got {value!r} of type {type(value).__name__}")
+        if not 0 <= value < limit:
+            raise ValueError(f"{name} must be in [0, {limit}), got {value}")
+    if offset + x.numel() > 1 << 63:
+        raise ValueError(f"offset + x.numel() must be at most 2**63, got {offset} + {x.numel()}")
+    if _use_custom_ops(x, None):
+        return _dropout_with_seed_op(x, _seed_tensor(seed), offset, thresh, scale)
+    return _dropout_stream(x, seed, offset, thresh, scale, False)
+
+
+def bias_dropout_add(
+    x: torch.Tensor,
+    bias: torch.Tensor | None,
+    residual: torch.Tensor,
+    p: float,
+    *,
+    training: bool = True,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    r"""The transformer block's residual branch in one pass: y = r + m ⊙ (x + b) / keep.
+
+    With keep = keep_probability(p) and m ~ Bernoulli(keep) drawn over the elements of x + b (so
+    the mask is that of ``dropout_elementwise(x + bias, …)`` for the same seed). One read of x, b
+    and r, one write of y; backward regenerates the mask (∂L/∂x = m/keep ⊙ g, ∂L/∂b = Σ m/keep ⊙ g
+    over the broadcast dims, ∂L/∂r = g) and autograd saves only the seed. Eval (``training=False``)
+    or p = 0: y = r + (x + b).
+
+    Args:
+        x: float tensor (..., H), e.g. the attention or MLP output before its bias.
+        bias: (H,) bias broadcast over x's last dim, or None (plain dropout + add).
+        residual: tensor of x's shape (the skip connection).
+        p: drop probability in [0, 1].
+        training: apply dropout (True) or not.
+        generator: the ``torch.Generator`` the seed is drawn from.
+
+    Shape:
+        x (..., H), bias (H,), residual (..., H); output (..., H).
+
+    Example:
+        >>> import torch
+        >>> from dropkit import ops
+        >>> x, b, r = torch.zeros(2, 3), torch.ones(3), torch.ones(2, 3)
+        >>> y = ops.bias_dropout_add(x, b, r, 0.5)
+        >>> sorted(set(y.flatten().tolist())) in ([1.0, 3.0], [1.0], [3.0])
+        True
+    """
+    check_float_tensor(x, "x")
+    if bias is not None:
+        check_float_tensor(bias, "bias")
+    check_float_tensor(residual, "residual")
+    thresh = threshold(p)
+    check_generator(generator)
+    try:
+        out_shape = torch.broadcast_shapes(x.shape, () if bias is None else bias.shape, residual.shape)
+    except RuntimeError:
+        out_shape = None
+    if out_shape != x.shape:
+        raise ValueError(
+            f"x + bias + residual must have x's shape {tuple(x.shape)}, got shapes x "
+            f"{tuple(x.shape)}, bias {None if bias is None else tuple(bias.shape)}, residual "
+            f"{tuple(residual.shape)}"
+        )
+    if not training or thresh == 0:
+        return residual + (x if bias is None else x + bias)
+    scale = dropout_scale(p)
+    if _use_custom_ops(x, generator):
+        return _bias_dropout_add_op(x, bias, residual, thresh, scale)[0]
+    seed = rng.draw_seed(generator)
+    tensors = (x, residual) if bias is None else (x, bias, residual)
+    if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
+        return _BiasDropoutAddFunction.apply(x, bias, residual, seed, thresh, scale)
+    return _bias_dropout_add_impl(x, bias, residual, seed, thresh, scale)
+
+
+def attention_dropout(
+    probs: torch.Tensor,
+    p: float,
+    *,
+    training: bool = True,
+    generator: torch.Generator | None = None,
+    inplace: bool = False,
+) -> torch.Tensor:
+    r"""Dropout on attention probabilities (Vaswani et al. 2017, sec. 5.4): P' = m ⊙ P / keep.
+
+    For attention code that computes softmax(QKᵀ/√d) itself instead of passing ``dropout_p`` to
+    ``F.scaled_dot_product_attention``. The mask is elementwise over (…, L, S) and regenerated in
+    backward, so the (…, L, S) mask that eager torch keeps for backward is never stored.
+
+    Args:
+        probs: attention probabilities (…, L, S), rows summing to 1.
+        p: drop probability in [0, 1].
+        training: apply dropout (True) or return ``probs``.
+        generator: the ``torch.Generator`` the seed is drawn from.
+        inplace: write into ``probs``.
+
+    Shape:
+        probs (…, L, S); output the same.
+
+    Example:
+        >>> import torch
+        >>> from dropkit import ops
+        >>> probs = torch.softmax(torch.randn(2, 4, 5, 5), dim=-1)
+        >>> ops.attention_dropout(probs, 0.1).shape
+        torch.Size([2, 4, 5, 5])
+    """
+    check_float_tensor(probs, "probs")
+    p = check_probability(p)
+    if not training or p == 0.0:
+        return probs
+    return dropout_elementwise(probs, p, dropout_scale(p), generator=generator, inplace=inplace)
+
+
+def scaled_dot_product_attention_with_dropout(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    p: float = 0.0,
+    *,
+    attn_mask: torch.Tensor | None = None,
+    is_causal: bool = False,
+    scale: float | None = None,
+    training: bool = True,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    r"""Reference attention with dropkit's dropout on the probabilities.
+
+    out = dropout(softmax(Q Kᵀ · s + M)) V with s = 1/√E by default and M the additive mask
+    (−inf where a bool ``attn_mask`` is False or above the diagonal when ``is_causal``): the maths
+    of ``torch.nn.functional.scaled_dot_product_attention``, with the mask drawn by
+    :func:`attention_dropout` (reproducible, same bits on every device, none stored).
+
+    Args:
+        query: (…, L, E).
+        key: (…, S, E).
+        value: (…, S, Ev).
+        p: dropout probability on the attention weights.
+        attn_mask: bool (True = attend) or float (added) mask broadcastable to (…, L, S).
+        is_causal: mask out j > i (needs ``attn_mask`` None).
+        scale: the logit scale (default 1/√E).
+        training: apply dropout.
+        generator: the ``torch.Generator`` the seed is drawn from.
+
+    Shape:
+        output (…, L, Ev).
+
+    Example:
+        >>> import torch
+        >>> from dropkit import ops
+        >>> q = k = v = torch.randn(2, 3, 4, 8)
+        >>> out = ops.scaled_dot_product_attention_with_dropout(q, k, v, 0.0)
+        >>> torch.allclose(out, torch.nn.functional.scaled_dot_product_attention(q, k, v), atol=1e-6)
+        True
+    """
+    for name, t in (("query", query), ("key", key), ("value", value)):
+        check_float_tensor(t, name)
+    if query.dim() < 2 or key.dim() < 2 or value.dim() < 2:
+        raise ValueError(
+            f"query, key and value must have rank >= 2, got shapes {tuple(query.shape)}, "
+            f"{tuple(key.shape)}, {tuple(value.shape)}"
+        )
+    if query.shape[-1] != key.shape[-1] or key.shape[-2] != value.shape[-2]:
+        raise ValueError(
+            f"need query (…, L, E), key (…, S, E), value (…, S, Ev); got {tuple(query.shape)}, "
+            f"{tuple(key.shape)}, {tuple(value.shape)}"
+        )
+    if is_causal and attn_mask is not None:
+        raise ValueError("is_causal=True needs attn_mask=None (the causal mask is implied)")
+    p = check_probability(p)
+    logit_scale = 1.0 / math.sqrt(query.shape[-1]) if scale is None else _check_scale(scale)
+    scores = torch.matmul(query, key.transpose(-2, -1)) * logit_scale
+    if is_causal:
+        length, source = query.shape[-2], key.shape[-2]
+        allowed = torch.ones(length, source, dtype=torch.bool, device=query.device).tril()
+        scores = scores.masked_fill(~allowed, float("-inf"))
+    elif attn_mask is not None:
+        if attn_mask.dtype == torch.bool:
+            scores = scores.masked_fill(~attn_mask, float("-inf"))
+        else:
+            scores = scores + attn_mask
+    probs = torch.softmax(scores, dim=-1)
+    probs = attention_dropout(probs, p, training=training, generator=generator)
+    return torch.matmul(probs, value)

@@ -283,7 +283,8 @@ def _scaled(x: np.ndarray, scale: float) -> np.ndarray:
     if x.dtype == np.float64:
         return x * np.float64(scale)
     if x.dtype in (np.float32, np.float16):
-        return (x.astype(np.float32) * np.float32(scale)).astype(x.dtype)
+        with np.errstate(over="ignore"):  # overflow to inf is the intended IEEE result
+            return (x.astype(np.float32) * np.float32(scale)).astype(x.dtype)
     raise TypeError(f"x must be a float16, float32 or float64 array, got {x.dtype}")
 
 

@@ -1,0 +1,116 @@
+"""Monte-Carlo dropout: batched ``dropkit.mc.predict`` against a Python loop of T forward passes.
+
+For an MLP (MNIST-1D sized: 40 → 256 → 256 → 10, dropout on the hidden layers) and a small 1-D CNN
+(two conv blocks, then dropout and a dense head), T = 100 samples of N rows:
+
+- ``loop``: ``with mc_dropout(model): [model(x) for _ in range(T)]`` — the plain way;
+- ``predict(batched=False)``: dropkit's loop mode (T plain forward passes, per-sample seeding);
+- ``predict``: batched, trunk computed once, chunked to the default memory budget.
+
+Prints medians (ms), the speed-up of ``predict`` over the plain loop, and the largest difference
+between ``predict`` and ``predict(batched=False)`` for the same seed (the masks are identical; the
+difference is matmul rounding over more rows).
+
+Run: ``.venv/bin/python benchmarks/bench_mc.py`` (``--quick`` for fewer repeats).
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import time
+
+import torch
+from torch import nn
+
+import dropkit
+from dropkit.mc import mc_dropout, mc_plan, predict
+
+
+class SmallCNN(nn.Sequential):
+    """Conv(1→32, 5) → ReLU → Conv(32→32, 5) → ReLU → MaxPool(2) → flatten → Dropout → FC 128 → ReLU
+    → Dropout → FC 10, on (N, 1, 40) inputs."""
+
+    def __init__(self, p: float = 0.5) -> None:
+        super().__init__(
+            nn.Conv1d(1, 32, 5, padding=2),
+            nn.ReLU(),
+            nn.Conv1d(32, 32, 5, padding=2),
+            nn.ReLU(),
+            nn.MaxPool1d(2),
+            nn.Flatten(),
+            dropkit.Dropout(p),
+            nn.Linear(32 * 20, 128),
+            nn.ReLU(),
+            dropkit.Dropout(p),
+            nn.Linear(128, 10),
+        )
+
+
+class ResidualCNN(nn.Module):
+    """The CNN as a custom forward (not a Sequential): the trunk is found with torch.fx."""
+
+    def __init__(self, p: float = 0.5) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv1d(1, 32, 5, padding=2)
+        self.conv2 = nn.Conv1d(32, 32, 5, padding=2)
+        self.drop = dropkit.Dropout(p)
+        self.fc1 = nn.Linear(32 * 40, 128)
+        self.fc2 = nn.Linear(128, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(self.conv1(x))
+        h = h + torch.relu(self.conv2(h))
+        h = self.drop(h.flatten(1))
+        return self.fc2(self.drop(torch.relu(self.fc1(h))))
+
+
+def median_ms(fn, repeats: int) -> float:
+    fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - start) * 1e3)
+    return statistics.median(times)
+
+
+def plain_loop(model: nn.Module, x: torch.Tensor, T: int) -> torch.Tensor:
+    with torch.no_grad(), mc_dropout(model):
+        return torch.stack([model(x) for _ in range(T)])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--T", type=int, default=100)
+    parser.add_argument("--quick", action="store_true")
+    args = parser.parse_args()
+    repeats = 3 if args.quick else 7
+    torch.manual_seed(0)
+    models = {
+        "MLP 40-256-256-10": (dropkit.MLP([40, 256, 256, 10], p=[0.0, 0.5, 0.5]), (40,)),
+        "CNN (Sequential)": (SmallCNN(), (1, 40)),
+        "CNN (custom, fx)": (ResidualCNN(), (1, 40)),
+    }
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.processor() or platform.machine()}")
+    print(f"T = {args.T}; times are medians of {repeats} runs in ms\n")
+    header = f"{'model':<20} {'N':>5} {'plan':>10} {'loop':>9} {'loop mode':>10} {'predict':>9} {'speed-up':>9} {'max |Δ|':>9}"
+    print(header)
+    print("-" * len(header))
+    for name, (model, feature_shape) in models.items():
+        for n in (1, 32, 256):
+            x = torch.randn(n, *feature_shape)
+            plan = mc_plan(model, x).strategy
+            t_loop = median_ms(lambda: plain_loop(model, x, args.T), repeats)
+            t_loop_mode = median_ms(lambda: predict(model, x, args.T, seed=0, batched=False), repeats)
+            t_batched = median_ms(lambda: predict(model, x, args.T, seed=0), repeats)
+            diff = (predict(model, x, args.T, seed=0) - predict(model, x, args.T, seed=0, batched=False)).abs().max()
+            print(
+                f"{name:<20} {n:>5} {plan:>10} {t_loop:>9.1f} {t_loop_mode:>10.1f} {t_batched:>9.1f} "
+                f"{t_loop / t_batched:>8.1f}× {float(diff):>9.1e}"
+            )
+
+
+if __name__ == "__main__":
+    main()

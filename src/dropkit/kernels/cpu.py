@@ -1,0 +1,659 @@
+"""numba CPU kernels of dropkit's counter-based dropout (Philox4x32-10, 16-bit lanes).
+
+The bits are those of :mod:`dropkit.reference.philox` (read its docstring for the full contract):
+element ``k`` of a call at stream ``offset`` is kept iff the 16-bit lane ``offset + k`` of the
+Philox4x32-10 stream keyed by ``seed`` is ``>= threshold``; kept elements become ``x * scale``,
+dropped ones ``0``. The product is rounded as torch rounds ``x * scale`` for a Python scalar: in
+float32 (float64 for float64) and then once to the tensor's dtype, round-to-nearest-even.
+
+How it is fast:
+
+* One Philox call gives eight elements (16-bit lanes), so the RNG costs ~2.5 32-bit multiplies per
+  element; the Philox loop over a chunk of blocks and the element loop over the chunk are both
+  plain counted loops that LLVM vectorises (``vpmuludq`` for the 32 x 32 -> 64-bit products).
+* The tensor is cut into chunks of ``CHUNK`` stream positions (aligned to the stream, so no Philox
+  block is computed twice) handled in parallel with ``prange``; a chunk's random lanes live in a
+  small buffer that stays in L1, so x is read once and y written once.
+* Below ``PARALLEL_MIN`` elements a serial twin of each kernel runs, avoiding the thread-pool launch.
+* numba has no float16/bfloat16: those tensors are viewed as ``uint16`` and converted with bit
+  operations (bfloat16 <-> float32 is a 16-bit shift with round-to-nearest-even; float16 uses the
+  branch-free conversions of the FP16 library that torch's ``c10::Half`` uses), which are exact.
+* Compiled lazily per dtype on first use and cached on disk (``cache=True``), so later processes
+  load machine code instead of compiling.
+
+Every function takes contiguous CPU tensors and returns new contiguous tensors (``*_out`` variants
+write into a given one, which may be the input itself for in-place dropout).
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+import torch
+from numba import prange
+
+from dropkit.reference.philox import (
+    LANES_PER_BLOCK,
+    PHILOX_M0,
+    PHILOX_M1,
+    PHILOX_W0,
+    PHILOX_W1,
+    THRESHOLD_RANGE,
+)
+
+__all__ = [
+    "CHUNK",
+    "PARALLEL_MIN",
+    "bias_dropout_add",
+    "dropout_backward",
+    "dropout_forward",
+    "dropout_forward_out",
+    "keep_mask",
+    "random_uint16",
+]
+
+#: Stream positions per parallel work item (a multiple of 8; 16 KiB of random lanes).
+CHUNK = 8192
+#: Below this many elements the serial kernels run (no thread-pool launch).
+PARALLEL_MIN = 1 << 16
+
+_BLOCKS_PER_CHUNK = CHUNK // LANES_PER_BLOCK
+_M0 = np.uint64(PHILOX_M0)
+_M1 = np.uint64(PHILOX_M1)
+_W0 = np.uint64(PHILOX_W0)
+_W1 = np.uint64(PHILOX_W1)
+_MASK32 = np.uint64(0xFFFFFFFF)
+_S32 = np.uint64(32)
+
+_JIT = {"cache": True, "nogil": True, "error_model": "numpy", "boundscheck": False}
+
+
+# ----------------------------------------------------------------------------------------------
+# The generator
+# ----------------------------------------------------------------------------------------------
+@numba.njit(inline="always", **_JIT)
+def _philox_fill(words, first_block, n_blocks, k0, k1):
+    """words[4 b + w] = output word w of Philox4x32-10(counter=(blk lo, blk hi, 0, 0), key)."""
+    for b in range(n_blocks):
+        block = np.uint64(first_block + b)
+        c0 = block & _MASK32
+        c1 = block >> _S32
+        c2 = np.uint64(0)
+        c3 = np.uint64(0)
+        key0 = k0
+        key1 = k1
+        for _ in range(10):
+            prod0 = _M0 * c0
+            prod1 = _M1 * c2
+            c0, c1, c2, c3 = (
+                (prod1 >> _S32) ^ c1 ^ key0,
+                prod1 & _MASK32,
+                (prod0 >> _S32) ^ c3 ^ key1,
+                prod0 & _MASK32,
+            )
+            key0 = (key0 + _W0) & _MASK32
+            key1 = (key1 + _W1) & _MASK32
+        words[4 * b] = np.uint32(c0)
+        words[4 * b + 1] = np.uint32(c1)
+        words[4 * b + 2] = np.uint32(c2)
+        words[4 * b + 3] = np.uint32(c3)
+
+
+@numba.njit(inline="always", **_JIT)
+def _chunk_span(c, n, offset):
+    """Elements [i0, i1) of chunk c, their first Philox block and the lane of element i0."""
+    base = offset - offset % CHUNK
+    lo = max(offset, base + c * CHUNK)
+    hi = min(offset + n, base + (c + 1) * CHUNK)
+    first_block = lo // LANES_PER_BLOCK
+    n_blocks = (hi - 1) // LANES_PER_BLOCK - first_block + 1
+    lane0 = lo - first_block * LANES_PER_BLOCK
+    return lo - offset, hi - offset, first_block, n_blocks, lane0
+
+
+@numba.njit(inline="always", **_JIT)
+def _n_chunks(n, offset):
+    return (offset % CHUNK + n + CHUNK - 1) // CHUNK
+
+
+# ----------------------------------------------------------------------------------------------
+# float16 / bfloat16 <-> float32, exact, on uint16 bit patterns
+# ----------------------------------------------------------------------------------------------
+@numba.njit(inline="always", **_JIT)
+def _f16_to_f32(h):
+    # FP16 library fp16_ieee_to_fp32_value (as c10::Half): exact, branch-free.
+    w = np.uint32(h) << np.uint32(16)
+    sign = w & np.uint32(0x80000000)
+    two_w = np.uint32(w + w)  # numba widens uint32 sums to 64 bits: wrap explicitly
+    normalized = np.uint32((two_w >> np.uint32(4)) + np.uint32(0xE0 << 23)).view(
+        np.float32
+    ) * np.float32(2.0**-112)
+    denormalized = np.uint32((two_w >> np.uint32(17)) | np.uint32(126 << 23)).view(
+        np.float32
+    ) - np.float32(0.5)
+    if two_w < np.uint32(1 << 27):
+        bits = np.float32(denormalized).view(np.uint32)
+    else:
+        bits = np.float32(normalized).view(np.uint32)
+    return np.uint32(sign | bits).view(np.float32)
+
+
+@numba.njit(inline="always", **_JIT)
+def _f32_to_f16(f):
+    # FP16 library fp16_ieee_from_fp32_value (as c10::Half): round-to-nearest-even, exact.
+    base = (abs(f) * np.float32(2.0**112)) * np.float32(2.0**-110)
+    w = np.float32(f).view(np.uint32)
+    shl1_w = np.uint32(w + w)  # numba widens uint32 sums to 64 bits: wrap explicitly
+    sign = w & np.uint32(0x80000000)
+    bias = shl1_w & np.uint32(0xFF000000)
+    if bias < np.uint32(0x71000000):
+        bias = np.uint32(0x71000000)
+    base = np.uint32((bias >> np.uint32(1)) + np.uint32(0x07800000)).view(np.float32) + base
+    bits = np.float32(base).view(np.uint32)
+    exp_bits = (bits >> np.uint32(13)) & np.uint32(0x7C00)
+    mantissa_bits = bits & np.uint32(0x0FFF)
+    nonsign = exp_bits + mantissa_bits
+    if shl1_w > np.uint32(0xFF000000):
+        nonsign = np.uint32(0x7E00)
+    return np.uint16((sign >> np.uint32(16)) | nonsign)
+
+
+@numba.njit(inline="always", **_JIT)
+def _bf16_to_f32(h):
+    return np.uint32(np.uint32(h) << np.uint32(16)).view(np.float32)
+
+
+@numba.njit(inline="always", **_JIT)
+def _f32_to_bf16(f):
+    # c10::BFloat16 round_to_nearest_even: NaN -> 0x7FC0.
+    u = np.float32(f).view(np.uint32)
+    rounded = (u + (np.uint32(0x7FFF) + ((u >> np.uint32(16)) & np.uint32(1)))) >> np.uint32(16)
+    if f != f:
+        rounded = np.uint32(0x7FC0)
+    return np.uint16(rounded)
+
+
+# ----------------------------------------------------------------------------------------------
+# Element loops of one chunk (float32/float64 native; float16/bfloat16 on uint16 bits)
+# ----------------------------------------------------------------------------------------------
+# Loops index slices from 0 so LLVM sees non-negative indices: numba's negative-index wraparound
+# check would otherwise block vectorisation.
+@numba.njit(inline="always", **_JIT)
+def _apply_float(x, out, lanes, i0, i1, lane0, threshold, scale):
+    zero = out.dtype.type(0)
+    xs = x[i0:i1]
+    ys = out[i0:i1]
+    rs = lanes[lane0 : lane0 + i1 - i0]
+    for t in range(i1 - i0):
+        v = xs[t] * scale
+        ys[t] = v if np.int32(rs[t]) >= threshold else zero
+
+
+@numba.njit(inline="always", **_JIT)
+def _apply_f16(x, out, lanes, i0, i1, lane0, threshold, scale):
+    xs = x[i0:i1]
+    ys = out[i0:i1]
+    rs = lanes[lane0 : lane0 + i1 - i0]
+    for t in range(i1 - i0):
+        v = _f32_to_f16(_f16_to_f32(xs[t]) * scale)
+        ys[t] = v if np.int32(rs[t]) >= threshold else np.uint16(0)
+
+
+@numba.njit(inline="always", **_JIT)
+def _apply_bf16(x, out, lanes, i0, i1, lane0, threshold, scale):
+    xs = x[i0:i1]
+    ys = out[i0:i1]
+    rs = lanes[lane0 : lane0 + i1 - i0]
+    for t in range(i1 - i0):
+        v = _f32_to_bf16(_bf16_to_f32(xs[t]) * scale)
+        ys[t] = v if np.int32(rs[t]) >= threshold else np.uint16(0)
+
+
+@numba.njit(inline="always", **_JIT)
+def _apply_mask(out, lanes, i0, i1, lane0, threshold):
+    ys = out[i0:i1]
+    rs = lanes[lane0 : lane0 + i1 - i0]
+    for t in range(i1 - i0):
+        ys[t] = np.int32(rs[t]) >= threshold
+
+
+@numba.njit(inline="always", **_JIT)
+def _apply_lanes(out, lanes, i0, i1, lane0):
+    ys = out[i0:i1]
+    rs = lanes[lane0 : lane0 + i1 - i0]
+    for t in range(i1 - i0):
+        ys[t] = rs[t]
+
+
+# bias + dropout + residual: rows of length H inside the chunk, so the inner loops stay contiguous.
+@numba.njit(inline="always", **_JIT)
+def _bda_float(x, bias, res, out, lanes, i0, i1, lane0, threshold, scale):
+    h_len = bias.shape[0]
+    zero = out.dtype.type(0)
+    i = i0
+    while i < i1:
+        col0 = i % h_len
+        stop = min(i1, i - col0 + h_len)
+        xs = x[i:stop]
+        bs = bias[col0 : col0 + stop - i]
+        zs = res[i:stop]
+        ys = out[i:stop]
+        rs = lanes[lane0 + i - i0 : lane0 + stop - i0]
+        for t in range(stop - i):
+            h = xs[t] + bs[t]
+            d = h * scale if np.int32(rs[t]) >= threshold else zero
+            ys[t] = zs[t] + d
+        i = stop
+
+
+@numba.njit(inline="always", **_JIT)
+def _bda_f16(x, bias, res, out, lanes, i0, i1, lane0, threshold, scale):
+    h_len = bias.shape[0]
+    i = i0
+    while i < i1:
+        col0 = i % h_len
+        stop = min(i1, i - col0 + h_len)
+        xs = x[i:stop]
+        bs = bias[col0 : col0 + stop - i]
+        zs = res[i:stop]
+        ys = out[i:stop]
+        rs = lanes[lane0 + i - i0 : lane0 + stop - i0]
+        for t in range(stop - i):
+            h = _f16_to_f32(_f32_to_f16(_f16_to_f32(xs[t]) + _f16_to_f32(bs[t])))
+            d = _f16_to_f32(_f32_to_f16(h * scale))
+            if np.int32(rs[t]) < threshold:
+                d = np.float32(0.0)
+            ys[t] = _f32_to_f16(_f16_to_f32(zs[t]) + d)
+        i = stop
+
+
+@numba.njit(inline="always", **_JIT)
+def _bda_bf16(x, bias, res, out, lanes, i0, i1, lane0, threshold, scale):
+    h_len = bias.shape[0]
+    i = i0
+    while i < i1:
+        col0 = i % h_len
+        stop = min(i1, i - col0 + h_len)
+        xs = x[i:stop]
+        bs = bias[col0 : col0 + stop - i]
+        zs = res[i:stop]
+        ys = out[i:stop]
+        rs = lanes[lane0 + i - i0 : lane0 + stop - i0]
+        for t in range(stop - i):
+            h = _bf16_to_f32(_f32_to_bf16(_bf16_to_f32(xs[t]) + _bf16_to_f32(bs[t])))
+            d = _bf16_to_f32(_f32_to_bf16(h * scale))
+            if np.int32(rs[t]) < threshold:
+                d = np.float32(0.0)
+            ys[t] = _f32_to_bf16(_bf16_to_f32(zs[t]) + d)
+        i = stop
+
+
+# ----------------------------------------------------------------------------------------------
+# Drivers: a parallel and a serial twin per element kind (numba caches each by name).
+# ----------------------------------------------------------------------------------------------
+@numba.njit(parallel=True, **_JIT)
+def _dropout_float_par(x, out, offset, k0, k1, threshold, scale):
+    n = x.shape[0]
+    for c in prange(_n_chunks(n, offset)):
+        i0, i1, first_block, n_blocks, lane0 = _chunk_span(c, n, offset)
+        words = np.empty(4 * _BLOCKS_PER_CHUNK, dtype=np.uint32)
+        _philox_fill(words, first_block, n_blocks, k0, k1)
+        _apply_float(x, out, words.view(np.uint16), i0, i1, lane0, threshold, scale)
+
+
+@numba.njit(**_JIT)
+def _dropout_float_ser(x, out, offset, k0, k1, threshold, scale):
+    n = x.shape[0]
+    words = np.empty(4 * _BLOCKS_PER_CHUNK, dtype=np.uint32)
+    for c in range(_n_chunks(n, offset)):
+        i0, i1, first_block, n_blocks, lane0 = _chunk_span(c, n, offset)
+        _philox_fill(words, first_block, n_blocks, k0, k1)
+        _apply_float(x, out, words.view(np.uint16), i0, i1, lane0, threshold, scale)
+
+
+@numba.njit(parallel=True, **_JIT)
+def _dropout_f16_par(x, out, offset, k0, k1, threshold, scale):
+    n = x.shape[0]
+    for c in prange(_n_chunks(n, offset)):
+        i0, i1, first_block, n_blocks, lane0 = _chunk_span(c, n, offset)
+        words = np.empty(4 * _BLOCKS_PER_CHUNK, dtype=np.uint32)
+        _philox_fill(words, first_block, n_blocks, k0, k1)
+        _apply_f16(x, out, words.view(np.uint16), i0, i1, lane0, threshold, scale)
+
+
+@numba.njit(**_JIT)
+def _dropout_f16_ser(x, out, offset, k0, k1, threshold, scale):
+    n = x.shape[0]
+    words = np.empty(4 * _BLOCKS_PER_CHUNK, dtype=np.uint32)
+    for c in range(_n_chunks(n, offset)):
+        i0, i1, first_block, n_blocks, lane0 = _chunk_span(c, n, offset)
+        _philox_fill(words, first_block, n_blocks, k0, k1)
+        _apply_f16(x, out, words.view(np.uint16), i0, i1, lane0, threshold, scale)
+
+
+@numba.njit(parallel=True, **_JIT)
+def _dropout_bf16_par(x, out, offset, k0, k1, threshold, scale):
+    n = x.shape[0]
+    for c in prange(_n_chunks(n, offset)):
+        i0, i1, first_block, n_blocks, lane0 = _chunk_span(c, n, offset)
+        words = np.empty(4 * _BLOCKS_PER_CHUNK, dtype=np.uint32)
+        _philox_fill(words, first_block, n_blocks, k0, k1)
+        _apply_bf16(x, out, words.view(np.uint16), i0, i1, lane0, threshold, scale)
+
+
+@numba.njit(**_JIT)
+def _dropout_bf16_ser(x, out, offset, k0, k1, threshold, scale):
+    n = x.shape[0]
+    words = np.empty(4 * _BLOCKS_PER_CHUNK, dtype=np.uint32)
+    for c in range(_n_chunks(n, offset)):
+        i0, i1, first_block, n_blocks, lane0 = _chunk_span(c, n, offset)
+        _philox_fill(words, first_block, n_blocks, k0, k1)
+        _apply_bf16(x, out, words.view(np.uint16), i0, i1, lane0, threshold, scale)
+
+
+@numba.njit(parallel=True, **_JIT)
+def _mask_par(out, offset, k0, k1, threshold):
+    n = out.shape[0]
+    for c in prange(_n_chunks(n, offset)):
+        i0, i1, first_block, n_blocks, lane0 = _chunk_span(c, n, offset)
+        words = np.empty(4 * _BLOCKS_PER_CHUNK, dtype=np.uint32)
+        _philox_fill(words, first_block, n_blocks, k0, k1)
+        _apply_mask(out, words.view(np.uint16), i0, i1, lane0, threshold)
+
+
+@numba.njit(**_JIT)
+def _mask_ser(out, offset, k0, k1, threshold):
+    n = out.shape[0]
+    words = np.empty(4 * _BLOCKS_PER_CHUNK, dtype=np.uint32)
+    for c in range(_n_chunks(n, offset)):
+        i0, i1, first_block, n_blocks, lane0 = _chunk_span(c, n, offset)
+        _philox_fill(words, first_block, n_blocks, k0, k1)
+        _apply_mask(out, words.view(np.uint16), i0, i1, lane0, threshold)
+
+
+@numba.njit(parallel=True, **_JIT)
+def _lanes_par(out, offset, k0, k1):
+    n = out.shape[0]
+    for c in prange(_n_chunks(n, offset)):
+        i0, i1, first_block, n_blocks, lane0 = _chunk_span(c, n, offset)
+        words = np.empty(4 * _BLOCKS_PER_CHUNK, dtype=np.uint32)
+        _philox_fill(words, first_block, n_blocks, k0, k1)
+        _apply_lanes(out, words.view(np.uint16), i0, i1, lane0)
+
+
+@numba.njit(parallel=True, **_JIT)
+def _bda_float_par(x, bias, res, out, offset, k0, k1, threshold, scale):
+    n = x.shape[0]
+    for c in prange(_n_chunks(n, offset)):
+        i0, i1, first_block, n_blocks, lane0 = _chunk_span(c, n, offset)
+        words = np.empty(4 * _BLOCKS_PER_CHUNK, dtype=np.uint32)
+        _philox_fill(words, first_block, n_blocks, k0, k1)
+        _bda_float(x, bias, res, out, words.view(np.uint16), i0, i1, lane0, threshold, scale)
+
+
+@numba.njit(parallel=True, **_JIT)
+def _bda_f16_par(x, bias, res, out, offset, k0, k1, threshold, scale):
+    n = x.shape[0]
+    for c in prange(_n_chunks(n, offset)):
+        i0, i1, first_block, n_blocks, lane0 = _chunk_span(c, n, offset)
+        words = np.empty(4 * _BLOCKS_PER_CHUNK, dtype=np.uint32)
+        _philox_fill(words, first_block, n_blocks, k0, k1)
+        _bda_f16(x, bias, res, out, words.view(np.uint16), i0, i1, lane0, threshold, scale)
+
+
+@numba.njit(parallel=True, **_JIT)
+def _bda_bf16_par(x, bias, res, out, offset, k0, k1, threshold, scale):
+    n = x.shape[0]
+    for c in prange(_n_chunks(n, offset)):
+        i0, i1, first_block, n_blocks, lane0 = _chunk_span(c, n, offset)
+        words = np.empty(4 * _BLOCKS_PER_CHUNK, dtype=np.uint32)
+        _philox_fill(words, first_block, n_blocks, k0, k1)
+        _bda_bf16(x, bias, res, out, words.view(np.uint16), i0, i1, lane0, threshold, scale)
+
+
+# ----------------------------------------------------------------------------------------------
+# torch-facing wrappers
+# ----------------------------------------------------------------------------------------------
+_SUPPORTED = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def _check_stream(n: int, seed: int, offset: int, threshold: int) -> None:
+    if not isinstance(seed, int) or not 0 <= seed < 2**64:
+        raise ValueError(f"seed must be an integer in [0, 2**64), got {seed!r}")
+    if not isinstance(offset, int) or offset < 0 or offset + n > 2**63:
+        raise ValueError(
+            f"offset must be an integer >= 0 with offset + numel <= 2**63, got {offset!r} "
+            f"for {n} elements"
+        )
+    if not isinstance(threshold, int) or not 0 <= threshold <= THRESHOLD_RANGE:
+        raise ValueError(f"threshold must be an integer in [0, 65536], got {threshold!r}")
+
+
+def _check_tensor(t: torch.Tensor, name: str, dtype: torch.dtype | None = None) -> None:
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if t.device.type != "cpu":
+        raise ValueError(f"{name} must be a CPU tensor for the numba kernels, got device {t.device}")
+    if t.dtype not in _SUPPORTED:
+        raise TypeError(
+            f"{name} must be float16, bfloat16, float32 or float64, got {t.dtype}"
+        )
+    if dtype is not None and t.dtype != dtype:
+        raise TypeError(f"{name} must have dtype {dtype}, got {t.dtype}")
+    if not t.is_contiguous():
+        raise ValueError(f"{name} must be contiguous, got strides {t.stride()}")
+
+
+def _as_numpy(t: torch.Tensor) -> np.ndarray:
+    """A flat zero-copy NumPy view: float32/float64 as is, float16/bfloat16 as uint16 bits."""
+    t = t.detach().reshape(-1)
+    if t.dtype in (torch.float16, torch.bfloat16):
+        return t.view(torch.int16).numpy().view(np.uint16)
+    return t.numpy()
+
+
+def _scale_arg(dtype: torch.dtype, scale: float):
+    # torch's opmath: a Python scalar multiplies reduced/single floats in float32, doubles in float64.
+    return np.float64(scale) if dtype == torch.float64 else np.float32(scale)
+
+
+def _key(seed: int) -> tuple[np.uint64, np.uint64]:
+    return np.uint64(seed & 0xFFFFFFFF), np.uint64(seed >> 32)
+
+
+_DROPOUT = {
+    torch.float32: (_dropout_float_par, _dropout_float_ser),
+    torch.float64: (_dropout_float_par, _dropout_float_ser),
+    torch.float16: (_dropout_f16_par, _dropout_f16_ser),
+    torch.bfloat16: (_dropout_bf16_par, _dropout_bf16_ser),
+}
+_BDA = {
+    torch.float32: _bda_float_par,
+    torch.float64: _bda_float_par,
+    torch.float16: _bda_f16_par,
+    torch.bfloat16: _bda_bf16_par,
+}
+
+
+def dropout_forward_out(
+    x: torch.Tensor, out: torch.Tensor, seed: int, offset: int, threshold: int, scale: float
+) -> torch.Tensor:
+    """Writes dropout of ``x`` into ``out`` (which may be ``x`` itself) and returns ``out``.
+
+    ``out[k] = x[k] * scale`` if lane ``offset + k`` of the stream is ``>= threshold``, else 0.
+
+    Args:
+        x: contiguous CPU tensor, float16/bfloat16/float32/float64.
+        out: contiguous tensor of ``x``'s shape and dtype.
+        seed: 64-bit seed in [0, 2**64).
+        offset: stream position of ``x``'s first element; ``offset + numel <= 2**63``.
+        threshold: keep threshold in [0, 65536] (65536 drops everything).
+        scale: factor for kept elements.
+
+    Returns:
+        ``out``.
+
+    Example:
+        >>> x = torch.ones(4)
+        >>> dropout_forward_out(x, x, seed=0, offset=0, threshold=32768, scale=2.0)
+        tensor([2., 0., 2., 2.])
+    """
+    _check_tensor(x, "x")
+    _check_tensor(out, "out", x.dtype)
+    if out.shape != x.shape:
+        raise ValueError(f"out must have x's shape {tuple(x.shape)}, got {tuple(out.shape)}")
+    n = x.numel()
+    _check_stream(n, seed, offset, threshold)
+    if n == 0:
+        return out
+    k0, k1 = _key(seed)
+    parallel, serial = _DROPOUT[x.dtype]
+    kernel = parallel if n >= PARALLEL_MIN else serial
+    kernel(
+        _as_numpy(x),
+        _as_numpy(out),
+        np.int64(offset),
+        k0,
+        k1,
+        np.int32(threshold),
+        _scale_arg(x.dtype, scale),
+    )
+    return out
+
+
+def dropout_forward(
+    x: torch.Tensor, seed: int, offset: int, threshold: int, scale: float
+) -> torch.Tensor:
+    """Dropout of a contiguous CPU tensor with the counter-based mask (one read, one write).
+
+    ``y[k] = x[k] * scale`` if ``r16(offset + k) >= threshold`` else ``0``, where ``r16`` is the
+    Philox4x32-10 16-bit-lane stream keyed by ``seed`` (see :mod:`dropkit.reference.philox`).
+
+    Args:
+        x: contiguous CPU tensor, float16/bfloat16/float32/float64.
+        seed: 64-bit seed in [0, 2**64).
+        offset: stream position of ``x``'s first element.
+        threshold: keep threshold in [0, 65536].
+        scale: factor for kept elements, normally ``1 / (1 - threshold / 65536)``.
+
+    Returns:
+        A new tensor of ``x``'s shape and dtype.
+
+    Shape:
+        any; elements are taken in row-major order.
+
+    Example:
+        >>> dropout_forward(torch.ones(2, 4), seed=0, offset=0, threshold=32768, scale=2.0)
+        tensor([[2., 0., 2., 2.],
+                [2., 2., 2., 2.]])
+    """
+    _check_tensor(x, "x")
+    return dropout_forward_out(x, torch.empty_like(x), seed, offset, threshold, scale)
+
+
+def dropout_backward(
+    grad: torch.Tensor, seed: int, offset: int, threshold: int, scale: float
+) -> torch.Tensor:
+    """Gradient of :func:`dropout_forward`: regenerates the mask, ``grad_x = grad * mask * scale``.
+
+    Example:
+        >>> dropout_backward(torch.ones(4), seed=0, offset=0, threshold=32768, scale=2.0)
+        tensor([2., 0., 2., 2.])
+    """
+    _check_tensor(grad, "grad")
+    return dropout_forward_out(grad, torch.empty_like(grad), seed, offset, threshold, scale)
+
+
+def keep_mask(
+    n: int, seed: int, offset: int, threshold: int, device: torch.device | str = "cpu"
+) -> torch.Tensor:
+    """The keep mask (True = kept) of ``n`` elements at stream ``offset``, as a bool tensor.
+
+    Example:
+        >>> keep_mask(4, seed=0, offset=0, threshold=32768)
+        tensor([ True, False,  True,  True])
+    """
+    if torch.device(device).type != "cpu":
+        raise ValueError(f"device must be cpu for the numba kernels, got {device}")
+    if not isinstance(n, int) or n < 0:
+        raise ValueError(f"n must be a non-negative integer, got {n!r}")
+    _check_stream(n, seed, offset, threshold)
+    out = torch.empty(n, dtype=torch.bool)
+    if n == 0:
+        return out
+    k0, k1 = _key(seed)
+    kernel = _mask_par if n >= PARALLEL_MIN else _mask_ser
+    kernel(out.numpy(), np.int64(offset), k0, k1, np.int32(threshold))
+    return out
+
+
+def random_uint16(n: int, seed: int, offset: int) -> torch.Tensor:
+    """The raw 16-bit stream at positions ``offset .. offset + n - 1`` (int32 tensor, for tests).
+
+    Example:
+        >>> random_uint16(2, seed=0, offset=0).tolist()
+        [59605, 26151]
+    """
+    _check_stream(n, seed, offset, 0)
+    out = np.empty(n, dtype=np.uint16)
+    if n:
+        k0, k1 = _key(seed)
+        _lanes_par(out, np.int64(offset), k0, k1)
+    return torch.from_numpy(out.astype(np.int32))
+
+
+def bias_dropout_add(
+    x: torch.Tensor,
+    bias: torch.Tensor,
+    residual: torch.Tensor,
+    seed: int,
+    offset: int,
+    threshold: int,
+    scale: float,
+) -> torch.Tensor:
+    """``residual + dropout(x + bias)`` in one pass (the transformer block's residual branch).
+
+    Rounds like torch eager ``residual + torch.where(mask, (x + bias) * scale, 0)``: each of the
+    three operations is computed in float32 (float64) and rounded to the dtype.
+
+    Args:
+        x: contiguous CPU tensor (..., H).
+        bias: contiguous tensor (H,) of the same dtype, broadcast over the last dim.
+        residual: contiguous tensor of ``x``'s shape and dtype.
+        seed, offset, threshold, scale: as in :func:`dropout_forward`.
+
+    Returns:
+        A new tensor of ``x``'s shape and dtype.
+
+    Example:
+        >>> bias_dropout_add(torch.zeros(1, 4), torch.ones(4), torch.ones(1, 4), 0, 0, 32768, 2.0)
+        tensor([[3., 1., 3., 3.]])
+    """
+    _check_tensor(x, "x")
+    _check_tensor(bias, "bias", x.dtype)
+    _check_tensor(residual, "residual", x.dtype)
+    if x.dim() == 0 or bias.dim() != 1 or bias.shape[0] != x.shape[-1]:
+        raise ValueError(
+            f"bias must have shape (x.shape[-1],) = ({x.shape[-1] if x.dim() else '?'},), "
+            f"got {tuple(bias.shape)}"
+        )
+    if residual.shape != x.shape:
+        raise ValueError(f"residual must have x's shape {tuple(x.shape)}, got {tuple(residual.shape)}")
+    n = x.numel()
+    _check_stream(n, seed, offset, threshold)
+    out = torch.empty_like(x)
+    if n == 0:
+        return out
+    k0, k1 = _key(seed)
+    _BDA[x.dtype](
+        _as_numpy(x),
+        _as_numpy(bias),
+        _as_numpy(residual),
+        _as_numpy(out),
+        np.int64(offset),
+        k0,
+        k1,
+        np.int32(threshold),
+        _scale_arg(x.dtype, scale),
+    )
+    return out

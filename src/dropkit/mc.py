@@ -1,0 +1,666 @@
+r"""Monte-Carlo dropout: dropout kept on at inference as samples from an approximate posterior.
+
+Gal & Ghahramani (2016) show that a network trained with dropout before its weight layers
+approximates a deep Gaussian process; keeping dropout on at test time and averaging T stochastic
+forward passes gives the predictive distribution
+
+    p(y | x) ≈ (1/T) Σ_t p(y | x, ω̂_t),   ω̂_t ~ q(ω)   (one dropout mask per pass).
+
+This module does three things:
+
+* :func:`mc_dropout` — a context manager that puts the model in eval mode but switches *only* the
+  dropout-family modules (dropkit's :class:`~dropkit.DropoutBase` subclasses and torch.nn's
+  ``Dropout*``) to training mode, so BatchNorm and everything else keep their inference rule.
+  Every module's ``training`` flag is restored on exit, also when the body raises.
+* :func:`predict` — T samples of ``model(x)`` as one (T, N, ...) tensor, fast:
+
+  - the T samples run *batched*: the batch is repeated T times along dim 0 to (T·N, ...) and run
+    in one forward pass, chunked so that one pass stays within a memory budget
+    (``max_batch_size`` rows and/or ``max_memory_bytes`` of activations, estimated on the first
+    sample);
+  - the deterministic *trunk* — everything before the first active dropout module — runs once on
+    the N rows and only its output is repeated. ``nn.Sequential`` models (nested ones too) are
+    split at the first child that is or holds a dropout module; other models are traced with
+    ``torch.fx`` and every graph node that does not depend on a dropout call is computed once. If
+    the model cannot be traced, or a trunk value that the rest needs depends on the input but is
+    not a batch tensor (``x.size(0)`` used after the dropout, say), the whole model runs on the
+    repeated input instead; :func:`mc_plan` says which strategy a model gets and why.
+* **Reproducible sampling that does not depend on batching.** Sample t's masks are a function of
+  (``seed``, t) alone, whatever the chunking, so ``predict(..., batched=False)`` — a plain Python
+  loop of T forward passes of ``model(x)`` — gives the same numbers as the batched call:
+
+  - elementwise dropout (``dropkit.Dropout`` without ``noise_shape``, ``torch.nn.Dropout``), the
+    k-th dropout call of a forward pass: one counter-based mask stream with key
+    ``mix_seed(seed, k)``; sample t uses stream positions [t·M, (t+1)·M) where M is the number of
+    elements of one sample's (N, ...) input. A chunk of samples t0 … t1 − 1 is therefore one call
+    of :func:`dropkit.ops.dropout_with_seed` at offset t0·M, and the loop's pass t is the same
+    call at offset t·M;
+  - every other dropout module (channel, alpha, Gaussian, DropBlock, DropConnect, … and
+    torch.nn's channel and alpha variants) is called once per sample block, in order, with its
+    seeds drawn from a per-sample ``torch.Generator`` seeded by ``mix_seed(seed, 2^62 + t)``
+    (dropkit's functional forms get it as ``generator=``; other modules see torch's global
+    generators re-seeded from it). Shared-mask variants therefore draw one mask per sample, never
+    one for all T copies.
+
+  Matmuls over T·N rows may round differently from N-row ones, so the two modes agree to float
+  rounding (the masks are bit-identical).
+
+Batching assumes what MC dropout itself assumes: dim 0 of the input, of every dropout module's
+input and of the output is the batch, and rows do not interact (true in eval mode for BatchNorm,
+LayerNorm, convolutions, attention within a sample). Use ``batched=False`` for a model where that
+does not hold (a sequence-first RNN, say). Dropout written as ``F.dropout(x, training=...)``
+inside a ``forward`` is not a module and is not switched on.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import numbers
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+import torch
+from torch import fx, nn
+
+from dropkit import functional as F
+from dropkit import ops, rng
+from dropkit._validate import check_positive_int
+from dropkit.layers.base import is_dropout_module
+from dropkit.layers.channel import Dropout1d, Dropout2d, Dropout3d
+from dropkit.layers.elementwise import AlphaDropout, Dropout, GaussianDropout
+
+__all__ = ["mc_dropout", "predict", "mc_plan", "MCPlan", "DEFAULT_MAX_MEMORY_BYTES"]
+
+#: Default activation-memory budget of one batched forward pass (estimated), 1 GiB.
+DEFAULT_MAX_MEMORY_BYTES = 1 << 30
+# Per-sample generators are keyed apart from the per-call elementwise streams (k < 2^62).
+_SAMPLE_TAG = 1 << 62
+_MASK64 = (1 << 64) - 1
+
+
+# ------------------------------------------------------------------------------------------------
+# Which modules are dropout, and switching them on
+# ------------------------------------------------------------------------------------------------
+def _is_active(module: nn.Module) -> bool:
+    """A dropout-family module whose rate is not 0 (p = 0 is deterministic: part of the trunk)."""
+    if not is_dropout_module(module):
+        return False
+    p = getattr(module, "p", None)
+    try:
+        return p is None or float(p) != 0.0
+    except (TypeError, ValueError, RuntimeError):
+        return True
+
+
+def _check_model(model: object) -> nn.Module:
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if not any(is_dropout_module(m) for m in model.modules()):
+        raise ValueError(
+            f"model ({type(model).__name__}) has no dropout module: MC dropout needs at least one "
+            "dropkit dropout module (DropoutBase) or torch.nn Dropout/Dropout1d/2d/3d/AlphaDropout/"
+            "FeatureAlphaDropout; dropkit.convert.convert_dropout swaps torch.nn's for dropkit's"
+        )
+    return model
+
+
+@contextlib.contextmanager
+def mc_dropout(model: nn.Module) -> Iterator[list[str]]:
+    r"""Inside, only the dropout-family modules of ``model`` are in training mode.
+
+    On entry every module is put in eval mode (BatchNorm uses its running statistics, and so on)
+    and each dropout module — ``dropkit.is_dropout_module(m)``: dropkit's ``DropoutBase``
+    subclasses and torch.nn's ``Dropout*`` — in training mode, so each forward pass draws a fresh
+    mask: one sample ω̂_t ~ q(ω) of Gal & Ghahramani's approximate posterior. On exit every
+    module's ``training`` flag is put back as it was, even if the body raised.
+
+    Args:
+        model: any ``nn.Module`` holding at least one dropout module.
+
+    Yields:
+        The qualified names of the modules switched on ("" for the model itself).
+
+    Raises:
+        TypeError: ``model`` is not an ``nn.Module``.
+        ValueError: ``model`` holds no dropout module.
+
+    Example:
+        >>> import torch, dropkit
+        >>> from dropkit.mc import mc_dropout
+        >>> net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.BatchNorm1d(8),
+        ...                           dropkit.Dropout(0.5), torch.nn.Linear(8, 2)).train()
+        >>> with mc_dropout(net) as names:
+        ...     names, net[1].training, net[2].training
+        (['2'], False, True)
+        >>> net[1].training  # restored
+        True
+    """
+    _check_model(model)
+    flags = [(m, m.training) for m in model.modules()]
+    try:
+        model.eval()
+        names = []
+        for name, m in model.named_modules():
+            if is_dropout_module(m):
+                m.train()
+                names.append(name)
+        yield names
+    finally:
+        for m, flag in flags:
+            m.training = flag
+
+
+# ------------------------------------------------------------------------------------------------
+# Sampling state: which samples the current forward pass computes, and their random streams
+# ------------------------------------------------------------------------------------------------
+class _Sampler:
+    """Routes each dropout call of a forward pass to masks keyed by (seed, sample index)."""
+
+    def __init__(self, seed: int, rows: int, device: torch.device, batched: bool) -> None:
+        self.seed = seed
+        self.rows = rows  # N, rows of one sample
+        self.device = device
+        self.batched = batched
+        self.first = 0  # index of the first sample of the current pass
+        self.count = 1  # samples in the current pass
+        self.calls = 0  # dropout calls so far in the current pass
+        self._generators: dict[int, torch.Generator] = {}
+
+    def begin(self, first: int, count: int) -> None:
+        self.first, self.count, self.calls = first, count, 0
+
+    def generator(self, t: int) -> torch.Generator:
+        gen = self._generators.get(t)
+        if gen is None:
+            gen = torch.Generator(device=self.device)
+            gen.manual_seed(rng.mix_seed(self.seed, _SAMPLE_TAG + t))
+            self._generators[t] = gen
+        return gen
+
+    def blocks(self, module: nn.Module, input: torch.Tensor) -> list[torch.Tensor]:
+        if not self.batched:
+            return [input]
+        if input.dim() == 0 or input.shape[0] != self.count * self.rows:
+            got = tuple(input.shape) if input.dim() else "a 0-d tensor"
+            raise ValueError(
+                f"MC batching: dropout module {type(module).__name__} got input of shape {got}, "
+                f"expected dim 0 = samples × rows = {self.count} × {self.rows}; the model must keep "
+                "the batch in dim 0 to be batched — use predict(..., batched=False)"
+            )
+        return list(input.split(self.rows))
+
+
+def _elementwise_scale(module: nn.Module) -> float | None:
+    """The training scale of a plain elementwise dropout, None for every other module."""
+    if type(module) is Dropout and module.noise_shape is None:
+        return F.train_scale(module.p, module.scaling)
+    if type(module) is nn.Dropout:
+        return F.train_scale(module.p, "inverted")
+    return None
+
+
+def _functional_rule(module: nn.Module) -> Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None:
+    """dropkit's functional form of a dropkit module, taking an explicit generator."""
+    kind = type(module)
+    if kind is Dropout:
+        return lambda x, g: F.dropout(
+            x, module.p, True, False, scaling=module.scaling, noise_shape=module.noise_shape, generator=g
+        )
+    channel = {Dropout1d: F.dropout1d, Dropout2d: F.dropout2d, Dropout3d: F.dropout3d}.get(kind)
+    if channel is not None:
+        return lambda x, g: channel(x, module.p, True, False, scaling=module.scaling, generator=g)
+    if kind is AlphaDropout:
+        return lambda x, g: F.alpha_dropout(x, module.p, True, False, noise_shape=module.noise_shape, generator=g)
+    if kind is GaussianDropout:
+        return lambda x, g: F.gaussian_dropout(x, module.p, True, noise_shape=module.noise_shape, generator=g)
+    return None
+
+
+def _reseed_globals(seed: int, device: torch.device) -> None:
+    torch.default_generator.manual_seed(seed)
+    if device.type == "cuda":
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        torch.cuda.default_generators[index].manual_seed(seed)
+
+
+@contextlib.contextmanager
+def _saved_global_rng(device: torch.device) -> Iterator[None]:
+    cpu_state = torch.get_rng_state()
+    cuda_state = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
+    try:
+        yield
+    finally:
+        torch.set_rng_state(cpu_state)
+        if cuda_state is not None:
+            torch.cuda.set_rng_state(cuda_state, device)
+
+
+def _mc_forward(module: nn.Module, sampler: _Sampler) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The forward that replaces an active dropout module's during :func:`predict`."""
+    original = type(module).forward
+    scale = _elementwise_scale(module)
+    rule = _functional_rule(module)
+
+    def forward(input: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        call = sampler.calls
+        sampler.calls += 1
+        blocks = sampler.blocks(module, input)
+        if scale is not None and not args and not kwargs:
+            # One counter-based stream per dropout call; sample t owns positions [t·M, (t+1)·M).
+            per_sample = blocks[0].numel()
+            return ops.dropout_with_seed(
+                input, float(module.p), rng.mix_seed(sampler.seed, call), sampler.first * per_sample, scale
+            )
+        outputs = []
+        for i, block in enumerate(blocks):
+            gen = sampler.generator(sampler.first + i)
+            if rule is not None and not args and not kwargs:
+                outputs.append(rule(block, gen))
+            else:
+                _reseed_globals(rng.draw_seed(gen), sampler.device)
+                outputs.append(original(module, block, *args, **kwargs))
+        return outputs[0] if len(outputs) == 1 else torch.cat(outputs)
+
+    return forward
+
+
+@contextlib.contextmanager
+def _patched(model: nn.Module, sampler: _Sampler) -> Iterator[None]:
+    patched = []
+    try:
+        for m in model.modules():
+            if _is_active(m) and m not in patched:
+                m.forward = _mc_forward(m, sampler)
+                patched.append(m)
+        yield
+    finally:
+        for m in patched:
+            m.__dict__.pop("forward", None)
+
+
+# ------------------------------------------------------------------------------------------------
+# Plans: how much of the model runs once (the trunk) and how the rest runs on T·N rows
+# ------------------------------------------------------------------------------------------------
+def _tensor_bytes(value: object) -> int:
+    if isinstance(value, torch.Tensor):
+        return value.numel() * value.element_size()
+    if isinstance(value, (tuple, list)):
+        return sum(_tensor_bytes(v) for v in value)
+    if isinstance(value, dict):
+        return sum(_tensor_bytes(v) for v in value.values())
+    return 0
+
+
+def _repeat(value: torch.Tensor, count: int) -> torch.Tensor:
+    # Sample-major: rows [t·N, (t+1)·N) are copy t.
+    if count == 1:
+        return value
+    return value.unsqueeze(0).expand(count, *value.shape).reshape(count * value.shape[0], *value.shape[1:])
+
+
+@dataclass
+class MCPlan:
+    """How :func:`predict` runs a model.
+
+    Attributes:
+        strategy: ``"sequential"`` (split at the first dropout child), ``"fx"`` (torch.fx graph
+            split), ``"repeat"`` (the whole model on the repeated input) or ``"loop"``
+            (``batched=False``).
+        trunk: the modules (sequential) or graph nodes (fx) computed once on the N rows.
+        reason: why a trunk could not be separated (for ``"repeat"``), else "".
+    """
+
+    strategy: str
+    trunk: list[str] = field(default_factory=list)
+    reason: str = ""
+    _run: Callable[[int], tuple[torch.Tensor, int]] | None = field(default=None, repr=False)
+
+
+def _flatten_sequential(module: nn.Module, prefix: str) -> list[tuple[str, nn.Module]]:
+    out = []
+    for name, child in module.named_children():
+        path = f"{prefix}{name}"
+        if isinstance(child, nn.Sequential) and type(child).forward is nn.Sequential.forward:
+            out.extend(_flatten_sequential(child, path + "."))
+        else:
+            out.append((path, child))
+    return out
+
+
+def _sequential_plan(model: nn.Sequential, x: torch.Tensor) -> MCPlan:
+    layers = _flatten_sequential(model, "")
+    split = next(
+        (i for i, (_, m) in enumerate(layers) if any(_is_active(s) for s in m.modules())), len(layers)
+    )
+    trunk, rest = layers[:split], layers[split:]
+    h = x
+    for _, m in trunk:
+        h = m(h)
+    if not isinstance(h, torch.Tensor) or h.dim() == 0 or h.shape[0] != x.shape[0]:
+        return MCPlan("repeat", reason="the trunk's output is not a tensor with the input's rows")
+    trunk_out = h
+
+    def run(count: int) -> tuple[torch.Tensor, int]:
+        h = _repeat(trunk_out, count)
+        peak = 0
+        for _, m in rest:
+            out = m(h)
+            peak = max(peak, _tensor_bytes(h) + _tensor_bytes(out))
+            h = out
+        return h, peak
+
+    return MCPlan("sequential", [name for name, _ in trunk], _run=run)
+
+
+class _LeafTracer(fx.Tracer):
+    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        return is_dropout_module(m) or super().is_leaf_module(m, module_qualified_name)
+
+
+def _fx_plan(model: nn.Module, x: torch.Tensor) -> MCPlan:
+    try:
+        graph = _LeafTracer().trace(model)
+        gm = fx.GraphModule(model, graph)
+    except Exception as err:  # noqa: BLE001 - any tracing failure means "cannot split"
+        return MCPlan("repeat", reason=f"torch.fx could not trace {type(model).__name__}: {err}")
+    nodes = list(gm.graph.nodes)
+    placeholders = [n for n in nodes if n.op == "placeholder"]
+    if not placeholders:
+        return MCPlan("repeat", reason="the traced graph takes no input")
+    downstream: set[fx.Node] = set()
+    from_input: set[fx.Node] = set()
+    for n in nodes:
+        inputs = n.all_input_nodes
+        if n.op == "placeholder" or any(a in from_input for a in inputs):
+            from_input.add(n)
+        if (n.op == "call_module" and _is_active(gm.get_submodule(n.target))) or any(
+            a in downstream for a in inputs
+        ):
+            downstream.add(n)
+    if not downstream:
+        return MCPlan("repeat", reason="no dropout module is called in the traced forward")
+    output = nodes[-1]
+    interp = fx.Interpreter(gm)
+
+    def execute(n: fx.Node, env: dict) -> object:
+        args = fx.node.map_arg(n.args, lambda a: env[a])
+        kwargs = fx.node.map_arg(n.kwargs, lambda a: env[a])
+        return getattr(interp, n.op)(n.target, args, kwargs)
+
+    env: dict[fx.Node, object] = {}
+    for i, n in enumerate(placeholders):
+        if i == 0:
+            env[n] = x
+        elif n.args:
+            env[n] = n.args[0]
+        else:
+            return MCPlan("repeat", reason=f"forward needs a second input ({n.name})")
+    trunk_nodes = [n for n in nodes if n not in downstream and n.op not in ("placeholder", "output")]
+    for n in trunk_nodes:
+        env[n] = execute(n, env)
+    rest = [n for n in nodes if n in downstream and n.op != "output"]
+    cut = {a for n in rest + [output] for a in n.all_input_nodes if a not in downstream}
+    rows = x.shape[0]
+    batch_cut = set()
+    for c in cut:
+        value = env[c]
+        if c not in from_input:
+            continue
+        if isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape[0] == rows:
+            batch_cut.add(c)
+        else:
+            kind = f"shape {tuple(value.shape)}" if isinstance(value, torch.Tensor) else repr(value)
+            return MCPlan(
+                "repeat",
+                reason=f"trunk value {c.name} ({kind}) depends on the input but is not a batch "
+                "tensor, so it cannot be repeated for T samples",
+            )
+    last_use: dict[fx.Node, int] = {}
+    for i, n in enumerate(rest + [output]):
+        for a in n.all_input_nodes:
+            last_use[a] = i
+
+    def run(count: int) -> tuple[torch.Tensor, int]:
+        local = {c: (_repeat(env[c], count) if c in batch_cut else env[c]) for c in cut}
+        live = sum(_tensor_bytes(local[c]) for c in batch_cut)
+        peak = live
+        for i, n in enumerate(rest):
+            value = execute(n, local)
+            local[n] = value
+            live += _tensor_bytes(value)
+            peak = max(peak, live)
+            for a in n.all_input_nodes:
+                if last_use.get(a) == i and a in local and (a in downstream or a in batch_cut):
+                    live -= _tensor_bytes(local.pop(a))
+        result = fx.node.map_arg(output.args[0], lambda a: local[a])
+        return result, peak
+
+    return MCPlan("fx", [n.name for n in trunk_nodes if n.op != "get_attr"], _run=run)
+
+
+def _repeat_plan(model: nn.Module, x: torch.Tensor, reason: str) -> MCPlan:
+    def run(count: int) -> tuple[torch.Tensor, int]:
+        sizes = [0]
+        hooks = [
+            m.register_forward_hook(lambda _m, _i, out: sizes.__setitem__(0, sizes[0] + _tensor_bytes(out)))
+            for m in model.modules()
+            if not list(m.children())
+        ]
+        try:
+            out = model(_repeat(x, count))
+        finally:
+            for h in hooks:
+                h.remove()
+        return out, sizes[0] + _tensor_bytes(x) * count
+
+    return MCPlan("repeat", reason=reason, _run=run)
+
+
+def _build_plan(model: nn.Module, x: torch.Tensor, trunk: str) -> MCPlan:
+    if trunk == "none":
+        return _repeat_plan(model, x, "trunk='none' was asked for")
+    if isinstance(model, nn.Sequential) and type(model).forward is nn.Sequential.forward:
+        plan = _sequential_plan(model, x)
+    else:
+        plan = _fx_plan(model, x)
+    if plan.strategy == "repeat":
+        return _repeat_plan(model, x, plan.reason)
+    return plan
+
+
+# ------------------------------------------------------------------------------------------------
+# Public entry points
+# ------------------------------------------------------------------------------------------------
+def _check_input(x: object) -> torch.Tensor:
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
+    if x.dim() == 0 or x.shape[0] == 0:
+        raise ValueError(f"x must have a batch dim 0 with at least one row, got shape {tuple(x.shape)}")
+    return x
+
+
+def _check_seed(seed: object) -> int:
+    if seed is None:
+        return rng.draw_seed()
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+        raise TypeError(f"seed must be an int in [0, 2**64) or None, got {seed!r} of type {type(seed).__name__}")
+    if not 0 <= int(seed) <= _MASK64:
+        raise ValueError(f"seed must be an int in [0, 2**64) or None, got {seed!r}")
+    return int(seed)
+
+
+def _check_trunk(trunk: object) -> str:
+    if trunk not in ("auto", "none"):
+        raise ValueError(f"trunk must be 'auto' or 'none', got {trunk!r}")
+    return trunk  # type: ignore[return-value]
+
+
+def _with_shape_context(model: nn.Module, x: torch.Tensor, call: Callable[[], object]) -> object:
+    try:
+        return call()
+    except (RuntimeError, ValueError) as err:
+        if isinstance(err, ValueError) and str(err).startswith("MC batching"):
+            raise
+        raise ValueError(
+            f"model ({type(model).__name__}) failed on x of shape {tuple(x.shape)}: {err}"
+        ) from err
+
+
+def mc_plan(model: nn.Module, x: torch.Tensor, *, trunk: str = "auto") -> MCPlan:
+    """Says how :func:`predict` will run ``model`` on ``x``: which part runs once, and why.
+
+    Args:
+        model: a model holding dropout modules.
+        x: an example input (N, ...); the trunk is evaluated on it.
+        trunk: ``"auto"`` (split where possible) or ``"none"`` (always repeat the input).
+
+    Returns:
+        An :class:`MCPlan` (``strategy``, ``trunk``, ``reason``).
+
+    Example:
+        >>> import torch, dropkit
+        >>> from dropkit.mc import mc_plan
+        >>> net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), dropkit.Dropout(0.5),
+        ...                           torch.nn.Linear(8, 2))
+        >>> plan = mc_plan(net, torch.randn(3, 4))
+        >>> plan.strategy, plan.trunk
+        ('sequential', ['0', '1'])
+    """
+    _check_model(model)
+    x = _check_input(x)
+    trunk = _check_trunk(trunk)
+    with torch.no_grad(), mc_dropout(model):
+        plan = _with_shape_context(model, x, lambda: _build_plan(model, x, trunk))
+    return plan  # type: ignore[return-value]
+
+
+def predict(
+    model: nn.Module,
+    x: torch.Tensor,
+    T: int = 50,
+    *,
+    seed: int | None = None,
+    batched: bool = True,
+    max_batch_size: int | None = None,
+    max_memory_bytes: int | None = DEFAULT_MAX_MEMORY_BYTES,
+    transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    trunk: str = "auto",
+) -> torch.Tensor:
+    r"""T Monte-Carlo dropout samples of ``model(x)``: ŷ_t = f(x; ω̂_t), t = 1 … T.
+
+    Runs under :func:`mc_dropout` (dropout on, everything else in eval, flags restored) and
+    ``torch.no_grad``. Sample t's masks depend only on (``seed``, t) — see the module doc — so the
+    result does not depend on ``batched``, ``max_batch_size`` or ``max_memory_bytes`` (up to float
+    rounding of matmuls over more rows). torch's global RNG state is left as it was, apart from one
+    draw for the seed when ``seed`` is None.
+
+    Batched mode (default) runs the trunk before the first dropout once and the rest on (T_c·N, ...)
+    chunks; the first sample is run alone to estimate the activation memory of one sample, which
+    sets T_c = min(max_memory_bytes // bytes_per_sample, max_batch_size // N).
+
+    Args:
+        model: any ``nn.Module`` with at least one active dropout module (p > 0).
+        x: the input batch (N, ...).
+        T: number of samples, ≥ 1.
+        seed: int in [0, 2^64) for reproducible samples; None draws one from torch's generator.
+        batched: True for the fast batched path, False for a loop of T plain ``model(x)`` passes
+            (the same numbers).
+        max_batch_size: at most this many rows (T_c·N) per forward pass; ≥ N.
+        max_memory_bytes: estimated activation bytes per forward pass (default 1 GiB); None for no
+            limit. Must cover one sample.
+        transform: applied to each pass's output before it is stored (e.g. ``torch.softmax``).
+        trunk: ``"auto"`` or ``"none"`` (never split the model, repeat the input).
+
+    Returns:
+        Tensor of shape (T, N, *out) where ``model(x)`` has shape (N, *out).
+
+    Raises:
+        ValueError: T < 1, no active dropout module, a memory budget smaller than one sample, or a
+            model that fails on ``x`` / does not keep the batch in dim 0.
+        TypeError: wrong argument types.
+
+    Example:
+        >>> import torch, dropkit
+        >>> from dropkit.mc import predict
+        >>> net = dropkit.MLP([4, 16, 3], p=0.3)
+        >>> x = torch.randn(5, 4)
+        >>> samples = predict(net, x, T=20, seed=0)
+        >>> samples.shape
+        torch.Size([20, 5, 3])
+        >>> torch.allclose(samples, predict(net, x, T=20, seed=0, batched=False), atol=1e-6)
+        True
+    """
+    _check_model(model)
+    x = _check_input(x)
+    T = check_positive_int(T, "T")
+    if not isinstance(batched, bool):
+        raise TypeError(f"batched must be a bool, got {batched!r}")
+    if max_batch_size is not None:
+        max_batch_size = check_positive_int(max_batch_size, "max_batch_size")
+        if max_batch_size < x.shape[0]:
+            raise ValueError(
+                f"max_batch_size must be at least the number of rows of x ({x.shape[0]}) so one sample "
+                f"fits in a pass, got {max_batch_size}; pass fewer rows per call"
+            )
+    if max_memory_bytes is not None:
+        max_memory_bytes = check_positive_int(max_memory_bytes, "max_memory_bytes")
+    if transform is not None and not callable(transform):
+        raise TypeError(f"transform must be callable or None, got {type(transform).__name__}")
+    trunk = _check_trunk(trunk)
+    if not any(_is_active(m) for m in model.modules()):
+        raise ValueError(
+            f"every dropout module of model ({type(model).__name__}) has p = 0: the T samples would "
+            "be identical; MC dropout needs a dropout module with p > 0"
+        )
+    seed = _check_seed(seed)
+    rows = int(x.shape[0])
+    sampler = _Sampler(seed, rows, x.device, batched)
+
+    def store(out: object, first: int, count: int, samples: torch.Tensor | None) -> torch.Tensor:
+        if not isinstance(out, torch.Tensor):
+            raise TypeError(f"model output must be a tensor, got {type(out).__name__}")
+        if out.dim() == 0 or out.shape[0] != count * rows:
+            raise ValueError(
+                f"MC batching: model output has shape {tuple(out.shape)}, expected dim 0 = "
+                f"{count} × {rows} rows; use predict(..., batched=False) for a model that does not "
+                "keep the batch in dim 0"
+            )
+        out = out.reshape(count, rows, *out.shape[1:])
+        if transform is not None:
+            out = transform(out)
+        if samples is None:
+            samples = out.new_empty((T, *out.shape[1:]))
+        samples[first : first + count] = out
+        return samples
+
+    samples: torch.Tensor | None = None
+    with torch.no_grad(), mc_dropout(model), _saved_global_rng(x.device), _patched(model, sampler):
+        if not batched:
+            for t in range(T):
+                sampler.begin(t, 1)
+                out = _with_shape_context(model, x, lambda: model(x))
+                samples = store(out, t, 1, samples)
+            return samples
+        plan = _with_shape_context(model, x, lambda: _build_plan(model, x, trunk))
+        sampler.begin(0, 1)
+        out, peak = _with_shape_context(model, x, lambda: plan._run(1))
+        samples = store(out, 0, 1, samples)
+        per_pass = T - 1
+        if max_memory_bytes is not None:
+            if peak > max_memory_bytes:
+                raise ValueError(
+                    f"max_memory_bytes={max_memory_bytes} is smaller than one sample's estimated "
+                    f"activation memory ({peak} bytes for {rows} rows); raise it or pass fewer rows"
+                )
+            per_pass = min(per_pass, max_memory_bytes // max(peak, 1))
+        if max_batch_size is not None:
+            per_pass = min(per_pass, max_batch_size // rows)
+        per_pass = max(per_pass, 1)
+        first = 1
+        while first < T:
+            count = min(per_pass, T - first)
+            sampler.begin(first, count)
+            out, _ = plan._run(count)
+            samples = store(out, first, count, samples)
+            first += count
+    return samples

@@ -1,0 +1,910 @@
+r"""``dropkit study``: the main job, end to end, on MNIST-1D or a user's table.
+
+One call runs the seeds' whole practical story on a real data set and writes a report:
+
+1. **Baseline.** An MLP without dropout is trained on a training split and watched by
+   :class:`dropkit.tune.OverfitMonitor` on a validation split: the gap A_train − A_val grows past ε.
+2. **One rate.** The seeds' grid p ∈ {0.1, …, 0.5} on the hidden layers
+   (:class:`dropkit.tune.RateSearch`, grid mode, stored in a SQLite file in the report).
+3. **Sensitivity.** The validation metric and the gap against p, with error bars over seeds
+   (:func:`dropkit.tune.sensitivity`, the grid search's seed added as one more seed).
+4. **Per layer.** One rate per dropout module (input and each hidden layer) with TPE and a
+   median pruner, warm-started at the grid's best rate so it can only improve on it on validation.
+5. **Ablation.** The chosen rates with and without dropout, and one layer at a time
+   (:func:`dropkit.tune.ablation`).
+6. **Final models.** Baseline and chosen dropout retrained on the whole training set, tested once
+   on the test set (train/test curves recorded for the report, never used for a choice).
+7. **MC dropout.** T stochastic passes of the dropout model (:func:`dropkit.mc.predict`) against
+   weight-scaling inference: NLL, Brier score, ECE and AUROC of the uncertainty for spotting
+   errors (:mod:`dropkit.uncertainty`).
+
+Every choice uses the validation split (a seeded share of the training data); the test set is used
+only to report the final models. Everything is seeded by ``seed``: two runs with the same seed give
+the same numbers.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import os
+import platform
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any, TextIO
+
+import numpy as np
+import torch
+from torch import nn
+
+from dropkit import data as _data
+from dropkit import tune
+from dropkit._validate import check_positive_int
+from dropkit.models import MLP
+from dropkit.train import History, evaluate, fit
+
+__all__ = ["StudyConfig", "StudyResult", "run_study", "load_study_data", "format_summary"]
+
+#: The MNIST-1D paper's MLP test accuracy (Greydanus 2020, table 1), the baseline's reference.
+PAPER_MLP_TEST_ACC = 0.68
+
+
+@dataclass
+class StudyConfig:
+    r"""Settings of one ``dropkit study`` run; ``None`` fields take the mode's default.
+
+    Defaults follow the MNIST-1D paper's MLP (two hidden layers of 100 ReLU units, Adam with
+    learning rate 10⁻², batches of 100). ``quick`` shrinks epochs, trials, seeds and MC samples so
+    the run finishes in well under a minute; the pipeline is the same.
+
+    Args:
+        data: a CSV or NPZ file (see :func:`dropkit.data.load_table`); None for MNIST-1D.
+        label: the label column of ``data``.
+        seed: seeds the data split, every model, the searches and the MC samples.
+        quick: the fast variant.
+        epochs: training epochs of every model (default 100, quick 15).
+        hidden: hidden layer widths.
+        lr, batch_size: the trainer's settings.
+        val_fraction: share of the training data held out for validation (every choice uses it).
+        grid: the rates of the one-rate search (the seeds' grid).
+        trials: per-layer TPE trials (default 10, quick 4).
+        seeds: seeds of the sensitivity analysis, the grid search's included (default 2, quick 2).
+        mc_samples: T, the number of MC dropout passes (default 100, quick 30).
+        metric: the validation metric that chooses rates: ``"val_acc"`` (maximised) or
+            ``"val_loss"`` (minimised, the seeds' p* = argmin L_val(p)).
+        epsilon: the overfitting threshold ε on A_train − A_val.
+        progress: draw tqdm progress bars on stderr.
+    """
+
+    data: str | None = None
+    label: str = "label"
+    seed: int = 0
+    quick: bool = False
+    epochs: int | None = None
+    hidden: tuple[int, ...] = (100, 100)
+    lr: float = 1e-2
+    batch_size: int = 100
+    val_fraction: float = 0.2
+    grid: tuple[float, ...] = tune.DEFAULT_GRID
+    trials: int | None = None
+    seeds: int | None = None
+    mc_samples: int | None = None
+    metric: str = "val_acc"
+    epsilon: float = 0.05
+    progress: bool = True
+
+    def resolved(self) -> StudyConfig:
+        """A copy with every ``None`` replaced by the mode's default, every field checked."""
+        quick = bool(self.quick)
+        out = StudyConfig(**asdict(self))
+        out.epochs = check_positive_int(
+            self.epochs if self.epochs is not None else (15 if quick else 100), "epochs"
+        )
+        out.trials = check_positive_int(
+            self.trials if self.trials is not None else (4 if quick else 10), "trials"
+        )
+        out.seeds = check_positive_int(
+            self.seeds if self.seeds is not None else 2, "seeds"
+        )
+        out.mc_samples = check_positive_int(
+            self.mc_samples if self.mc_samples is not None else (30 if quick else 100), "mc_samples"
+        )
+        out.hidden = tuple(check_positive_int(h, "hidden") for h in self.hidden)
+        if not out.hidden:
+            raise ValueError("hidden must hold at least one layer width, got none")
+        out.batch_size = check_positive_int(self.batch_size, "batch_size")
+        if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
+            raise ValueError(f"lr must be a positive finite number, got {self.lr!r}")
+        if not 0.0 < self.val_fraction < 1.0:
+            raise ValueError(f"val_fraction must be in (0, 1), got {self.val_fraction!r}")
+        if self.metric not in ("val_acc", "val_loss"):
+            raise ValueError(f"metric must be 'val_acc' or 'val_loss', got {self.metric!r}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
+            raise ValueError(f"seed must be an int >= 0, got {self.seed!r}")
+        out.grid = tuple(float(p) for p in self.grid)
+        return out
+
+
+@dataclass
+class StudyResult:
+    """What :func:`run_study` found: every number (``numbers``, JSON-ready) and the figures.
+
+    ``figures`` maps a figure's name to ``(title, caption, png_bytes)``, in report order.
+    """
+
+    numbers: dict[str, Any]
+    figures: dict[str, tuple[str, str, bytes]] = field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------------------------
+# Data
+# --------------------------------------------------------------------------------------------
+
+
+def load_study_data(config: StudyConfig) -> _data.Dataset:
+    """The study's data set: MNIST-1D (4000 train / 1000 test) or the user's table.
+
+    Raises before any work (FileNotFoundError, ValueError) on a missing, empty or malformed file
+    and on a data set too small for train, validation and test parts.
+
+    Example:
+        >>> d = load_study_data(StudyConfig())
+        >>> d.name, tuple(d.x_train.shape), tuple(d.x_test.shape)
+        ('mnist1d', (4000, 40), (1000, 40))
+    """
+    if config.data is None:
+        return _data.load_mnist1d()
+    dataset = _data.load_table(config.data, label=config.label, seed=config.seed)
+    n_train = int(dataset.x_train.shape[0])
+    n_val = int(round(n_train * config.val_fraction))
+    if n_val < 1 or n_train - n_val < 2:
+        raise ValueError(
+            f"data file {config.data!r}: {n_train} training rows are too few to split into "
+            f"train and validation parts (val_fraction={config.val_fraction})"
+        )
+    return dataset
+
+
+# --------------------------------------------------------------------------------------------
+# Helpers
+# --------------------------------------------------------------------------------------------
+
+
+def _bar(total: int, desc: str, enabled: bool) -> Any:
+    from tqdm.auto import tqdm
+
+    return tqdm(
+        total=total,
+        desc=f"{desc:<26}",
+        unit="run" if total < 50 else "epoch",
+        disable=not enabled,
+        file=sys.stderr,
+        leave=True,
+        dynamic_ncols=True,
+    )
+
+
+def _png(draw: Callable[[Any], None], size: tuple[float, float] = (6.4, 4.0)) -> bytes:
+    """Draws into a fresh Agg figure and returns its PNG bytes (no pyplot state, no metadata)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=size)
+    FigureCanvasAgg(fig)
+    draw(fig)
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=96, metadata={"Software": None})
+    return buffer.getvalue()
+
+
+def _clean(value: Any) -> Any:
+    """JSON-ready copy: NaN/inf → None, tuples → lists, numpy/torch scalars → Python numbers."""
+    if isinstance(value, dict):
+        return {str(k): _clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_clean(v) for v in value]
+    if isinstance(value, (np.generic, torch.Tensor)):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def _search_dict(result: tune.SearchResult) -> dict[str, Any]:
+    """A search's record without run-dependent fields (timings, the temporary storage path)."""
+    out = result.as_dict()
+    out["storage"] = "search.db"
+    out["records"] = [
+        {k: v for k, v in r.items() if k not in ("duration_s", "error")} for r in out["records"]
+    ]
+    return out
+
+
+def _final_metrics(history: History, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict:
+    train_acc, test_acc = history.train_acc[-1], history.val_acc[-1]
+    return {
+        "train_loss": history.train_loss[-1],
+        "train_acc": train_acc,
+        "test_loss": history.val_loss[-1],
+        "test_acc": test_acc,
+        "gap": train_acc - test_acc,
+        "best_test_acc_seen": max(history.val_acc),
+        "rates": {k: float(m.p) for k, m in tune.dropout_layers(model).items()},
+        "curve": [
+            {
+                "epoch": r["epoch"],
+                "train_loss": r["train_loss"],
+                "train_acc": r["train_acc"],
+                "test_loss": r["val_loss"],
+                "test_acc": r["val_acc"],
+            }
+            for r in history.as_records()
+        ],
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# The pipeline
+# --------------------------------------------------------------------------------------------
+
+
+def run_study(
+    config: StudyConfig,
+    workdir: str | os.PathLike,
+    *,
+    dataset: _data.Dataset | None = None,
+    log: TextIO | None = None,
+) -> StudyResult:
+    r"""Runs the study and returns its numbers and figures; the Optuna studies go to ``workdir``.
+
+    The report itself is written by :func:`dropkit.report.write_report` (the CLI does both, and
+    writes atomically). ``workdir`` must exist; it receives ``search.db``, the SQLite file holding
+    the grid and per-layer searches (load them with :func:`dropkit.tune.load_search`).
+
+    Args:
+        config: the settings (``None`` fields take the mode's defaults).
+        workdir: folder for the search storage.
+        dataset: the data (default :func:`load_study_data`).
+        log: where one line per step goes (default: nowhere).
+
+    Returns:
+        A :class:`StudyResult`.
+
+    Example:
+        >>> import tempfile, torch
+        >>> from dropkit.data import Dataset
+        >>> g = torch.Generator().manual_seed(0)
+        >>> x = torch.randn(120, 4, generator=g); y = (x[:, 0] > 0).long()
+        >>> ds = Dataset("toy", x[:100], y[:100], x[100:], y[100:], n_classes=2)
+        >>> cfg = StudyConfig(quick=True, epochs=2, trials=2, seeds=1, mc_samples=4,
+        ...                   hidden=(8,), progress=False)
+        >>> result = run_study(cfg, tempfile.mkdtemp(), dataset=ds)
+        >>> sorted(result.numbers["final"])
+        ['baseline', 'dropout']
+    """
+    cfg = config.resolved()
+    started = time.perf_counter()
+    timing: dict[str, float] = {}
+    ds = dataset if dataset is not None else load_study_data(cfg)
+    if ds.task != "classification":
+        raise ValueError(f"dropkit study handles classification data, got task {ds.task!r}")
+    timing["data_s"] = time.perf_counter() - started
+
+    def say(text: str) -> None:
+        if log is not None:
+            print(text, file=log, flush=True)
+
+    x_fit, y_fit, x_val, y_val = _data.split_train_val(
+        ds.x_train, ds.y_train, cfg.val_fraction, seed=cfg.seed
+    )
+    n_classes = int(max(ds.n_classes, int(ds.y_train.max()) + 1, int(ds.y_test.max()) + 1))
+    sizes = [ds.n_features, *cfg.hidden, n_classes]
+    direction = "maximize" if cfg.metric == "val_acc" else "minimize"
+    better = (lambda a, b: a > b) if direction == "maximize" else (lambda a, b: a < b)
+    train_kw = dict(epochs=cfg.epochs, lr=cfg.lr, batch_size=cfg.batch_size)
+    storage = "sqlite:///" + os.path.abspath(os.path.join(os.fspath(workdir), "search.db"))
+
+    def build_model() -> nn.Module:
+        return MLP(sizes, p=0.0)
+
+    all_layers = list(tune.dropout_layers(build_model()))
+    hidden_layers = [name for name in all_layers if name != "input_dropout"]
+    seeds = [cfg.seed + i for i in range(cfg.seeds)]
+    numbers: dict[str, Any] = {
+        "config": asdict(cfg),
+        "data": {
+            "name": ds.name,
+            "source": cfg.data or "MNIST-1D, generated locally (mnist1d.make_dataset, seed 42)",
+            "n_train": int(ds.x_train.shape[0]),
+            "n_fit": int(x_fit.shape[0]),
+            "n_val": int(x_val.shape[0]),
+            "n_test": int(ds.x_test.shape[0]),
+            "n_features": ds.n_features,
+            "n_classes": n_classes,
+        },
+        "model": {"sizes": sizes, "dropout_layers": all_layers, "searched_one_rate": hidden_layers},
+    }
+
+    # 1. Baseline: no dropout, the gap on validation --------------------------------------
+    t0 = time.perf_counter()
+    monitor = tune.OverfitMonitor(epsilon=cfg.epsilon)
+    torch.manual_seed(cfg.seed)
+    baseline_split = build_model()
+    with _bar(cfg.epochs, "1/7 baseline (no dropout)", cfg.progress) as bar:
+        history = fit(
+            baseline_split,
+            (x_fit, y_fit),
+            (x_val, y_val),
+            **train_kw,
+            seed=cfg.seed,
+            on_epoch=monitor,
+            progress=bar,
+        )
+    last = monitor.records[-1]
+    numbers["baseline"] = {
+        "train_acc": history.train_acc[-1],
+        "val_acc": history.val_acc[-1],
+        "train_loss": history.train_loss[-1],
+        "val_loss": history.val_loss[-1],
+        "gap": last["gap"],
+        "loss_gap": last["loss_gap"],
+        "epsilon": cfg.epsilon,
+        "overfitting": tune.gap(last["train_acc"], last["val_acc"], cfg.epsilon).overfitting,
+        "flagged_epoch": monitor.flagged_epoch,
+        "curve": monitor.records,
+    }
+    timing["baseline_s"] = time.perf_counter() - t0
+    say(
+        f"baseline: train acc {history.train_acc[-1]:.3f}, val acc {history.val_acc[-1]:.3f}, "
+        f"gap flagged at epoch {monitor.flagged_epoch}"
+    )
+
+    # 2. One rate on the hidden layers: the seeds' grid -------------------------------------
+    t0 = time.perf_counter()
+    grid_search = tune.RateSearch(
+        build_model,
+        train=(x_fit, y_fit),
+        val=(x_val, y_val),
+        mode="grid",
+        grid=cfg.grid,
+        layers=hidden_layers,
+        **train_kw,
+        metric=cfg.metric,
+        direction=direction,
+        seed=cfg.seed,
+    )
+    with _bar(len(cfg.grid), "2/7 one-rate grid search", cfg.progress) as bar:
+        grid = grid_search.run(storage=storage, study_name="one-rate-grid", progress=bar)
+    numbers["grid_search"] = _search_dict(grid)
+    timing["grid_search_s"] = time.perf_counter() - t0
+    say(f"grid search: p* = {grid.best_p} ({cfg.metric} {grid.best_value:.4f})")
+
+    # 3. Sensitivity: the grid's seed plus more seeds, p = 0 included ------------------------
+    t0 = time.perf_counter()
+    sens_rows: list[dict[str, Any]] = [
+        {
+            "p": 0.0,
+            "seed": cfg.seed,
+            "rates": dict.fromkeys(all_layers, 0.0),
+            "train_acc": history.train_acc[-1],
+            "val_acc": history.val_acc[-1],
+            "train_loss": history.train_loss[-1],
+            "val_loss": history.val_loss[-1],
+            "gap": last["gap"],
+            "loss_gap": last["loss_gap"],
+        }
+    ]
+    for r in grid.records:
+        if r["state"] == "COMPLETE":
+            sens_rows.append(
+                {
+                    "p": r["p"],
+                    "seed": cfg.seed,
+                    "rates": r["rates"],
+                    **{k: r.get(k) for k in ("train_acc", "val_acc", "train_loss", "val_loss")},
+                    "gap": r.get("gap"),
+                    "loss_gap": r.get("loss_gap"),
+                }
+            )
+    extra_seeds = seeds[1:]
+    if extra_seeds:
+        rates = (0.0, *cfg.grid)
+        with _bar(len(rates) * len(extra_seeds), "3/7 sensitivity over seeds", cfg.progress) as bar:
+            sens_rows += tune.sensitivity(
+                build_model,
+                train=(x_fit, y_fit),
+                val=(x_val, y_val),
+                rates=rates,
+                seeds=extra_seeds,
+                layers=hidden_layers,
+                **train_kw,
+                metric=cfg.metric,
+                progress=bar,
+            )
+    sens_rows.sort(key=lambda r: (r["p"], r["seed"]))
+    numbers["sensitivity"] = {
+        "seeds": seeds,
+        "records": sens_rows,
+        "val_acc": tune.summarize(sens_rows, by="p", metric="val_acc"),
+        "val_loss": tune.summarize(sens_rows, by="p", metric="val_loss"),
+        "gap": tune.summarize(sens_rows, by="p", metric="gap"),
+    }
+    timing["sensitivity_s"] = time.perf_counter() - t0
+
+    # 4. Per-layer rates with TPE, warm-started at the grid's best ----------------------------
+    t0 = time.perf_counter()
+    per_layer_search = tune.RateSearch(
+        build_model,
+        train=(x_fit, y_fit),
+        val=(x_val, y_val),
+        mode="per_layer",
+        layers=all_layers,
+        low=0.0,
+        high=0.5,
+        **train_kw,
+        metric=cfg.metric,
+        direction=direction,
+        seed=cfg.seed,
+        n_startup_trials=max(1, min(5, cfg.trials // 2)),
+    )
+    study = per_layer_search.create_study(storage, "per-layer-tpe", cfg.trials)
+    # The grid's optimum is the first trial: TPE starts from it and can only beat it.
+    study.enqueue_trial({f"p:{name}": float(grid.best_rates.get(name, 0.0)) for name in all_layers})
+    with _bar(cfg.trials, "4/7 per-layer TPE search", cfg.progress) as bar:
+        per_layer = per_layer_search.run(
+            cfg.trials, storage=storage, study_name="per-layer-tpe", progress=bar
+        )
+    numbers["per_layer_search"] = _search_dict(per_layer)
+    timing["per_layer_search_s"] = time.perf_counter() - t0
+    if per_layer.best_value is not None and not better(grid.best_value, per_layer.best_value):
+        chosen_rates, chosen_from, chosen_value = (
+            dict(per_layer.best_rates),
+            "per_layer",
+            per_layer.best_value,
+        )
+    else:
+        chosen_rates = {name: float(grid.best_rates.get(name, 0.0)) for name in all_layers}
+        chosen_from, chosen_value = "grid", grid.best_value
+    numbers["chosen"] = {
+        "rates": chosen_rates,
+        "from": chosen_from,
+        "metric": cfg.metric,
+        "val_value": chosen_value,
+        "grid_best_p": grid.best_p,
+        "grid_best_value": grid.best_value,
+    }
+    say(f"chosen rates ({chosen_from}): {chosen_rates}")
+
+    # 5. Ablation of the chosen rates --------------------------------------------------------
+    t0 = time.perf_counter()
+    active = [k for k, v in chosen_rates.items() if v > 0]
+
+    def build_chosen() -> nn.Module:
+        return tune.set_rates(build_model(), chosen_rates)
+
+    with _bar(2 + len(active), "5/7 ablation", cfg.progress) as bar:
+        ablation_rows = tune.ablation(
+            build_chosen,
+            train=(x_fit, y_fit),
+            val=(x_val, y_val),
+            seeds=(cfg.seed,),
+            one_at_a_time="without",
+            **train_kw,
+            metric=cfg.metric,
+            progress=bar,
+        )
+    numbers["ablation"] = {
+        "records": ablation_rows,
+        "val_acc": tune.summarize(ablation_rows, by="config", metric="val_acc"),
+        "val_loss": tune.summarize(ablation_rows, by="config", metric="val_loss"),
+    }
+    timing["ablation_s"] = time.perf_counter() - t0
+
+    # 6. Final models on the whole training set, tested once ---------------------------------
+    t0 = time.perf_counter()
+    final: dict[str, Any] = {}
+    final_models: dict[str, nn.Module] = {}
+    with _bar(2 * cfg.epochs, "6/7 final models", cfg.progress) as bar:
+        for name, rates in (("baseline", dict.fromkeys(all_layers, 0.0)), ("dropout", chosen_rates)):
+            torch.manual_seed(cfg.seed)
+            model = tune.set_rates(build_model(), rates)
+            h = fit(
+                model,
+                (ds.x_train, ds.y_train),
+                (ds.x_test, ds.y_test),
+                **train_kw,
+                seed=cfg.seed,
+                progress=bar,
+            )
+            final[name] = _final_metrics(h, model, ds.x_test, ds.y_test)
+            final_models[name] = model
+    numbers["final"] = final
+    timing["final_s"] = time.perf_counter() - t0
+
+    # 7. MC dropout against weight scaling ---------------------------------------------------
+    t0 = time.perf_counter()
+    numbers["mc_dropout"], mc_arrays = _mc_study(
+        final_models["dropout"], ds.x_test, ds.y_test, cfg.mc_samples, cfg.seed, cfg.progress
+    )
+    timing["mc_dropout_s"] = time.perf_counter() - t0
+
+    base, drop = final["baseline"], final["dropout"]
+    numbers["checks"] = {
+        "baseline_overfits": base["gap"] > cfg.epsilon,
+        "dropout_shrinks_gap": drop["gap"] < base["gap"],
+        "dropout_keeps_test_acc": drop["test_acc"] >= base["test_acc"],
+        "gap_reduction": base["gap"] - drop["gap"],
+        "test_acc_change": drop["test_acc"] - base["test_acc"],
+    }
+    if ds.name == "mnist1d" and cfg.data is None:
+        numbers["checks"]["paper_mlp_test_acc"] = PAPER_MLP_TEST_ACC
+        numbers["checks"]["baseline_within_3_points_of_paper"] = (
+            abs(base["test_acc"] - PAPER_MLP_TEST_ACC) <= 0.03
+        )
+
+    # Figures --------------------------------------------------------------------------------
+    t0 = time.perf_counter()
+    figures = _figures(numbers, sens_rows, ablation_rows, per_layer, mc_arrays, cfg)
+    timing["figures_s"] = time.perf_counter() - t0
+    timing["total_s"] = time.perf_counter() - started
+    numbers["environment"] = {
+        "dropkit": _version(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+    }
+    numbers = _clean(numbers)
+    numbers["timing"] = {k: round(v, 2) for k, v in timing.items()}
+    return StudyResult(numbers=numbers, figures=figures)
+
+
+def _version() -> str:
+    from dropkit import __version__
+
+    return __version__
+
+
+# --------------------------------------------------------------------------------------------
+# MC dropout
+# --------------------------------------------------------------------------------------------
+
+
+def _mc_study(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, T: int, seed: int, progress: bool
+) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """MC dropout's predictive distribution against weight scaling, on the test set."""
+    from dropkit import mc
+
+    if not any(float(m.p) > 0 for m in tune.dropout_layers(model).values()):
+        return {"skipped": "the chosen rates are all 0: nothing to sample"}, {}
+    with _bar(1, "7/7 MC dropout", progress) as bar:
+        with torch.no_grad():
+            model.eval()
+            det_probs = torch.softmax(model(x), dim=-1)
+            samples = mc.predict(model, x, T=T, seed=seed, transform=lambda o: torch.softmax(o, -1))
+        bar.update(1)
+    mc_probs = samples.mean(0)
+    out: dict[str, Any] = {"T": T, "seed": seed}
+    arrays: dict[str, np.ndarray] = {"y": y.numpy()}
+    for name, probs in (("weight_scaling", det_probs), ("mc", mc_probs)):
+        out[name] = _classification_metrics(probs, y)
+        arrays[f"{name}_probs"] = probs.numpy()
+    unc = _uncertainties(samples)
+    correct = (mc_probs.argmax(-1) == y).numpy()
+    arrays["correct"] = correct
+    for key, values in unc.items():
+        arrays[key] = values
+        out[f"auroc_{key}"] = _auroc_errors(values, correct)
+        out[f"mean_{key}_correct"] = float(values[correct].mean()) if correct.any() else None
+        out[f"mean_{key}_wrong"] = float(values[~correct].mean()) if (~correct).any() else None
+    return out, arrays
+
+
+def _uncertainty() -> Any:
+    try:
+        from dropkit import uncertainty
+
+        return uncertainty
+    except ImportError:  # TEMPORARY until dropkit.uncertainty lands
+        return _Fallback
+
+
+class _Fallback:  # TEMPORARY until dropkit.uncertainty lands
+    @staticmethod
+    def nll(p, y):
+        return -torch.log(p.gather(1, y[:, None]).clamp_min(1e-12)).mean()
+
+    @staticmethod
+    def brier_score(p, y):
+        return ((p - nn.functional.one_hot(y, p.shape[1])) ** 2).sum(1).mean()
+
+    @staticmethod
+    def expected_calibration_error(p, y, n_bins=15):
+        conf, pred = p.max(1)
+        acc = (pred == y).float()
+        edges = torch.linspace(0, 1, n_bins + 1)
+        e = 0.0
+        for lo, hi in zip(edges[:-1], edges[1:]):
+            m = (conf > lo) & (conf <= hi)
+            if m.any():
+                e += m.float().mean() * (acc[m].mean() - conf[m].mean()).abs()
+        return e
+
+    @staticmethod
+    def predictive_entropy(s):
+        m = s.mean(0)
+        return -(m * m.clamp_min(1e-12).log()).sum(-1)
+
+    @staticmethod
+    def mutual_information(s):
+        ent = _Fallback.predictive_entropy(s)
+        return ent + (s * s.clamp_min(1e-12).log()).sum(-1).mean(0)
+
+    @staticmethod
+    def error_auroc(score, correct):
+        from sklearn.metrics import roc_auc_score
+
+        return roc_auc_score((~correct.bool()).numpy(), score.numpy())
+
+    @staticmethod
+    def plot_reliability(p, y, ax, label):
+        conf, pred = p.max(1)
+        acc = (pred == y).float()
+        edges = np.linspace(0, 1, 16)
+        xs, ys = [], []
+        for lo, hi in zip(edges[:-1], edges[1:]):
+            m = (conf > lo) & (conf <= hi)
+            if m.any():
+                xs.append(float(conf[m].mean()))
+                ys.append(float(acc[m].mean()))
+        ax.plot([0, 1], [0, 1], ":", color="gray")
+        ax.plot(xs, ys, "o-", label=label)
+        ax.legend()
+
+
+def _classification_metrics(probs: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
+    uncertainty = _uncertainty()
+
+    return {
+        "acc": float((probs.argmax(-1) == y).float().mean()),
+        "nll": float(uncertainty.nll(probs, y)),
+        "brier": float(uncertainty.brier_score(probs, y)),
+        "ece": float(uncertainty.expected_calibration_error(probs, y)),
+    }
+
+
+def _uncertainties(samples: torch.Tensor) -> dict[str, np.ndarray]:
+    uncertainty = _uncertainty()
+
+    return {
+        "entropy": uncertainty.predictive_entropy(samples).numpy(),
+        "bald": uncertainty.mutual_information(samples).numpy(),
+    }
+
+
+def _auroc_errors(score: np.ndarray, correct: np.ndarray) -> float | None:
+    uncertainty = _uncertainty()
+
+    if correct.all() or not correct.any():
+        return None
+    return float(uncertainty.error_auroc(torch.as_tensor(score), torch.as_tensor(correct)))
+
+
+# --------------------------------------------------------------------------------------------
+# Figures
+# --------------------------------------------------------------------------------------------
+
+
+def _figures(
+    numbers: dict[str, Any],
+    sens_rows: list[dict[str, Any]],
+    ablation_rows: list[dict[str, Any]],
+    per_layer: tune.SearchResult,
+    mc_arrays: dict[str, np.ndarray],
+    cfg: StudyConfig,
+) -> dict[str, tuple[str, str, bytes]]:
+    figures: dict[str, tuple[str, str, bytes]] = {}
+    final = numbers["final"]
+
+    def curves(fig: Any) -> None:
+        acc_ax, loss_ax = fig.subplots(1, 2)
+        for name, color in (("baseline", "C3"), ("dropout", "C0")):
+            curve = final[name]["curve"]
+            epochs = [r["epoch"] for r in curve]
+            label = "no dropout" if name == "baseline" else "chosen dropout"
+            for key, style in (("train", "-"), ("test", "--")):
+                acc_ax.plot(
+                    epochs,
+                    [r[f"{key}_acc"] for r in curve],
+                    style,
+                    color=color,
+                    label=f"{label}, {key}",
+                )
+                loss_ax.plot(epochs, [r[f"{key}_loss"] for r in curve], style, color=color)
+        acc_ax.set_xlabel("epoch")
+        acc_ax.set_ylabel("accuracy")
+        acc_ax.legend(fontsize="small")
+        acc_ax.set_title("accuracy: the gap is the space between lines")
+        loss_ax.set_xlabel("epoch")
+        loss_ax.set_ylabel("cross-entropy")
+        loss_ax.set_title("loss")
+
+    figures["curves"] = (
+        "Learning curves with and without dropout",
+        "Final models on the whole training set. Solid: training set (eval mode); dashed: test "
+        "set, recorded for this picture only (no choice looks at it).",
+        _png(curves, (11.0, 4.2)),
+    )
+
+    def gap_per_p(fig: Any) -> None:
+        ax = fig.add_subplot()
+        tune.plot_sensitivity(sens_rows, metric="gap", ax=ax, label="A_train − A_val")
+        ax.axhline(cfg.epsilon, color="C3", linestyle=":", label=f"ε = {cfg.epsilon:g}")
+        ax.set_ylabel("gap A_train − A_val")
+        ax.set_title("overfitting gap per dropout rate")
+        ax.legend(fontsize="small")
+
+    figures["gap"] = (
+        "Gap per dropout rate",
+        f"A_train − A_val on the validation split, mean ± std over seeds {numbers['sensitivity']['seeds']}.",
+        _png(gap_per_p),
+    )
+
+    def sensitivity(fig: Any) -> None:
+        acc_ax, loss_ax = fig.subplots(1, 2)
+        tune.plot_sensitivity(sens_rows, metric="val_acc", ax=acc_ax)
+        tune.plot_sensitivity(sens_rows, metric="val_loss", ax=loss_ax)
+        best_p = numbers["chosen"]["grid_best_p"]
+        if best_p is not None:
+            for ax in (acc_ax, loss_ax):
+                ax.axvline(best_p, color="C3", linestyle=":", label=f"grid p* = {best_p:g}")
+                ax.legend(fontsize="small")
+
+    figures["sensitivity"] = (
+        "Sensitivity to the dropout rate",
+        "Validation accuracy and loss against the hidden layers' rate p (p = 0 is no dropout), "
+        "mean ± std over seeds.",
+        _png(sensitivity, (11.0, 4.2)),
+    )
+
+    figures["per_layer"] = (
+        "Per-layer search",
+        f"Objective ({cfg.metric}) of each TPE trial; pruned trials at their last reported value.",
+        _png(lambda fig: tune.plot_search(per_layer, ax=fig.add_subplot())),
+    )
+
+    if any(r["config"] != "all" for r in ablation_rows) and ablation_rows:
+        figures["ablation"] = (
+            "Ablation",
+            "Validation accuracy of the chosen rates ('all'), no dropout ('none') and each layer's "
+            "dropout removed in turn.",
+            _png(
+                lambda fig: tune.plot_ablation(ablation_rows, metric="val_acc", ax=fig.add_subplot()),
+                (7.0, 4.2),
+            ),
+        )
+
+    if mc_arrays:
+        y = mc_arrays["y"]
+
+        def reliability(fig: Any) -> None:
+            uncertainty = _uncertainty()
+
+            ax = fig.add_subplot()
+            for name, label in (("weight_scaling", "weight scaling"), ("mc", f"MC dropout, T={cfg.mc_samples}")):
+                uncertainty.plot_reliability(
+                    torch.as_tensor(mc_arrays[f"{name}_probs"]), torch.as_tensor(y), ax=ax, label=label
+                )
+
+        figures["reliability"] = (
+            "Reliability diagram",
+            "Accuracy against confidence in 15 equal-width bins on the test set; the diagonal is "
+            "perfect calibration.",
+            _png(reliability, (5.6, 5.0)),
+        )
+
+        def histogram(fig: Any) -> None:
+            ent_ax, mi_ax = fig.subplots(1, 2)
+            correct = mc_arrays["correct"].astype(bool)
+            for ax, key, title in (
+                (ent_ax, "entropy", "predictive entropy"),
+                (mi_ax, "bald", "mutual information (BALD)"),
+            ):
+                values = mc_arrays[key]
+                bins = np.linspace(0.0, max(float(values.max()), 1e-6), 30)
+                ax.hist(values[correct], bins=bins, alpha=0.6, density=True, label="right", color="C0")
+                ax.hist(values[~correct], bins=bins, alpha=0.6, density=True, label="wrong", color="C3")
+                auroc = numbers["mc_dropout"].get(f"auroc_{key}")
+                ax.set_title(f"{title}" + (f" (AUROC {auroc:.3f})" if auroc is not None else ""))
+                ax.set_xlabel("nats")
+                ax.legend(fontsize="small")
+
+        figures["uncertainty"] = (
+            "Uncertainty of right and wrong predictions",
+            "MC dropout on the test set: wrong predictions should sit at higher uncertainty. AUROC: "
+            "how well the uncertainty ranks errors above right answers.",
+            _png(histogram, (11.0, 4.2)),
+        )
+    return figures
+
+
+# --------------------------------------------------------------------------------------------
+# Terminal summary
+# --------------------------------------------------------------------------------------------
+
+
+def _pct(value: float | None) -> str:
+    return "   —  " if value is None else f"{100 * value:5.1f}%"
+
+
+def _rates(rates: dict[str, float]) -> str:
+    return "/".join(f"{v:.2f}".rstrip("0").rstrip(".") if v else "0" for v in rates.values())
+
+
+def format_summary(numbers: dict[str, Any], report_dir: str | None = None) -> str:
+    """The terminal summary table of a study's numbers.
+
+    Example:
+        >>> numbers = {"data": {"name": "toy", "n_train": 80, "n_test": 20, "n_features": 4,
+        ...                     "n_classes": 2, "n_fit": 64, "n_val": 16},
+        ...            "config": {"seed": 0, "metric": "val_acc"},
+        ...            "final": {k: {"rates": {"input_dropout": 0.0, "dropout1": r}, "train_acc": 1.0,
+        ...                          "test_acc": 0.8, "gap": 0.2, "test_loss": 0.5}
+        ...                      for k, r in (("baseline", 0.0), ("dropout", 0.2))},
+        ...            "chosen": {"from": "grid", "grid_best_p": 0.2}, "mc_dropout": {}}
+        >>> print(format_summary(numbers).splitlines()[0])
+        dropkit study: toy, 80 train (64 fit / 16 validation) / 20 test, 4 features, 2 classes, seed 0
+    """
+    d, final = numbers["data"], numbers["final"]
+    lines = [
+        f"dropkit study: {d['name']}, {d['n_train']} train ({d['n_fit']} fit / {d['n_val']} "
+        f"validation) / {d['n_test']} test, {d['n_features']} features, {d['n_classes']} classes, "
+        f"seed {numbers['config']['seed']}",
+        "",
+        f"{'model':<30} {'rates (in/h…)':<16} {'train':>7} {'test':>7} {'gap':>7} {'test NLL':>9} {'ECE':>7}",
+    ]
+    mc = numbers.get("mc_dropout", {})
+    rows = [
+        ("baseline, no dropout", final["baseline"], None),
+        (f"dropout ({numbers['chosen']['from']} search)", final["dropout"], mc.get("weight_scaling")),
+    ]
+    for label, row, extra in rows:
+        nll = extra["nll"] if extra else row["test_loss"]
+        ece = f"{100 * extra['ece']:6.2f}%" if extra else "     —"
+        lines.append(
+            f"{label:<30} {_rates(row['rates']):<16} {_pct(row['train_acc']):>7} "
+            f"{_pct(row['test_acc']):>7} {100 * row['gap']:6.1f}  {nll:9.3f} {ece:>7}"
+        )
+    if mc.get("mc"):
+        m = mc["mc"]
+        lines.append(
+            f"{'  + MC dropout, T=' + str(mc['T']):<30} {'':<16} {'':>7} {_pct(m['acc']):>7} "
+            f"{'':>7} {m['nll']:9.3f} {100 * m['ece']:6.2f}%"
+        )
+    lines.append("")
+    checks = numbers.get("checks", {})
+    if checks:
+        lines.append(
+            f"gap {100 * final['baseline']['gap']:.1f} → {100 * final['dropout']['gap']:.1f} points; "
+            f"test accuracy {100 * final['baseline']['test_acc']:.1f}% → "
+            f"{100 * final['dropout']['test_acc']:.1f}%"
+        )
+    if "grid_search" in numbers:
+        lines.append(
+            f"one-rate grid p* = {numbers['chosen']['grid_best_p']:g}; "
+            f"chosen ({numbers['chosen']['from']}): "
+            + ", ".join(f"{k}={v:.3f}" for k, v in numbers["chosen"]["rates"].items())
+        )
+    if mc.get("auroc_entropy") is not None:
+        lines.append(
+            f"MC dropout uncertainty spots errors: AUROC {mc['auroc_entropy']:.3f} (entropy), "
+            f"{mc['auroc_bald']:.3f} (BALD)"
+        )
+    if "timing" in numbers:
+        lines.append(f"time {numbers['timing']['total_s']:.0f} s")
+    if report_dir is not None:
+        lines.append(f"report: {os.path.join(report_dir, 'index.html')}")
+    return "\n".join(lines)
