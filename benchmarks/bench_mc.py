@@ -102,9 +102,9 @@ def main() -> None:
         for n in (1, 32, 256):
             x = torch.randn(n, *feature_shape)
             plan = mc_plan(model, x).strategy
-            t_loop = median_ms(lambda: plain_loop(model, x, args.T), repeats)
-            t_loop_mode = median_ms(lambda: predict(model, x, args.T, seed=0, batched=False), repeats)
-            t_batched = median_ms(lambda: predict(model, x, args.T, seed=0), repeats)
+            t_loop = median_ms(lambda model=model, x=x: plain_loop(model, x, args.T), repeats)
+            t_loop_mode = median_ms(lambda model=model, x=x: predict(model, x, args.T, seed=0, batched=False), repeats)
+            t_batched = median_ms(lambda model=model, x=x: predict(model, x, args.T, seed=0), repeats)
             diff = (predict(model, x, args.T, seed=0) - predict(model, x, args.T, seed=0, batched=False)).abs().max()
             print(
                 f"{name:<20} {n:>5} {plan:>10} {t_loop:>9.1f} {t_loop_mode:>10.1f} {t_batched:>9.1f} "

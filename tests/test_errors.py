@@ -3,8 +3,10 @@ message names the argument, the value it got and what is allowed, raised before 
 
 from __future__ import annotations
 
+import fractions
 import re
 
+import numpy as np
 import pytest
 import torch
 
@@ -272,3 +274,26 @@ def test_errors_are_raised_before_any_work():
 def test_bad_mlp_arguments(kwargs, error, expected):
     with pytest.raises(error, match=expected):
         dropkit.MLP(**kwargs)
+
+
+def test_real_numbers_of_any_type_are_accepted_as_p():
+    x = torch.ones(4)
+    for p in (
+        0,
+        1,
+        0.5,
+        np.float32(0.25),
+        np.float64(0.25),
+        fractions.Fraction(1, 4),
+        torch.tensor(0.25),
+    ):
+        layer = dropkit.Dropout(p)
+        assert type(layer.p) is float and layer.p == float(p)
+        assert F.dropout(x, p).shape == x.shape
+
+
+def test_scale_helpers_validate_their_arguments():
+    with pytest.raises(ValueError, match="got 2"):
+        F.train_scale(2)
+    with pytest.raises(ValueError, match="got 'standard'"):
+        F.eval_scale(0.5, "standard")

@@ -211,15 +211,34 @@ def test_p_zero_is_the_identity_forward_and_backward(variant, scaling):
 @pytest.mark.parametrize("variant", list(VARIANTS))
 @pytest.mark.parametrize("scaling", SCALINGS)
 def test_p_one_gives_zeros_without_nan_or_inf_forward_and_backward(variant, scaling):
-    x = (torch.randn(4, 6, 5, 5) * 1e30).requires_grad_()
+    x = torch.randn(4, 6, 5, 5) * 1e30
+    x[0, 0, 0] = float("inf")  # a dropped unit is 0 whatever its input
+    x = x.requires_grad_()
     y = VARIANTS[variant](x, 1.0, scaling)
     assert torch.equal(y, torch.zeros_like(y))
     y.backward(torch.randn_like(y))
     assert torch.isfinite(x.grad).all() and torch.equal(x.grad, torch.zeros_like(x))
     if variant != "alpha":
+        x = x.detach()[1:]  # eval at p = 1 is 0·x for inference scaling: finite inputs
         eval_out = F.dropout(x, 1.0, training=False, scaling=scaling)
         assert torch.isfinite(eval_out).all()
         assert torch.equal(eval_out, x if scaling == "inverted" else torch.zeros_like(x))
+
+
+@pytest.mark.parametrize("variant", ["noise_shape", "dropout2d", "alpha"])
+def test_dropped_units_are_exact_even_where_the_input_is_inf_or_nan(variant):
+    torch.manual_seed(21)
+    x = torch.randn(64, 6, 5, 5)
+    x[:, :, 0, 0] = float("inf")
+    x[:, :, 1, 1] = float("nan")
+    y = VARIANTS[variant](x, 0.5, "inverted")
+    if variant == "alpha":
+        a, b, alpha_prime = F.alpha_dropout_affine(0.5)
+        dropped = y == torch.tensor(a * alpha_prime + b, dtype=y.dtype)
+    else:
+        dropped = y == 0
+    assert dropped[:, :, 0, 0].any() and dropped[:, :, 1, 1].any()
+    assert torch.isfinite(y[dropped]).all()
 
 
 def test_gaussian_p_zero_is_the_identity():
@@ -403,3 +422,28 @@ def test_channel_dropout_accepts_batched_and_unbatched_shapes(d, batched, sizes,
     assert torch.equal(
         CHANNEL[d](x, p, training=False, scaling=scaling), x * F.eval_scale(p, scaling)
     )
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    shape=st.lists(st.integers(0, 5), min_size=0, max_size=4),
+    dtype=st.sampled_from(DTYPES),
+    p=st.floats(0.0, 0.99),
+    variant=st.sampled_from(["alpha", "gaussian", "shared"]),
+    seed=st.integers(0, 2**31 - 1),
+)
+def test_every_variant_keeps_shape_and_dtype_and_is_the_identity_in_eval(
+    shape, dtype, p, variant, seed
+):
+    torch.manual_seed(seed)
+    x = torch.randn(shape, dtype=torch.float64).to(dtype)
+    call = {
+        "alpha": lambda t, training: F.alpha_dropout(t, p, training),
+        "gaussian": lambda t, training: F.gaussian_dropout(t, p, training),
+        "shared": lambda t, training: F.dropout(
+            t, p, training, noise_shape=(1,) + (None,) * (t.dim() - 1) if t.dim() else ()
+        ),
+    }[variant]
+    y = call(x, True)
+    assert y.shape == x.shape and y.dtype == dtype and y.device == x.device
+    assert call(x, False) is x

@@ -6,7 +6,9 @@ from __future__ import annotations
 import copy
 import io
 import pickle
+import re
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -308,3 +310,11 @@ def test_mlp_rates_can_be_changed_by_a_scheduler():
         if dropkit.is_dropout_module(module):
             module.p = 0.5
     assert net.rates == [0.5, 0.5]
+
+
+def test_docs_api_examples_run(capsys):
+    page = Path(__file__).parent.parent / "docs" / "api.md"
+    blocks = re.findall(r"```python\n(.*?)```", page.read_text(), flags=re.S)
+    assert len(blocks) >= 8
+    for block in blocks:
+        exec(compile(block, str(page), "exec"), {})

@@ -23,7 +23,8 @@ def test_relaxed_mask_is_the_papers_formula() -> None:
     u = torch.rand(1000, generator=torch.Generator().manual_seed(5))
     eps = 1e-7
     z = torch.sigmoid(
-        (math.log(p + eps) - math.log(1 - p + eps) + torch.log(u + eps) - torch.log(1 - u + eps)) / t
+        (math.log(p + eps) - math.log(1 - p + eps) + torch.log(u + eps) - torch.log(1 - u + eps))
+        / t
     )
     torch.testing.assert_close(m, 1 - z)
 
@@ -148,7 +149,9 @@ def _learned_concrete_rates(n: int, seed: int, steps: int = 200) -> list[float]:
     wr, dr = FL.concrete_regularizer_weights(n, length_scale=1e-2, precision=1.0)
 
     def cd(i: int, o: int) -> dropkit.ConcreteDropout:
-        return dropkit.ConcreteDropout(nn.Linear(i, o), weight_regularizer=wr, dropout_regularizer=dr)
+        return dropkit.ConcreteDropout(
+            nn.Linear(i, o), weight_regularizer=wr, dropout_regularizer=dr
+        )
 
     net = nn.Sequential(cd(1, 32), nn.ReLU(), cd(32, 32), nn.ReLU(), cd(32, 1))
     opt = torch.optim.Adam(net.parameters(), lr=1e-2)
@@ -165,7 +168,7 @@ def test_concrete_learns_a_larger_rate_with_less_data(one_thread) -> None:
     # with margin 0.08-0.11 on the mean rate over seeds 0-3; the test asserts half that margin.
     few = _learned_concrete_rates(16, seed=0)
     many = _learned_concrete_rates(512, seed=0)
-    assert all(a > b for a, b in zip(few, many)), (few, many)
+    assert all(a > b for a, b in zip(few, many, strict=True)), (few, many)
     assert sum(few) / 3 > sum(many) / 3 + 0.04, (few, many)
 
 
@@ -252,14 +255,16 @@ def true_neg_kl() -> dict[float, float]:
 
 def test_molchanov_kl_approximation_is_within_001_of_the_true_kl(true_neg_kl) -> None:
     approx = -FL.sparse_variational_dropout_kl(torch.tensor(LOG_ALPHAS, dtype=torch.float64))
-    for la, a in zip(LOG_ALPHAS, approx.tolist()):
+    for la, a in zip(LOG_ALPHAS, approx.tolist(), strict=True):
         assert abs(a - true_neg_kl[la]) < 0.01, (la, a, true_neg_kl[la])
 
 
-def test_kingma_kl_approximation_is_the_true_kl_up_to_a_constant_for_alpha_below_one(true_neg_kl) -> None:
+def test_kingma_kl_approximation_is_the_true_kl_up_to_a_constant_for_alpha_below_one(
+    true_neg_kl,
+) -> None:
     small = [la for la in LOG_ALPHAS if la <= 0]
     approx = -FL.variational_dropout_kl(torch.tensor(small, dtype=torch.float64))
-    offsets = [a - true_neg_kl[la] for la, a in zip(small, approx.tolist())]
+    offsets = [a - true_neg_kl[la] for la, a in zip(small, approx.tolist(), strict=True)]
     # The true −KL moves by 4.2 over this range; the paper's fit is constant to a few hundredths.
     assert max(offsets) - min(offsets) < 0.05, offsets
     # At α = 1: −KL = 0.5·0 + c1 + c2 + c3 with the paper's constants.
@@ -337,7 +342,10 @@ def test_conv2d_svdo_matches_its_functional_form_and_prunes_in_eval() -> None:
 
 def test_kl_divergence_sums_every_variational_module() -> None:
     net = nn.Sequential(
-        dropkit.LinearSVDO(4, 5), nn.ReLU(), dropkit.VariationalDropout(0.3), dropkit.LinearSVDO(5, 2)
+        dropkit.LinearSVDO(4, 5),
+        nn.ReLU(),
+        dropkit.VariationalDropout(0.3),
+        dropkit.LinearSVDO(5, 2),
     )
     want = net[0].kl() + net[2].kl() + net[3].kl()
     torch.testing.assert_close(dropkit.kl_divergence(net), want)
@@ -369,7 +377,9 @@ def test_sparse_variational_functions_reject_bad_arguments() -> None:
     with pytest.raises(ValueError, match="in_features=4"):
         FL.sparse_variational_linear(torch.randn(2, 5), w, torch.zeros(3, 4))
     with pytest.raises(ValueError, match="threshold"):
-        FL.sparse_variational_linear(torch.randn(2, 4), w, torch.zeros(3, 4), threshold=float("nan"))
+        FL.sparse_variational_linear(
+            torch.randn(2, 4), w, torch.zeros(3, 4), threshold=float("nan")
+        )
     with pytest.raises(ValueError, match="rank 3-D or 4-D"):
         dropkit.Conv2dSVDO(1, 1, 3)(torch.randn(5, 5))
     with pytest.raises(ValueError, match="no LinearSVDO"):
@@ -457,7 +467,9 @@ def test_untied_standout_learns_its_own_network() -> None:
     torch.manual_seed(13)
     so = dropkit.Standout(nn.Linear(5, 3), nn.Sigmoid(), tied=False, learn_alpha_beta=True)
     so(torch.randn(8, 5)).sum().backward()
-    assert so.standout_layer.weight.grad is not None and so.standout_layer.weight.grad.abs().sum() > 0
+    assert (
+        so.standout_layer.weight.grad is not None and so.standout_layer.weight.grad.abs().sum() > 0
+    )
     assert so.alpha.grad is not None and so.beta.grad is not None
 
 

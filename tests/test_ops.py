@@ -195,7 +195,10 @@ def test_autograd_saves_o1_bytes_not_the_mask():
     n = 1 << 16
     x = torch.randn(n, requires_grad=True)
     eager_bytes, y = _bytes_saved_for_backward(lambda t: ops.dropout_elementwise(t, 0.5, 2.0), x)
-    op_bytes, y_op = _bytes_saved_for_backward(lambda t: torch.ops.dropkit.dropout(t, 32768, 2.0)[0], x)
+    seed = torch.ops.dropkit.draw_seed(torch.empty(0))
+    op_bytes, y_op = _bytes_saved_for_backward(
+        lambda t: torch.ops.dropkit.dropout_with_seed(t, seed, 0, 32768, 2.0), x
+    )
     torch_bytes, _ = _bytes_saved_for_backward(lambda t: torch.nn.functional.dropout(t, 0.5), x)
     assert eager_bytes <= 16 and op_bytes <= 16
     assert torch_bytes >= n  # torch keeps at least a byte per element: the check can see it
@@ -211,8 +214,9 @@ def test_bias_dropout_add_saves_o1_bytes():
     b = torch.randn(128, requires_grad=True)
     r = torch.randn(64, 128, requires_grad=True)
     saved, _ = _bytes_saved_for_backward(lambda *t: ops.bias_dropout_add(*t, 0.1), x, b, r)
+    seed = torch.ops.dropkit.draw_seed(torch.empty(0))
     saved_op, _ = _bytes_saved_for_backward(
-        lambda *t: torch.ops.dropkit.bias_dropout_add(*t, ops.threshold(0.1), ops.dropout_scale(0.1))[0], x, b, r
+        lambda *t: torch.ops.dropkit.bias_dropout_add(*t, seed, ops.threshold(0.1), ops.dropout_scale(0.1)), x, b, r
     )
     assert saved <= 16 and saved_op <= 16
 
@@ -222,10 +226,11 @@ def test_eager_path_and_custom_op_give_the_same_bits():
     torch.manual_seed(8)
     eager = ops.dropout_elementwise(x, 0.25, ops.dropout_scale(0.25))
     torch.manual_seed(8)
-    op, seed = torch.ops.dropkit.dropout(x, ops.threshold(0.25), ops.dropout_scale(0.25))
+    seed = torch.ops.dropkit.draw_seed(torch.empty(0))
+    op = torch.ops.dropkit.dropout_with_seed(x, seed, 0, ops.threshold(0.25), ops.dropout_scale(0.25))
     assert torch.equal(eager, op)
-    again = torch.ops.dropkit.dropout_with_seed(x, seed, 0, ops.threshold(0.25), ops.dropout_scale(0.25))
-    assert torch.equal(op, again)
+    unsigned = int(seed) % 2**64
+    assert torch.equal(op, ops.dropout_with_seed(x, 0.25, unsigned))
 
 
 def test_inplace_writes_into_the_input_and_matches_out_of_place():
@@ -386,9 +391,9 @@ def test_reference_attention_with_dropout_drops_probabilities_and_backpropagates
 # torch.library registration
 # ------------------------------------------------------------------------------------------------
 def test_seed_drawing_ops_carry_the_nondeterministic_seeded_tag():
-    for name in ("dropout", "bias_dropout_add", "keep_mask"):
-        assert torch.Tag.nondeterministic_seeded in getattr(torch.ops.dropkit, name).default.tags
-    assert torch.Tag.nondeterministic_seeded not in torch.ops.dropkit.dropout_with_seed.default.tags
+    assert torch.Tag.nondeterministic_seeded in torch.ops.dropkit.draw_seed.default.tags
+    for name in ("dropout_with_seed", "bias_dropout_add", "keep_mask"):  # pure given the seed
+        assert torch.Tag.nondeterministic_seeded not in getattr(torch.ops.dropkit, name).default.tags
 
 
 def test_opcheck_passes_for_the_registered_ops():
@@ -396,9 +401,7 @@ def test_opcheck_passes_for_the_registered_ops():
     seed = torch.tensor(-5, dtype=torch.int64)
     checks = ("test_schema", "test_autograd_registration", "test_faketensor")
     torch.library.opcheck(torch.ops.dropkit.dropout_with_seed.default, (x, seed, 3, 20000, 1.5))
-    torch.library.opcheck(torch.ops.dropkit.dropout.default, (x, 20000, 1.5), test_utils=checks)
-    bda_args = (x, torch.randn(4, requires_grad=True), torch.randn(3, 4), 20000, 1.5)
-    torch.library.opcheck(torch.ops.dropkit.bias_dropout_add.default, bda_args, test_utils=checks)
-    torch.library.opcheck(
-        torch.ops.dropkit.keep_mask.default, ([2, 3], 20000, torch.device("cpu")), test_utils=checks[:1] + checks[2:]
-    )
+    torch.library.opcheck(torch.ops.dropkit.draw_seed.default, (torch.empty(0),), test_utils=checks)
+    bda_args = (x, torch.randn(4, requires_grad=True), torch.randn(3, 4), seed, 20000, 1.5)
+    torch.library.opcheck(torch.ops.dropkit.bias_dropout_add.default, bda_args)
+    torch.library.opcheck(torch.ops.dropkit.keep_mask.default, ([2, 3], seed, 20000, torch.device("cpu")))

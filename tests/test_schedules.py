@@ -25,8 +25,12 @@ def test_constant_linear_cosine_step_values():
     assert [lin(t) for t in range(6)] == pytest.approx([0.5, 0.4, 0.3, 0.2, 0.1, 0.1])
     cos = schedules.cosine(0.0, 0.4, total_steps=10)
     values = [cos(t) for t in range(12)]
-    assert values[0] == 0.0 and values[5] == pytest.approx(0.2) and values[10:] == pytest.approx([0.4, 0.4])
-    assert all(b >= a for a, b in zip(values, values[1:]))
+    assert (
+        values[0] == 0.0
+        and values[5] == pytest.approx(0.2)
+        and values[10:] == pytest.approx([0.4, 0.4])
+    )
+    assert all(b >= a for a, b in zip(values, values[1:], strict=False))
     st = schedules.step([0.0, 0.2, 0.5], milestones=[3, 6])
     assert [st(t) for t in range(8)] == [0.0, 0.0, 0.0, 0.2, 0.2, 0.2, 0.5, 0.5]
 
@@ -37,7 +41,7 @@ def test_curriculum_rises_from_zero_to_p_bar_as_morerio():
     for t in (0, 1, 50, 300, 5000):
         assert sched(t) == pytest.approx(p_bar * (1 - math.exp(-gamma * t)))
     values = [sched(t) for t in range(0, 2000, 10)]
-    assert values[0] == 0.0 and all(b > a for a, b in zip(values, values[1:]))
+    assert values[0] == 0.0 and all(b > a for a, b in zip(values, values[1:], strict=False))
     assert sched(10**6) == pytest.approx(p_bar)
     assert schedules.curriculum(0.3, total_steps=100).gamma == pytest.approx(0.1)
 
@@ -116,7 +120,9 @@ def test_scheduler_filters_by_name_type_and_predicate():
 
 def test_scheduler_relative_keeps_per_layer_rates_shape():
     blocks = nn.Sequential(*[dropkit.DropPath(r) for r in dropkit.drop_path_rates(0.3, 4)])
-    sched = dropkit.DropoutScheduler(blocks, schedules.linear(0.0, 1.0, total_steps=2), relative=True)
+    sched = dropkit.DropoutScheduler(
+        blocks, schedules.linear(0.0, 1.0, total_steps=2), relative=True
+    )
     assert [m.p for m in blocks] == [0.0] * 4
     sched.step()
     assert [m.p for m in blocks] == pytest.approx([0.0, 0.05, 0.1, 0.15])
@@ -258,7 +264,10 @@ def test_callback_class_subclasses_lightning_callback(fake_lightning):
     callback = cls(schedules.linear(0.0, 0.3, total_steps=3), interval="step")
     net = _Net()
     _FakeTrainer([callback]).fit(net, epochs=1, batches=3)
-    assert net.path.p == pytest.approx(0.3) and callback.state_dict() == {"t": 3, "base_p": callback.scheduler.base_p}
+    assert net.path.p == pytest.approx(0.3) and callback.state_dict() == {
+        "t": 3,
+        "base_p": callback.scheduler.base_p,
+    }
 
 
 def test_callback_is_absent_without_lightning(monkeypatch):

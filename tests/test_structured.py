@@ -11,15 +11,17 @@ import torch.nn.functional as TF
 from stats import assert_fraction_close, assert_mean_close
 
 import dropkit
-from dropkit import ops
 from dropkit import functional_variants as FV
+from dropkit import ops
 
 # --------------------------------------------------------------------------------------------
 # DropBlock
 # --------------------------------------------------------------------------------------------
 
 
-def _exact_block_stats(p: float, block: tuple[int, ...], feat: tuple[int, ...]) -> tuple[float, float]:
+def _exact_block_stats(
+    p: float, block: tuple[int, ...], feat: tuple[int, ...]
+) -> tuple[float, float]:
     """Exact mean and variance of one map's dropped fraction under DropBlock's seeding.
 
     Unit a is kept iff none of the seed corners S_a covering it fires: P = q^|S_a| with
@@ -30,7 +32,7 @@ def _exact_block_stats(p: float, block: tuple[int, ...], feat: tuple[int, ...]) 
     gamma = FV.drop_block_gamma(p, block, feat)
     q = ops.keep_probability(gamma)
     counts, overlaps = np.ones(1), np.ones((1, 1))
-    for b, f in zip(block, feat):
+    for b, f in zip(block, feat, strict=True):
         y = np.arange(f)
         lo, hi = np.maximum(0, y - b + 1), np.minimum(y, f - b)
         inter = np.minimum(hi[:, None], hi[None, :]) - np.maximum(lo[:, None], lo[None, :]) + 1
@@ -55,7 +57,9 @@ def test_drop_block2d_dropped_fraction_matches_exact_law(p, block, feat):
     y = FV.drop_block2d(torch.ones(64, 64, *feat), p, block, generator=gen)
     frac = _dropped_fraction_per_map(y, 2)  # 4096 independent maps
     mean, var = _exact_block_stats(p, block, feat)
-    assert_mean_close(frac.mean().item(), mean, math.sqrt(var), frac.numel(), what="dropped fraction")
+    assert_mean_close(
+        frac.mean().item(), mean, math.sqrt(var), frac.numel(), what="dropped fraction"
+    )
 
 
 def test_drop_block2d_dropped_fraction_is_p_up_to_the_overlap_bias():
@@ -79,7 +83,9 @@ def test_drop_block3d_dropped_fraction_matches_exact_law():
     y = FV.drop_block3d(torch.ones(32, 64, *feat), p, block, generator=gen)
     frac = _dropped_fraction_per_map(y, 3)
     mean, var = _exact_block_stats(p, block, feat)
-    assert_mean_close(frac.mean().item(), mean, math.sqrt(var), frac.numel(), what="dropped fraction")
+    assert_mean_close(
+        frac.mean().item(), mean, math.sqrt(var), frac.numel(), what="dropped fraction"
+    )
 
 
 def _is_union_of_full_blocks(dropped: torch.Tensor, block: tuple[int, ...]) -> bool:
@@ -255,7 +261,7 @@ def test_drop_path_rates_are_linear_like_timm_and_torchvision():
     rates = dropkit.drop_path_rates(0.3, 12)
     assert rates == pytest.approx(torch.linspace(0, 0.3, 12).tolist(), abs=1e-7)
     assert rates[0] == 0.0 and rates[-1] == pytest.approx(0.3)
-    assert all(b >= a for a, b in zip(rates, rates[1:]))
+    assert all(b >= a for a, b in zip(rates, rates[1:], strict=False))
     huang = dropkit.drop_path_rates(0.5, 5, first_is_zero=False)
     assert huang == pytest.approx([0.1, 0.2, 0.3, 0.4, 0.5])
     assert dropkit.drop_path_rates(0.3, 1) == [0.0]
@@ -378,3 +384,19 @@ def test_structured_modules_are_dropout_modules_with_validated_p():
         assert dropkit.is_dropout_module(layer)
         with pytest.raises(ValueError):
             layer.p = 1.5
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16, torch.float16])
+def test_structured_functions_keep_the_input_dtype(dtype):
+    gen = torch.Generator().manual_seed(19)
+    cases = [
+        (FV.drop_block2d, torch.ones(2, 3, 8, 8, dtype=dtype), {"block_size": 3}),
+        (FV.drop_block3d, torch.ones(2, 3, 4, 4, 4, dtype=dtype), {"block_size": 2}),
+        (FV.drop_path, torch.ones(8, 3, dtype=dtype), {}),
+        (FV.drop_head, torch.ones(2, 4, 3, 2, dtype=dtype), {}),
+        (FV.attention_dropout, torch.ones(2, 4, 3, 3, dtype=dtype), {}),
+    ]
+    for fn, x, kwargs in cases:
+        y = fn(x, 0.5, generator=gen, **kwargs)
+        assert y.dtype == dtype and y.shape == x.shape
+        assert (y == 0).any() and (y != 0).any()

@@ -36,6 +36,15 @@ from dropkit.tune import (
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    """Tiny models: one intra-op thread avoids OpenMP spin-waiting on a busy 2-core machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def mnist_small():
     """300 MNIST-1D training examples and 75 validation examples, generated locally."""
@@ -105,17 +114,17 @@ def test_monitor_in_fit_detects_an_overfitting_mlp_and_can_stop_it(mnist_small):
     torch.manual_seed(0)
     monitor = OverfitMonitor(epsilon=0.1)
     history = fit(
-        dropkit.MLP([40, 256, 256, 10], p=0.0),
+        dropkit.MLP([40, 128, 128, 10], p=0.0),
         train,
         val,
-        epochs=30,
+        epochs=20,
         lr=3e-3,
         batch_size=50,
         on_epoch=monitor,
     )
-    assert len(monitor.records) == history.epochs == 30
+    assert len(monitor.records) == history.epochs == 20
     assert monitor.records[-1]["train_acc"] == history.train_acc[-1]
-    # 300 examples and 77k weights: the network memorises its training set.
+    # 300 examples and 23k weights: the network memorises its training set.
     assert history.train_acc[-1] > 0.95 and monitor.overfitting
     first = next(r["epoch"] for r in monitor.records if r["gap"] > 0.1)
     assert monitor.flagged_epoch == first
@@ -123,10 +132,10 @@ def test_monitor_in_fit_detects_an_overfitting_mlp_and_can_stop_it(mnist_small):
     torch.manual_seed(0)
     stopper = OverfitMonitor(epsilon=0.1, stop=True)
     stopped = fit(
-        dropkit.MLP([40, 256, 256, 10], p=0.0),
+        dropkit.MLP([40, 128, 128, 10], p=0.0),
         train,
         val,
-        epochs=30,
+        epochs=20,
         lr=3e-3,
         batch_size=50,
         on_epoch=stopper,
@@ -202,7 +211,7 @@ def _rates_objective_fns(target=0.3, calls=None):
 
 def test_per_layer_search_uses_tpe_and_median_pruning_with_user_functions(tmp_path):
     train_fn, eval_fn = _rates_objective_fns()
-    storage = _sqlite(tmp_path)
+    storage = resolve_storage(":memory:")
     search = RateSearch(
         lambda: dropkit.MLP([4, 8, 8, 2]),
         train_fn,

@@ -47,7 +47,9 @@ def test_drop_connect_gradient_reaches_only_kept_weights():
 def test_drop_connect_eval_rules():
     w = torch.randn(3, 4)
     assert FV.drop_connect(w, 0.4, training=False) is w
-    assert torch.allclose(FV.drop_connect(w, 0.4, training=False, scaling="inference"), w * ops.keep_probability(0.4))
+    assert torch.allclose(
+        FV.drop_connect(w, 0.4, training=False, scaling="inference"), w * ops.keep_probability(0.4)
+    )
 
 
 def test_drop_connect_rejects_bad_batch_size():
@@ -223,7 +225,12 @@ def test_weight_drop_trains_without_warnings_multilayer_bidirectional(rnn_cls):
     torch.manual_seed(0)
     rnn = rnn_cls(3, 5, num_layers=2, bidirectional=True, batch_first=True)
     model = dropkit.WeightDrop(rnn, p=0.5)
-    assert model.weights == ("weight_hh_l0", "weight_hh_l0_reverse", "weight_hh_l1", "weight_hh_l1_reverse")
+    assert model.weights == (
+        "weight_hh_l0",
+        "weight_hh_l0_reverse",
+        "weight_hh_l1",
+        "weight_hh_l1_reverse",
+    )
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     x = torch.randn(4, 6, 3)
     with warnings.catch_warnings():
@@ -236,7 +243,9 @@ def test_weight_drop_trains_without_warnings_multilayer_bidirectional(rnn_cls):
         model.eval()
         model(x)
     # The wrapped module is untouched: same parameter names, still Parameters, contiguous.
-    assert set(dict(rnn.named_parameters())) == set(dict(rnn_cls(3, 5, 2, bidirectional=True).named_parameters()))
+    assert set(dict(rnn.named_parameters())) == set(
+        dict(rnn_cls(3, 5, 2, bidirectional=True).named_parameters())
+    )
     assert all(isinstance(p, nn.Parameter) and p.is_contiguous() for p in rnn.parameters())
 
 
@@ -284,3 +293,76 @@ def test_weight_drop_rejects_bad_arguments():
         dropkit.WeightDrop(nn.LSTM(2, 2), weights=["weight_hh_l9"])
     with pytest.raises(ValueError, match="p must be"):
         dropkit.WeightDrop(nn.GRU(2, 2), p=-0.1)
+
+
+# --------------------------------------------------------------------------------------------
+# Moment-matching inference (Wan et al. 2013, Algorithm 2)
+# --------------------------------------------------------------------------------------------
+
+
+def test_linear_moments_are_exact_over_the_weight_mask():
+    # Sample per-sample DropConnect outputs for one input and compare with the closed forms.
+    from stats import assert_mean_close, assert_variance_close
+
+    torch.manual_seed(3)
+    p, n = 0.3, 40_000
+    x, w, b = torch.randn(1, 12), torch.randn(2, 12), torch.randn(2)
+    mean, var = FV.drop_connect_linear_moments(x, w, b, p)
+    with torch.no_grad():
+        y = FV.drop_connect_linear(
+            x.expand(n, 12).double(), w.double(), b.double(), p, per_sample=True, generator=_gen(7)
+        )
+    q = ops.keep_probability(p)
+    c = (w * x / q).double()  # u = b + Σ_j m_j c_j: excess kurtosis Σ κ4_j / σ⁴
+    kappa4 = (c**4 * q * (1 - q) * (1 - 6 * q * (1 - q))).sum(1)
+    for o in range(2):
+        sd = var[0, o].sqrt().item()
+        assert_mean_close(y[:, o].mean().item(), mean[0, o].item(), sd, n)
+        kurtosis = 3.0 + (kappa4[o] / var[0, o].double() ** 2).item()
+        assert_variance_close(y[:, o].var().item(), var[0, o].item(), n, kurtosis=kurtosis)
+
+
+def test_moment_matching_relu_matches_the_gaussian_closed_form():
+    x, w = torch.randn(3, 20, generator=_gen(8)), torch.randn(4, 20, generator=_gen(9))
+    z = 50_000
+    r = FV.drop_connect_moment_matching(x, w, None, 0.5, torch.relu, z, generator=_gen(10))
+    mean, var = FV.drop_connect_linear_moments(x, w, None, 0.5)
+    sd = var.sqrt()
+    normal = torch.distributions.Normal(0.0, 1.0)
+    t = mean / sd
+    expected = mean * normal.cdf(t) + sd * normal.log_prob(t).exp()  # E[relu(u)], u ~ N(mean, sd²)
+    bound = 6 * (mean**2 + var).sqrt() / z**0.5  # sd(relu(u)) <= sqrt(E[u²])
+    assert bool(((r - expected).abs() <= bound).all())
+
+
+def test_moment_matching_method_and_errors():
+    layer = dropkit.DropConnectLinear(6, 3, p=0.5, scaling="inference")
+    x = torch.randn(2, 6)
+    r = layer.moment_matching(x, activation=lambda u: u, num_samples=20_000, generator=_gen(11))
+    mean, var = FV.drop_connect_linear_moments(
+        x, layer.weight, layer.bias, 0.5, scaling="inference"
+    )
+    assert bool(((r - mean).abs() <= 6 * var.sqrt() / 20_000**0.5 + 1e-6).all())
+    with pytest.raises(ValueError, match="num_samples"):
+        layer.moment_matching(x, num_samples=0)
+    with pytest.raises(TypeError, match="activation"):
+        FV.drop_connect_moment_matching(x, layer.weight, activation="relu")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (cuDNN's RNN kernels)")
+@pytest.mark.parametrize("rnn_cls", [nn.LSTM, nn.GRU])
+def test_weight_drop_on_cudnn_emits_no_contiguity_or_flatten_warning(rnn_cls):
+    rnn = rnn_cls(3, 8, num_layers=2, bidirectional=True).cuda()
+    model = dropkit.WeightDrop(rnn, p=0.5)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    x = torch.randn(6, 4, 3, device="cuda")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for _ in range(3):
+            out, _ = model(x)
+            out.pow(2).mean().backward()
+            opt.step()
+            opt.zero_grad()
+        model.eval()
+        model(x)
+    torch.cuda.synchronize()

@@ -52,6 +52,8 @@ def check_probability(p: object, name: str = "p", *, allow_one: bool = True) -> 
             ...
         ValueError: dropout probability p must be a number in [0, 1], got 1.5
     """
+    if type(p) is float and 0.0 <= p < 1.0:  # the common case, checked on every forward call
+        return p
     interval = "[0, 1]" if allow_one else "[0, 1)"
     if isinstance(p, torch.Tensor):
         if p.numel() != 1 or p.dtype == torch.bool or p.is_complex():
@@ -82,14 +84,14 @@ def check_scaling(scaling: object, name: str = "scaling") -> str:
             ...
         ValueError: scaling must be one of 'inverted', 'inference', got 'standard'
     """
+    if scaling in SCALINGS and isinstance(scaling, str):
+        return scaling
     allowed = ", ".join(repr(s) for s in SCALINGS)
     if not isinstance(scaling, str):
         raise TypeError(
             f"{name} must be a string, one of {allowed}, got {scaling!r} of type {type(scaling).__name__}"
         )
-    if scaling not in SCALINGS:
-        raise ValueError(f"{name} must be one of {allowed}, got {scaling!r}")
-    return scaling
+    raise ValueError(f"{name} must be one of {allowed}, got {scaling!r}")
 
 
 def check_float_tensor(x: object, name: str = "input") -> torch.Tensor:

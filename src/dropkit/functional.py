@@ -76,8 +76,10 @@ def train_scale(p: float, scaling: str = "inverted") -> float:
         >>> train_scale(0.5, "inverted"), train_scale(0.5, "inference"), train_scale(1.0)
         (2.0, 1.0, 0.0)
     """
-    p = check_probability(p)
-    check_scaling(scaling)
+    return _train_scale(check_probability(p), check_scaling(scaling))
+
+
+def _train_scale(p: float, scaling: str) -> float:
     if scaling == "inference":
         return 1.0
     keep = ops.keep_probability(p)
@@ -91,8 +93,10 @@ def eval_scale(p: float, scaling: str = "inverted") -> float:
         >>> eval_scale(0.25, "inference"), eval_scale(0.25, "inverted")
         (0.75, 1.0)
     """
-    p = check_probability(p)
-    check_scaling(scaling)
+    return _eval_scale(check_probability(p), check_scaling(scaling))
+
+
+def _eval_scale(p: float, scaling: str) -> float:
     return ops.keep_probability(p) if scaling == "inference" else 1.0
 
 
@@ -141,13 +145,14 @@ def _masked(
     """y = m ⊙ x · scale, with m elementwise (fused kernel) or of ``mask_shape``, broadcast."""
     if mask_shape is None:
         return ops.dropout_elementwise(x, p, scale, generator=generator, inplace=inplace)
-    # A shared mask is small (one entry per broadcast position): draw it, then broadcast. x·m is
-    # exact (m is 0 or 1); multiplying by the Python scalar afterwards rounds once, as the fused
-    # kernel does, so a shared mask gives bit-identical values to an elementwise one.
-    kept = ops.keep_mask(mask_shape, p, x.device, generator=generator).to(x.dtype)
+    # A shared mask is small (one entry per broadcast position): draw it, then broadcast. A dropped
+    # unit is exactly 0 even where x is inf or NaN (as in the fused kernel), and the scale is a
+    # Python scalar applied once, so a shared mask rounds exactly as an elementwise one.
+    kept = ops.keep_mask(mask_shape, p, x.device, generator=generator)
     if inplace:
-        return x.mul_(kept).mul_(scale) if scale != 1.0 else x.mul_(kept)
-    y = x * kept
+        x.masked_fill_(~kept, 0.0)
+        return x.mul_(scale) if scale != 1.0 else x
+    y = torch.where(kept, x, x.new_zeros(()))
     return y.mul_(scale) if scale != 1.0 else y
 
 
@@ -206,13 +211,13 @@ def dropout(
     check_generator(generator)
     mask_shape = resolve_noise_shape(noise_shape, input.shape)
     if not training:
-        factor = eval_scale(p, scaling)
+        factor = _eval_scale(p, scaling)
         if factor == 1.0:
             return input
         return input.mul_(factor) if inplace else input * factor
     if p == 0.0:
         return input
-    return _masked(input, p, train_scale(p, scaling), mask_shape, generator, inplace)
+    return _masked(input, p, _train_scale(p, scaling), mask_shape, generator, inplace)
 
 
 _CHANNEL_LAYOUTS = {
@@ -410,17 +415,19 @@ def alpha_dropout(
     mask_shape = resolve_noise_shape(noise_shape, input.shape)
     if not training or p == 0.0:
         return input
-    if p == 1.0:
-        return input.mul_(0.0) if inplace else input * 0.0
+    if p == 1.0:  # zeros (not 0·x, which is NaN for an infinite x), with zero gradients
+        everything = torch.ones((), dtype=torch.bool, device=input.device)
+        return (
+            input.masked_fill_(everything, 0.0) if inplace else input.masked_fill(everything, 0.0)
+        )
     a, b, alpha_prime = alpha_dropout_affine(p)
     shape = mask_shape if mask_shape is not None else tuple(input.shape)
-    kept = ops.keep_mask(shape, p, input.device, generator=generator).to(input.dtype)
-    # y = a·(m·x + α'(1 − m)) + b = (a·m)·x + (a·α'(1 − m) + b)
-    multiplier = kept * a
-    offset = (1.0 - kept) * (a * alpha_prime) + b
+    kept = ops.keep_mask(shape, p, input.device, generator=generator)
+    dropped_value = a * alpha_prime + b
+    # y = a·x + b where kept, a·α' + b where dropped (exactly, even for an inf or NaN x).
     if inplace:
-        return input.mul_(multiplier).add_(offset)
-    return torch.addcmul(offset, input, multiplier)
+        return input.mul_(a).add_(b).masked_fill_(~kept, dropped_value)
+    return torch.where(kept, input * a + b, input.new_full((), dropped_value))
 
 
 def gaussian_dropout(

@@ -80,7 +80,9 @@ _VAR_EPS = 1e-8
 
 def _check_real(value: object, name: str, *, positive: bool = False, nonneg: bool = False) -> float:
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a real number, got {value!r} of type {type(value).__name__}")
+        raise TypeError(
+            f"{name} must be a real number, got {value!r} of type {type(value).__name__}"
+        )
     value = float(value)
     if math.isnan(value) or math.isinf(value):
         raise ValueError(f"{name} must be a finite number, got {value!r}")
@@ -95,14 +97,20 @@ def _as_open_probability(p: object, name: str, like: torch.Tensor) -> torch.Tens
     """p as a tensor (kept differentiable when it is one) after checking every entry is in (0, 1)."""
     if isinstance(p, torch.Tensor):
         if not p.is_floating_point():
-            raise TypeError(f"{name} must be a floating-point tensor or a number, got dtype {p.dtype}")
+            raise TypeError(
+                f"{name} must be a floating-point tensor or a number, got dtype {p.dtype}"
+            )
         with torch.no_grad():
             bad = ~((p > 0) & (p < 1))
             if bool(bad.any()):
-                raise ValueError(f"{name} must lie in the open interval (0, 1), got {p[bad].flatten()[0].item()!r}")
+                raise ValueError(
+                    f"{name} must lie in the open interval (0, 1), got {p[bad].flatten()[0].item()!r}"
+                )
         return p
     if isinstance(p, bool) or not isinstance(p, numbers.Real):
-        raise TypeError(f"{name} must be a number in (0, 1) or a tensor, got {p!r} of type {type(p).__name__}")
+        raise TypeError(
+            f"{name} must be a number in (0, 1) or a tensor, got {p!r} of type {type(p).__name__}"
+        )
     if not 0.0 < float(p) < 1.0:
         raise ValueError(f"{name} must lie in the open interval (0, 1), got {p!r}")
     return torch.tensor(float(p), dtype=like.dtype, device=like.device)
@@ -124,14 +132,18 @@ def _check_broadcasts(t: torch.Tensor, shape: torch.Size, name: str, target: str
             f"{name} of shape {tuple(t.shape)} does not broadcast to the {target}'s shape {tuple(shape)}"
         ) from None
     if torch.broadcast_shapes(t.shape, shape) != shape:
-        raise ValueError(f"{name} of shape {tuple(t.shape)} would enlarge the {target}'s shape {tuple(shape)}")
+        raise ValueError(
+            f"{name} of shape {tuple(t.shape)} would enlarge the {target}'s shape {tuple(shape)}"
+        )
 
 
 def _check_linear(input: torch.Tensor, weight: object, bias: object, what: str) -> torch.Tensor:
     check_float_tensor(input)
     weight = check_float_tensor(weight, "weight")
     if weight.dim() != 2:
-        raise ValueError(f"{what} expects weight of rank 2 (out_features, in_features), got shape {tuple(weight.shape)}")
+        raise ValueError(
+            f"{what} expects weight of rank 2 (out_features, in_features), got shape {tuple(weight.shape)}"
+        )
     if input.dim() < 1 or input.shape[-1] != weight.shape[1]:
         raise ValueError(
             f"{what}: input's last dim must equal in_features={weight.shape[1]}, got input shape {tuple(input.shape)}"
@@ -139,7 +151,9 @@ def _check_linear(input: torch.Tensor, weight: object, bias: object, what: str) 
     if bias is not None:
         check_float_tensor(bias, "bias")
         if tuple(bias.shape) != (weight.shape[0],):
-            raise ValueError(f"{what}: bias must have shape ({weight.shape[0]},), got {tuple(bias.shape)}")
+            raise ValueError(
+                f"{what}: bias must have shape ({weight.shape[0]},), got {tuple(bias.shape)}"
+            )
     return weight
 
 
@@ -194,7 +208,10 @@ def relaxed_bernoulli_mask(
     _check_broadcasts(p, torch.Size(shape), "p", "mask")
     u = torch.rand(shape, dtype=p.dtype, device=p.device, generator=generator)
     logit = (
-        torch.log(p + eps) - torch.log(1.0 - p + eps) + torch.log(u + eps) - torch.log(1.0 - u + eps)
+        torch.log(p + eps)
+        - torch.log(1.0 - p + eps)
+        + torch.log(u + eps)
+        - torch.log(1.0 - u + eps)
     )
     return 1.0 - torch.sigmoid(logit / temperature)
 
@@ -276,13 +293,17 @@ def concrete_dropout_regularizer(
     like = p if isinstance(p, torch.Tensor) else torch.empty(())
     p = _as_open_probability(p, "p", like)
     if p.numel() != 1:
-        raise ValueError(f"p must be a single rate for the regulariser, got a tensor of shape {tuple(p.shape)}")
+        raise ValueError(
+            f"p must be a single rate for the regulariser, got a tensor of shape {tuple(p.shape)}"
+        )
     input_dim = check_positive_int(input_dim, "input_dim")
     weight_regularizer = _check_real(weight_regularizer, "weight_regularizer", nonneg=True)
     dropout_regularizer = _check_real(dropout_regularizer, "dropout_regularizer", nonneg=True)
     if isinstance(weight_sq_sum, torch.Tensor):
         if weight_sq_sum.numel() != 1:
-            raise ValueError(f"weight_sq_sum must be a scalar, got a tensor of shape {tuple(weight_sq_sum.shape)}")
+            raise ValueError(
+                f"weight_sq_sum must be a scalar, got a tensor of shape {tuple(weight_sq_sum.shape)}"
+            )
     else:
         weight_sq_sum = _check_real(weight_sq_sum, "weight_sq_sum", nonneg=True)
     p = p.reshape(())
@@ -568,7 +589,9 @@ def sparse_variational_conv2d(
     check_float_tensor(input)
     weight = check_float_tensor(weight, "weight")
     if weight.dim() != 4:
-        raise ValueError(f"sparse_variational_conv2d expects a 4-D weight, got shape {tuple(weight.shape)}")
+        raise ValueError(
+            f"sparse_variational_conv2d expects a 4-D weight, got shape {tuple(weight.shape)}"
+        )
     if input.dim() not in (3, 4):
         raise ValueError(
             f"sparse_variational_conv2d expects input of rank 3-D or 4-D, got a {input.dim()}-D tensor of shape {tuple(input.shape)}"
@@ -649,7 +672,9 @@ def elbo_loss(
 
 
 def standout_keep_prob(
-    pre_activation: torch.Tensor, alpha: float | torch.Tensor = 1.0, beta: float | torch.Tensor = 0.0
+    pre_activation: torch.Tensor,
+    alpha: float | torch.Tensor = 1.0,
+    beta: float | torch.Tensor = 0.0,
 ) -> torch.Tensor:
     r"""Standout's keep probability π = sigmoid(α · s + β) from the standout network's output s.
 

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as TF
@@ -50,6 +50,8 @@ __all__ = [
     "drop_connect",
     "drop_connect_linear",
     "drop_connect_conv",
+    "drop_connect_linear_moments",
+    "drop_connect_moment_matching",
     "locked_dropout",
     "embedding_dropout",
 ]
@@ -95,9 +97,7 @@ def _block_size_tuple(block_size: int | Sequence[int], spatial_dims: int) -> tup
 # --------------------------------------------------------------------------------------------
 
 
-def drop_block_gamma(
-    p: float, block_size: int | Sequence[int], feat_size: Sequence[int]
-) -> float:
+def drop_block_gamma(p: float, block_size: int | Sequence[int], feat_size: Sequence[int]) -> float:
     r"""The seed rate γ of DropBlock (Ghiasi et al. 2018, eq. 1), generalised to any rank.
 
     .. math::
@@ -108,6 +108,8 @@ def drop_block_gamma(
     equals p·∏f, the number of units dropout at rate p would drop. Overlapping blocks make the
     realised fraction slightly smaller than p (by about p·γ·∏b/2 for small γ); the count
     normalisation of :func:`drop_block2d` keeps the output's mean exact regardless.
+    The seeds are drawn by dropkit's kernels, whose keep probabilities lie on a 2^-16 grid, so the
+    γ actually used is ``1 − ops.keep_probability(γ)`` (within 2^-17 of γ).
 
     Args:
         p: the target drop rate, in [0, 1].
@@ -123,14 +125,16 @@ def drop_block_gamma(
     if isinstance(feat_size, Sequence) and not isinstance(feat_size, (str, bytes)) and feat_size:
         feat = tuple(check_positive_int(f, "feat_size") for f in feat_size)
     else:
-        raise TypeError(f"feat_size must be a sequence of ints, one per spatial dim, got {feat_size!r}")
+        raise TypeError(
+            f"feat_size must be a sequence of ints, one per spatial dim, got {feat_size!r}"
+        )
     block = _block_size_tuple(block_size, len(feat))
-    if any(b > f for b, f in zip(block, feat)):
+    if any(b > f for b, f in zip(block, feat, strict=True)):
         raise ValueError(
             f"block_size {block} must fit in the feature map {feat}: each entry <= the matching size"
         )
     gamma = p
-    for b, f in zip(block, feat):
+    for b, f in zip(block, feat, strict=True):
         gamma *= f / (b * (f - b + 1))
     return gamma
 
@@ -154,7 +158,7 @@ def _drop_block(
     _check_bool(share_channels, "share_channels")
     _check_choice(normalize, "normalize", ("batch", "sample"))
     spatial = tuple(input.shape[-spatial_dims:])
-    if any(b > f for b, f in zip(block, spatial)):
+    if any(b > f for b, f in zip(block, spatial, strict=True)):
         raise ValueError(
             f"{name}: block_size {block} must fit in the input's spatial size {spatial} "
             "(each entry <= the matching size)"
@@ -167,7 +171,7 @@ def _drop_block(
         lead = lead[:-1] + (1,)
     # Ghiasi et al. 2018, Alg. 1: seeds only where the whole block fits, so every dropped region is
     # a union of full blocks. A seed at (i, j) is the block's first corner.
-    valid = tuple(f - b + 1 for f, b in zip(spatial, block))
+    valid = tuple(f - b + 1 for f, b in zip(spatial, block, strict=True))
     seeds = ~ops.keep_mask(lead + valid, gamma, input.device, generator=generator)
     seeds = seeds.to(torch.float32)
     pad: list[int] = []
@@ -467,7 +471,9 @@ def attention_dropout(
         factor = ops.keep_mask(mask_shape, p, input.device, generator=generator).to(input.dtype)
         factor = factor * F.train_scale(p, "inverted")
         return input.mul_(factor) if inplace else input * factor
-    mask_shape = tuple(input.shape) if mode == "element" else tuple(input.shape[:-2]) + (1, input.shape[-1])
+    mask_shape = (
+        tuple(input.shape) if mode == "element" else tuple(input.shape[:-2]) + (1, input.shape[-1])
+    )
     kept = input * ops.keep_mask(mask_shape, p, input.device, generator=generator).to(input.dtype)
     total = kept.sum(dim=-1, keepdim=True)
     return kept / torch.where(total == 0, torch.ones_like(total), total)
@@ -535,7 +541,11 @@ def drop_connect(
 
 
 def _check_drop_connect_args(
-    input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, per_sample: object, drop_bias: object
+    input: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    per_sample: object,
+    drop_bias: object,
 ) -> None:
     check_float_tensor(input)
     check_float_tensor(weight, "weight")
@@ -564,7 +574,8 @@ def drop_connect_linear(
     (default) or, with ``per_sample=True``, each sample n gets its own M_n (the paper's
     formulation): y_n = x_n (M_n ⊙ W)ᵀ s, computed as a batched matrix product (einsum), at a cost
     of N × |W| mask entries. Eval: y = x Wᵀ + b (inverted) or x ((1 − p) W)ᵀ + b (inference, the
-    paper's mean-weight approximation; its Gaussian moment-matching inference is not implemented).
+    paper's mean-weight approximation; for its Gaussian moment-matching inference see
+    :func:`drop_connect_moment_matching`).
 
     Args:
         input: (*, in_features) floating-point tensor; (N, *, in_features) with ``per_sample``.
@@ -617,6 +628,122 @@ def drop_connect_linear(
         else:
             out = out + bias
     return out
+
+
+def drop_connect_linear_moments(
+    input: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    p: float = 0.5,
+    *,
+    drop_bias: bool = False,
+    scaling: str = "inverted",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    r"""Mean and variance of a DropConnect linear unit over the weight mask (Wan et al. 2013, sec. 3).
+
+    For u = s Σ_j M_j W_j x_j + b with M_j ~ Bernoulli(q), q = 1 − p, s the training scale:
+
+    .. math::
+        E[u] = s q (W x) + b, \qquad V[u] = s^2 q (1 − q) (W ⊙ W)(x ⊙ x)
+
+    (with ``drop_bias=True`` the bias is one more masked term: E gains s q b − b, V gains
+    s² q(1 − q) b²). These are exact; the moment-matching inference of
+    :func:`drop_connect_moment_matching` treats u as Gaussian with them.
+
+    Args:
+        input: (*, in_features) floating-point tensor.
+        weight: (out_features, in_features).
+        bias: (out_features,) or None.
+        p: probability of dropping a weight, in [0, 1].
+        drop_bias: the bias is masked too.
+        scaling: ``"inverted"`` (s = 1/q) or ``"inference"`` (s = 1).
+
+    Returns:
+        (mean, variance), each (*, out_features).
+
+    Example:
+        >>> import torch
+        >>> from dropkit.functional_variants import drop_connect_linear_moments
+        >>> mean, var = drop_connect_linear_moments(torch.ones(1, 2), torch.ones(1, 2), p=0.5)
+        >>> mean.item(), var.item()  # u = 2(m1 + m2): mean 2, variance 4 · 2 · 1/4
+        (2.0, 2.0)
+    """
+    _check_drop_connect_args(input, weight, bias, False, drop_bias)
+    p = check_probability(p)
+    check_scaling(scaling)
+    check_rank(weight, (2,), "drop_connect_linear_moments", "weight")
+    if input.shape[-1] != weight.shape[1]:
+        raise ValueError(
+            f"drop_connect_linear_moments: input's last dim ({input.shape[-1]}) must equal weight's "
+            f"in_features ({weight.shape[1]})"
+        )
+    keep = ops.keep_probability(p)
+    scale = F.train_scale(p, scaling)
+    mean = TF.linear(input, weight) * (scale * keep)
+    var = TF.linear(input * input, weight * weight) * (scale * scale * keep * (1.0 - keep))
+    if bias is not None:
+        if drop_bias:
+            mean = mean + bias * (scale * keep)
+            var = var + bias * bias * (scale * scale * keep * (1.0 - keep))
+        else:
+            mean = mean + bias
+    return mean, var
+
+
+def drop_connect_moment_matching(
+    input: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    p: float = 0.5,
+    activation: Callable[[torch.Tensor], torch.Tensor] = torch.relu,
+    num_samples: int = 1000,
+    *,
+    drop_bias: bool = False,
+    scaling: str = "inverted",
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    r"""DropConnect inference by Gaussian moment matching (Wan et al. 2013, Algorithm 2).
+
+    The paper's alternative to the mean-weight rule: each pre-activation u is approximated by
+    N(E[u], V[u]) with the exact moments of :func:`drop_connect_linear_moments`, Z samples
+    u_z ~ N(E[u], V[u]) go through the activation a, and r = (1/Z) Σ_z a(u_z) approximates
+    E_M[a(u)], which mean-weight inference a(E[u]) gets wrong for a non-linear a.
+
+    Args:
+        input: (*, in_features) floating-point tensor.
+        weight: (out_features, in_features).
+        bias: (out_features,) or None.
+        p: probability of dropping a weight, in [0, 1].
+        activation: the non-linearity a after the layer (default ReLU).
+        num_samples: Z, the Gaussian samples per unit.
+        drop_bias: the bias is masked too.
+        scaling: ``"inverted"`` or ``"inference"``, as used in training.
+        generator: a ``torch.Generator`` for the Gaussian samples.
+
+    Shape:
+        input (*, in_features); output (*, out_features).
+
+    Example:
+        >>> import torch
+        >>> from dropkit.functional_variants import drop_connect_moment_matching
+        >>> x, w = torch.randn(4, 16), torch.randn(3, 16)
+        >>> drop_connect_moment_matching(x, w, p=0.5, num_samples=64).shape
+        torch.Size([4, 3])
+    """
+    if not callable(activation):
+        raise TypeError(f"activation must be callable, got {activation!r}")
+    num_samples = check_positive_int(num_samples, "num_samples")
+    mean, var = drop_connect_linear_moments(
+        input, weight, bias, p, drop_bias=drop_bias, scaling=scaling
+    )
+    std = var.clamp_min(0.0).sqrt()
+    noise = torch.randn(
+        (num_samples,) + tuple(mean.shape),
+        dtype=mean.dtype,
+        device=mean.device,
+        generator=generator,
+    )
+    return activation(mean + std * noise).mean(dim=0)
 
 
 _CONVS = {1: TF.conv1d, 2: TF.conv2d, 3: TF.conv3d}
@@ -823,9 +950,16 @@ def embedding_dropout(
         >>> torch.equal(y[0, 0], y[0, 2]) and torch.equal(y[0, 0], y[0, 3])  # word 1 is one draw
         True
     """
-    if not isinstance(input, torch.Tensor) or input.is_floating_point() or input.is_complex() or input.dtype == torch.bool:
+    if (
+        not isinstance(input, torch.Tensor)
+        or input.is_floating_point()
+        or input.is_complex()
+        or input.dtype == torch.bool
+    ):
         got = input.dtype if isinstance(input, torch.Tensor) else type(input).__name__
-        raise TypeError(f"embedding_dropout: input must be an integer tensor of token ids, got {got}")
+        raise TypeError(
+            f"embedding_dropout: input must be an integer tensor of token ids, got {got}"
+        )
     check_float_tensor(weight, "weight")
     check_rank(weight, (2,), "embedding_dropout", "weight")
     p = check_probability(p)

@@ -300,8 +300,10 @@ def fold_dropout_scaling(model: nn.Module) -> nn.Module:
     max/avg pooling, Flatten, Identity, other dropout). Where no such layer follows (an output
     dropout, or one before a BatchNorm), the factor is folded into the Linear/Conv layer *before*
     it instead, weights and bias: k·f(W x + b) = f(k W x + k b). Dropout whose eval rule is the identity
-    (inverted, alpha, Gaussian, torch.nn's) is removed wherever it is. The copy is in eval mode
-    and gives the same outputs as ``model.eval()``; ``model`` is not changed.
+    (inverted, alpha, Gaussian, torch.nn's) is removed wherever it is. Dropout modules that hold
+    tensors (DropConnect, WeightDrop, EmbeddingDropout, learned rates) are layers in their own right
+    and are left in place, in eval mode. The copy is in eval mode and gives the same outputs as
+    ``model.eval()``; ``model`` is not changed.
 
     Args:
         model: any module; inference-scaled dropout must sit in an ``nn.Sequential`` (so the

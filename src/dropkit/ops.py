@@ -365,39 +365,36 @@ def _bias_dropout_add_impl(
 # ------------------------------------------------------------------------------------------------
 # torch.library custom ops (the torch.compile path, and torch.ops.dropkit.* for users)
 # ------------------------------------------------------------------------------------------------
-_SEEDED = (torch.Tag.nondeterministic_seeded,)
+@torch.library.custom_op(
+    "dropkit::draw_seed", mutates_args=(), tags=(torch.Tag.nondeterministic_seeded,)
+)
+def _draw_seed_op(anchor: torch.Tensor) -> torch.Tensor:
+    """Draws one 64-bit seed with :func:`dropkit.rng.draw_seed`: an int64 scalar (two's complement).
+
+    ``anchor`` is an empty tensor made fresh for each call and otherwise unused: AOTAutograd's
+    common-subexpression pass ignores the ``nondeterministic_seeded`` tag (it keeps a fixed list of
+    aten random ops) and would merge two draws with equal arguments, i.e. two dropouts of the same
+    tensor would share a mask. ``aten.empty`` is never merged, so neither are the draws. The tag
+    itself keeps Inductor from reordering or constant-folding the draws, and makes activation
+    checkpointing replay them under the saved RNG state.
+    """
+    return _seed_tensor(rng.draw_seed())
 
 
-@torch.library.custom_op("dropkit::dropout", mutates_args=(), tags=_SEEDED)
-def _dropout_op(x: torch.Tensor, threshold: int, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Draws a seed from torch's generator and drops; returns (y, seed) with seed an int64 scalar."""
-    seed = rng.draw_seed()
-    return _apply(x, seed, 0, threshold, scale), _seed_tensor(seed)
+@_draw_seed_op.register_fake
+def _(anchor):
+    return torch.empty((), dtype=torch.int64)
 
 
-@_dropout_op.register_fake
-def _(x, threshold, scale):
-    return torch.empty_like(x), torch.empty((), dtype=torch.int64)
-
-
-def _dropout_op_setup(ctx, inputs, output):
-    _, ctx.threshold, ctx.scale = inputs
-    ctx.save_for_backward(output[1])  # the seed: 8 bytes, whatever the size of x
-
-
-def _dropout_op_backward(ctx, grad, _grad_seed):
-    (seed,) = ctx.saved_tensors
-    return torch.ops.dropkit.dropout_with_seed(grad, seed, 0, ctx.threshold, ctx.scale), None, None
-
-
-_dropout_op.register_autograd(_dropout_op_backward, setup_context=_dropout_op_setup)
+def _traced_seed() -> torch.Tensor:
+    return _draw_seed_op(torch.empty(0))
 
 
 @torch.library.custom_op("dropkit::dropout_with_seed", mutates_args=())
 def _dropout_with_seed_op(
     x: torch.Tensor, seed: torch.Tensor, offset: int, threshold: int, scale: float
 ) -> torch.Tensor:
-    """Dropout with an explicit seed (int64 scalar, two's complement of the 64-bit seed)."""
+    """y = m ⊙ x · scale, m from (seed, offset); seed an int64 scalar (two's complement)."""
     return _apply(x, _seed_int(seed), offset, threshold, scale)
 
 
@@ -408,7 +405,7 @@ def _(x, seed, offset, threshold, scale):
 
 def _with_seed_setup(ctx, inputs, output):
     _, seed, ctx.offset, ctx.threshold, ctx.scale = inputs
-    ctx.save_for_backward(seed)
+    ctx.save_for_backward(seed)  # 8 bytes, whatever the size of x
 
 
 def _with_seed_backward(ctx, grad):
@@ -420,53 +417,51 @@ def _with_seed_backward(ctx, grad):
 _dropout_with_seed_op.register_autograd(_with_seed_backward, setup_context=_with_seed_setup)
 
 
-@torch.library.custom_op("dropkit::bias_dropout_add", mutates_args=(), tags=_SEEDED)
+@torch.library.custom_op("dropkit::bias_dropout_add", mutates_args=())
 def _bias_dropout_add_op(
     x: torch.Tensor,
     bias: torch.Tensor | None,
     residual: torch.Tensor,
+    seed: torch.Tensor,
     threshold: int,
     scale: float,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """residual + dropout(x + bias) with a freshly drawn seed; returns (y, seed)."""
-    seed = rng.draw_seed()
-    return _bias_dropout_add_impl(x, bias, residual, seed, threshold, scale), _seed_tensor(seed)
+) -> torch.Tensor:
+    """residual + m ⊙ (x + bias) · scale, m from (seed, offset 0)."""
+    return _bias_dropout_add_impl(x, bias, residual, _seed_int(seed), threshold, scale)
 
 
 @_bias_dropout_add_op.register_fake
-def _(x, bias, residual, threshold, scale):
+def _(x, bias, residual, seed, threshold, scale):
     h = x if bias is None else x + bias
-    return torch.empty_like(h + residual, memory_format=torch.contiguous_format), torch.empty(
-        (), dtype=torch.int64
-    )
+    return torch.empty_like(h + residual, memory_format=torch.contiguous_format)
 
 
 def _bda_setup(ctx, inputs, output):
-    x, bias, residual, ctx.threshold, ctx.scale = inputs
+    x, bias, residual, seed, ctx.threshold, ctx.scale = inputs
     ctx.shapes = (x.shape, None if bias is None else bias.shape, residual.shape)
-    ctx.save_for_backward(output[1])
+    ctx.save_for_backward(seed)
 
 
-def _bda_backward(ctx, grad, _grad_seed):
+def _bda_backward(ctx, grad):
     (seed,) = ctx.saved_tensors
     x_shape, bias_shape, residual_shape = ctx.shapes
     grad_h = torch.ops.dropkit.dropout_with_seed(grad, seed, 0, ctx.threshold, ctx.scale)
     grad_bias = None if bias_shape is None else grad_h.sum_to_size(bias_shape)
-    return grad_h.sum_to_size(x_shape), grad_bias, grad.sum_to_size(residual_shape), None, None
+    return grad_h.sum_to_size(x_shape), grad_bias, grad.sum_to_size(residual_shape), None, None, None
 
 
 _bias_dropout_add_op.register_autograd(_bda_backward, setup_context=_bda_setup)
 
 
-@torch.library.custom_op("dropkit::keep_mask", mutates_args=(), tags=_SEEDED)
-def _keep_mask_op(shape: list[int], threshold: int, device: torch.device) -> torch.Tensor:
-    """A bool keep mask of ``shape`` with a freshly drawn seed."""
-    seed = rng.draw_seed()
-    return kernels_for(device).keep_mask(math.prod(shape), seed, 0, threshold, device).view(shape)
+@torch.library.custom_op("dropkit::keep_mask", mutates_args=())
+def _keep_mask_op(shape: list[int], seed: torch.Tensor, threshold: int, device: torch.device) -> torch.Tensor:
+    """A bool keep mask of ``shape`` from (seed, offset 0)."""
+    n = math.prod(shape)
+    return kernels_for(device).keep_mask(n, _seed_int(seed), 0, threshold, device).view(shape)
 
 
 @_keep_mask_op.register_fake
-def _(shape, threshold, device):
+def _(shape, seed, threshold, device):
     return torch.empty(shape, dtype=torch.bool, device=device)
 
 
@@ -531,7 +526,7 @@ def dropout_elementwise(
     scale = _check_scale(scale)
     check_generator(generator)
     if _use_custom_ops(x, generator):
-        y = _dropout_op(x, thresh, scale)[0]
+        y = _dropout_with_seed_op(x, _traced_seed(), 0, thresh, scale)
         return x.copy_(y) if inplace else y
     return _dropout_stream(x, rng.draw_seed(generator), 0, thresh, scale, inplace)
 
@@ -567,7 +562,7 @@ def keep_mask(
     device = torch.device("cpu" if device is None else device)
     shape = [int(s) for s in shape]
     if _use_custom_ops(None, generator):
-        return _keep_mask_op(shape, thresh, device)
+        return _keep_mask_op(shape, _traced_seed(), thresh, device)
     seed = rng.draw_seed(generator)
     return kernels_for(device).keep_mask(math.prod(shape), seed, 0, thresh, device).view(shape)
 
@@ -670,7 +665,7 @@ def bias_dropout_add(
         return residual + (x if bias is None else x + bias)
     scale = dropout_scale(p)
     if _use_custom_ops(x, generator):
-        return _bias_dropout_add_op(x, bias, residual, thresh, scale)[0]
+        return _bias_dropout_add_op(x, bias, residual, _traced_seed(), thresh, scale)
     seed = rng.draw_seed(generator)
     tensors = (x, residual) if bias is None else (x, bias, residual)
     if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):

@@ -99,13 +99,15 @@ class _Step(Schedule):
         if isinstance(milestones, (str, bytes)) or not isinstance(milestones, Sequence):
             raise TypeError(f"milestones must be a sequence of ints, got {milestones!r}")
         self.values = [check_probability(v, f"values[{i}]") for i, v in enumerate(values)]
-        self.milestones = [check_positive_int(m, f"milestones[{i}]") for i, m in enumerate(milestones)]
+        self.milestones = [
+            check_positive_int(m, f"milestones[{i}]") for i, m in enumerate(milestones)
+        ]
         if len(self.values) != len(self.milestones) + 1:
             raise ValueError(
                 f"step needs one more value than milestones, got {len(self.values)} values "
                 f"{self.values} and {len(self.milestones)} milestones {self.milestones}"
             )
-        if any(a >= b for a, b in zip(self.milestones, self.milestones[1:])):
+        if any(a >= b for a, b in zip(self.milestones, self.milestones[1:], strict=False)):
             raise ValueError(f"milestones must be strictly increasing, got {self.milestones}")
 
     def rate(self, t: int) -> float:
@@ -177,7 +179,9 @@ def step(values: Sequence[float], milestones: Sequence[int]) -> Schedule:
     return _Step(values, milestones)
 
 
-def curriculum(p_final: float, gamma: float | None = None, *, total_steps: int | None = None) -> Schedule:
+def curriculum(
+    p_final: float, gamma: float | None = None, *, total_steps: int | None = None
+) -> Schedule:
     r"""Curriculum dropout (Morerio et al. 2017): p(t) = p̄ (1 − exp(−γ t)), from 0 towards p̄.
 
     Args:
@@ -249,7 +253,9 @@ class DropoutScheduler:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
         if not callable(schedule):
-            raise TypeError(f"schedule must be a Schedule or a callable t -> rate, got {schedule!r}")
+            raise TypeError(
+                f"schedule must be a Schedule or a callable t -> rate, got {schedule!r}"
+            )
         if isinstance(names, str):
             names = [names]
         if names is not None:
@@ -321,7 +327,9 @@ class DropoutScheduler:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restores :meth:`state_dict`'s step and base rates and applies the schedule at that step."""
         if not isinstance(state, dict) or "t" not in state:
-            raise ValueError(f"state must be a dict from DropoutScheduler.state_dict(), got {state!r}")
+            raise ValueError(
+                f"state must be a dict from DropoutScheduler.state_dict(), got {state!r}"
+            )
         base_p = state.get("base_p", self.base_p)
         unknown = set(base_p) - set(self.modules)
         if unknown:
@@ -373,7 +381,9 @@ class DropoutScheduleHooks:
         if interval not in ("step", "epoch"):
             raise ValueError(f"interval must be 'step' or 'epoch', got {interval!r}")
         if not callable(schedule):
-            raise TypeError(f"schedule must be a Schedule or a callable t -> rate, got {schedule!r}")
+            raise TypeError(
+                f"schedule must be a Schedule or a callable t -> rate, got {schedule!r}"
+            )
         unknown = set(scheduler_kwargs) - {"names", "types", "where", "relative"}
         if unknown:
             raise TypeError(f"unexpected DropoutScheduler arguments {sorted(unknown)}")
@@ -393,7 +403,9 @@ class DropoutScheduleHooks:
 
     def _advance(self, pl_module: nn.Module) -> None:
         if self.scheduler is None:
-            raise RuntimeError("DropoutScheduleHooks: on_fit_start was not called before training hooks")
+            raise RuntimeError(
+                "DropoutScheduleHooks: on_fit_start was not called before training hooks"
+            )
         self.scheduler.step()
         if self.log and hasattr(pl_module, "log"):
             rates = list(self.scheduler.get_last_p().values())

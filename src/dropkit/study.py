@@ -43,7 +43,7 @@ from dropkit import data as _data
 from dropkit import tune
 from dropkit._validate import check_positive_int
 from dropkit.models import MLP
-from dropkit.train import History, evaluate, fit
+from dropkit.train import History, fit
 
 __all__ = ["StudyConfig", "StudyResult", "run_study", "load_study_data", "format_summary"]
 
@@ -575,122 +575,43 @@ def _version() -> str:
 def _mc_study(
     model: nn.Module, x: torch.Tensor, y: torch.Tensor, T: int, seed: int, progress: bool
 ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-    """MC dropout's predictive distribution against weight scaling, on the test set."""
-    from dropkit import mc
+    """MC dropout's predictive distribution against weight scaling, on the test set.
+
+    :func:`dropkit.uncertainty.evaluate_mc_classifier` draws the T passes with
+    :func:`dropkit.mc.predict` (batched, seeded) and scores both inference rules.
+    """
+    from dropkit import uncertainty
 
     if not any(float(m.p) > 0 for m in tune.dropout_layers(model).values()):
         return {"skipped": "the chosen rates are all 0: nothing to sample"}, {}
     with _bar(1, "7/7 MC dropout", progress) as bar:
-        with torch.no_grad():
-            model.eval()
-            det_probs = torch.softmax(model(x), dim=-1)
-            samples = mc.predict(model, x, T=T, seed=seed, transform=lambda o: torch.softmax(o, -1))
+        report = uncertainty.evaluate_mc_classifier(model, x, y, T=T, seed=seed)
         bar.update(1)
-    mc_probs = samples.mean(0)
+    correct = np.asarray(report["correct"], dtype=bool)
     out: dict[str, Any] = {"T": T, "seed": seed}
-    arrays: dict[str, np.ndarray] = {"y": y.numpy()}
-    for name, probs in (("weight_scaling", det_probs), ("mc", mc_probs)):
-        out[name] = _classification_metrics(probs, y)
-        arrays[f"{name}_probs"] = probs.numpy()
-    unc = _uncertainties(samples)
-    correct = (mc_probs.argmax(-1) == y).numpy()
-    arrays["correct"] = correct
-    for key, values in unc.items():
-        arrays[key] = values
-        out[f"auroc_{key}"] = _auroc_errors(values, correct)
-        out[f"mean_{key}_correct"] = float(values[correct].mean()) if correct.any() else None
+    for name in ("weight_scaling", "mc"):
+        metrics = dict(report[name])
+        metrics["acc"] = metrics.pop("accuracy")
+        out[name] = metrics
+    out["weight_scaling_gap"] = report["gap"]
+    arrays: dict[str, np.ndarray] = {
+        "y": y.numpy(),
+        "mc_probs": report["mc_probs"],
+        "weight_scaling_probs": report["ws_probs"],
+        "correct": correct,
+        "entropy": report["entropy"],
+        "bald": report["mutual_information"],
+    }
+    for key in ("entropy", "bald"):
+        values = arrays[key]
+        out[f"auroc_{key}"] = (
+            uncertainty.misclassification_auroc(values, correct)
+            if correct.any() and (~correct).any()
+            else None
+        )
+        out[f"mean_{key}_right"] = float(values[correct].mean()) if correct.any() else None
         out[f"mean_{key}_wrong"] = float(values[~correct].mean()) if (~correct).any() else None
     return out, arrays
-
-
-def _uncertainty() -> Any:
-    try:
-        from dropkit import uncertainty
-
-        return uncertainty
-    except ImportError:  # TEMPORARY until dropkit.uncertainty lands
-        return _Fallback
-
-
-class _Fallback:  # TEMPORARY until dropkit.uncertainty lands
-    @staticmethod
-    def nll(p, y):
-        return -torch.log(p.gather(1, y[:, None]).clamp_min(1e-12)).mean()
-
-    @staticmethod
-    def brier_score(p, y):
-        return ((p - nn.functional.one_hot(y, p.shape[1])) ** 2).sum(1).mean()
-
-    @staticmethod
-    def expected_calibration_error(p, y, n_bins=15):
-        conf, pred = p.max(1)
-        acc = (pred == y).float()
-        edges = torch.linspace(0, 1, n_bins + 1)
-        e = 0.0
-        for lo, hi in zip(edges[:-1], edges[1:]):
-            m = (conf > lo) & (conf <= hi)
-            if m.any():
-                e += m.float().mean() * (acc[m].mean() - conf[m].mean()).abs()
-        return e
-
-    @staticmethod
-    def predictive_entropy(s):
-        m = s.mean(0)
-        return -(m * m.clamp_min(1e-12).log()).sum(-1)
-
-    @staticmethod
-    def mutual_information(s):
-        ent = _Fallback.predictive_entropy(s)
-        return ent + (s * s.clamp_min(1e-12).log()).sum(-1).mean(0)
-
-    @staticmethod
-    def error_auroc(score, correct):
-        from sklearn.metrics import roc_auc_score
-
-        return roc_auc_score((~correct.bool()).numpy(), score.numpy())
-
-    @staticmethod
-    def plot_reliability(p, y, ax, label):
-        conf, pred = p.max(1)
-        acc = (pred == y).float()
-        edges = np.linspace(0, 1, 16)
-        xs, ys = [], []
-        for lo, hi in zip(edges[:-1], edges[1:]):
-            m = (conf > lo) & (conf <= hi)
-            if m.any():
-                xs.append(float(conf[m].mean()))
-                ys.append(float(acc[m].mean()))
-        ax.plot([0, 1], [0, 1], ":", color="gray")
-        ax.plot(xs, ys, "o-", label=label)
-        ax.legend()
-
-
-def _classification_metrics(probs: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
-    uncertainty = _uncertainty()
-
-    return {
-        "acc": float((probs.argmax(-1) == y).float().mean()),
-        "nll": float(uncertainty.nll(probs, y)),
-        "brier": float(uncertainty.brier_score(probs, y)),
-        "ece": float(uncertainty.expected_calibration_error(probs, y)),
-    }
-
-
-def _uncertainties(samples: torch.Tensor) -> dict[str, np.ndarray]:
-    uncertainty = _uncertainty()
-
-    return {
-        "entropy": uncertainty.predictive_entropy(samples).numpy(),
-        "bald": uncertainty.mutual_information(samples).numpy(),
-    }
-
-
-def _auroc_errors(score: np.ndarray, correct: np.ndarray) -> float | None:
-    uncertainty = _uncertainty()
-
-    if correct.all() or not correct.any():
-        return None
-    return float(uncertainty.error_auroc(torch.as_tensor(score), torch.as_tensor(correct)))
 
 
 # --------------------------------------------------------------------------------------------
@@ -791,36 +712,36 @@ def _figures(
         y = mc_arrays["y"]
 
         def reliability(fig: Any) -> None:
-            uncertainty = _uncertainty()
+            from dropkit import uncertainty
 
-            ax = fig.add_subplot()
-            for name, label in (("weight_scaling", "weight scaling"), ("mc", f"MC dropout, T={cfg.mc_samples}")):
-                uncertainty.plot_reliability(
-                    torch.as_tensor(mc_arrays[f"{name}_probs"]), torch.as_tensor(y), ax=ax, label=label
-                )
+            uncertainty.reliability_diagram(
+                {
+                    "weight scaling": mc_arrays["weight_scaling_probs"],
+                    f"MC dropout, T={cfg.mc_samples}": mc_arrays["mc_probs"],
+                },
+                y,
+                ax=fig.add_subplot(),
+            )
 
         figures["reliability"] = (
             "Reliability diagram",
-            "Accuracy against confidence in 15 equal-width bins on the test set; the diagonal is "
-            "perfect calibration.",
+            "Accuracy against confidence in 15 equal-width bins on the test set, for the dropout "
+            "model with weight scaling (one deterministic pass) and with MC dropout; the diagonal "
+            "is perfect calibration.",
             _png(reliability, (5.6, 5.0)),
         )
 
         def histogram(fig: Any) -> None:
+            from dropkit import uncertainty
+
             ent_ax, mi_ax = fig.subplots(1, 2)
-            correct = mc_arrays["correct"].astype(bool)
-            for ax, key, title in (
-                (ent_ax, "entropy", "predictive entropy"),
-                (mi_ax, "bald", "mutual information (BALD)"),
+            for ax, key, label in (
+                (ent_ax, "entropy", "predictive entropy (nats)"),
+                (mi_ax, "bald", "mutual information, BALD (nats)"),
             ):
-                values = mc_arrays[key]
-                bins = np.linspace(0.0, max(float(values.max()), 1e-6), 30)
-                ax.hist(values[correct], bins=bins, alpha=0.6, density=True, label="right", color="C0")
-                ax.hist(values[~correct], bins=bins, alpha=0.6, density=True, label="wrong", color="C3")
-                auroc = numbers["mc_dropout"].get(f"auroc_{key}")
-                ax.set_title(f"{title}" + (f" (AUROC {auroc:.3f})" if auroc is not None else ""))
-                ax.set_xlabel("nats")
-                ax.legend(fontsize="small")
+                uncertainty.uncertainty_histogram(
+                    mc_arrays[key], mc_arrays["correct"], ax=ax, xlabel=label, title=label.split(" (")[0]
+                )
 
         figures["uncertainty"] = (
             "Uncertainty of right and wrong predictions",

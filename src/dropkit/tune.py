@@ -772,6 +772,7 @@ def run_trials(
     max_failures: int = 5,
     poll_s: float = 0.5,
     progress: Any = None,
+    exhausted: Callable[[optuna.Study], bool] | None = None,
 ) -> int:
     r"""Runs trials until the study holds ``n_trials`` finished (COMPLETE or PRUNED) trials.
 
@@ -792,6 +793,8 @@ def run_trials(
         max_failures: raise RuntimeError after this many caught failures in a row.
         poll_s: seconds between checks while waiting for other workers' trials.
         progress: an object with ``update(n)`` (a tqdm bar), advanced once per trial run here.
+        exhausted: ``exhausted(study)`` True means nothing is left to try (a grid whose every
+            point has been attempted): stop even with fewer finished trials.
 
     Returns:
         The number of trials this call ran.
@@ -807,7 +810,8 @@ def run_trials(
             running = sum(t.state == TrialState.RUNNING for t in trials)
             if timeout is not None and time.monotonic() - start > timeout:
                 break
-            if finished >= n_trials and waiting == 0:
+            done = finished >= n_trials or (exhausted is not None and exhausted(study))
+            if done and waiting == 0:
                 if running == 0 or not wait_for_running:
                     break
                 optuna.storages.fail_stale_trials(study)
@@ -828,6 +832,13 @@ def run_trials(
             else:
                 failures = 0
     return ran
+
+
+def _trial_p(trial: optuna.trial.FrozenTrial) -> float | None:
+    """The shared rate of a grid trial, also for a queued trial that has not started."""
+    if "p" in trial.params:
+        return trial.params["p"]
+    return trial.system_attrs.get("fixed_params", {}).get("p")
 
 
 class RateSearch:
@@ -1002,6 +1013,22 @@ class RateSearch:
             "box": [self.low, self.high] if self.mode == "per_layer" else None,
         }
 
+    def _requeue_failed_points(self, study: optuna.Study) -> None:
+        """Queues again the grid points whose every trial failed (GridSampler counts a failed
+        point as visited and would never return to it)."""
+        trials = study.get_trials(deepcopy=False)
+        alive = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING)
+        covered = {_trial_p(t) for t in trials if t.state in alive}
+        failed = {_trial_p(t) for t in trials if t.state == TrialState.FAIL}
+        with _quiet():
+            for p in sorted(x for x in failed - covered if x is not None):
+                study.enqueue_trial({"p": p})
+
+    def _grid_exhausted(self, study: optuna.Study) -> bool:
+        """Every grid point has been attempted (finished, pruned or failed)."""
+        attempted = {_trial_p(t) for t in study.get_trials(deepcopy=False) if t.state.is_finished()}
+        return set(self.grid) <= attempted
+
     def default_n_trials(self) -> int:
         """len(grid) in grid mode, 20 per-layer."""
         return len(self.grid) if self.mode == "grid" else 20
@@ -1062,6 +1089,8 @@ class RateSearch:
                 f"study {name!r} in {_mask_url(getattr(storage_obj, 'url', '')) or 'storage'} was created for "
                 f"another search ({existing}); this search is {summary}. Pass another study_name"
             )
+        if self.mode == "grid":
+            self._requeue_failed_points(study)
         return study
 
     def run(
@@ -1094,7 +1123,13 @@ class RateSearch:
         if n_trials is not None:
             target = check_positive_int(n_trials, "n_trials")
         run_trials(
-            study, self.objective, target, catch=tuple(catch), timeout=timeout, progress=progress
+            study,
+            self.objective,
+            target,
+            catch=tuple(catch),
+            timeout=timeout,
+            progress=progress,
+            exhausted=self._grid_exhausted if self.mode == "grid" else None,
         )
         return _result_from_study(study)
 

@@ -281,7 +281,7 @@ def tau_from_prior(length_scale: float, p: float, n_train: int, weight_decay: fl
             ``weight_decay=wd`` in the optimiser, λ = wd / 4.
 
     Example:
-        >>> tau_from_prior(1e-2, 0.5, 1000, 1e-6)
+        >>> tau_from_prior(1.0, 0.5, 1000, 1e-5)
         25.0
     """
     from dropkit._validate import check_positive_int, check_probability
@@ -343,7 +343,7 @@ def gaussian_log_likelihood(
         >>> import numpy as np
         >>> s = np.zeros((5, 3))                    # every sample predicts 0
         >>> ll = gaussian_log_likelihood(s, np.zeros(3), tau=1.0)
-        >>> round(ll, 6) == round(-0.5 * np.log(2 * np.pi), 6)
+        >>> bool(abs(ll + 0.5 * np.log(2 * np.pi)) < 1e-12)
         True
     """
     arr = _regression_samples(samples)
@@ -593,7 +593,7 @@ def misclassification_auroc(uncertainty: object, correct: object) -> float:
 
     Example:
         >>> import numpy as np
-        >>> misclassification_auroc(np.array([0.1, 0.2, 0.9, 0.3]), np.array([True, True, False, False]))
+        >>> misclassification_auroc(np.array([0.1, 0.4, 0.9, 0.3]), np.array([True, True, False, False]))
         0.75
     """
     from sklearn.metrics import roc_auc_score
@@ -627,7 +627,7 @@ def weight_scaling_gap(sample_logits: object, weight_scaled_logits: object) -> d
         >>> import numpy as np
         >>> z = np.array([[[2.0, 0.0]], [[0.0, 2.0]]])
         >>> gap = weight_scaling_gap(z, np.array([[1.0, 1.0]]))
-        >>> gap["tv_arithmetic"], gap["tv_geometric"], gap["agreement"]
+        >>> round(gap["tv_arithmetic"], 12), round(gap["tv_geometric"], 12), gap["agreement"]
         (0.0, 0.0, 1.0)
     """
     p = _samples(sample_logits, True, "sample_logits")

@@ -52,7 +52,9 @@ def load_objective(target: str) -> Any:
     try:
         return getattr(module, attr)
     except AttributeError as err:
-        raise ValueError(f"module {module_name!r} has no attribute {attr!r} (objective {target!r})") from err
+        raise ValueError(
+            f"module {module_name!r} has no attribute {attr!r} (objective {target!r})"
+        ) from err
 
 
 def run_worker(
@@ -93,7 +95,10 @@ def run_worker(
         ConnectionError: the storage cannot be reached.
     """
     storage_obj = resolve_storage(
-        storage, heartbeat_interval=heartbeat_interval, grace_period=grace_period, max_retry=max_retry
+        storage,
+        heartbeat_interval=heartbeat_interval,
+        grace_period=grace_period,
+        max_retry=max_retry,
     )
     if isinstance(objective, str):
         objective = load_objective(objective)
@@ -113,6 +118,7 @@ def run_worker(
     if isinstance(objective, RateSearch):
         study = objective.create_study(storage_obj, study_name, n_trials)
         func: Callable[[optuna.Trial], float] = objective.objective
+        exhausted = objective._grid_exhausted if objective.mode == "grid" else None
     elif callable(objective):
         with _quiet():
             try:
@@ -120,19 +126,33 @@ def run_worker(
             except KeyError as err:
                 raise KeyError(_missing(study_name, storage_obj)) from err
         func = objective
+        exhausted = None
     else:
-        raise TypeError(f"objective must be a RateSearch, a callable or 'module:attribute', got {objective!r}")
+        raise TypeError(
+            f"objective must be a RateSearch, a callable or 'module:attribute', got {objective!r}"
+        )
     if n_trials is None:
         n_trials = study.user_attrs.get("n_trials")
         if n_trials is None:
-            raise ValueError(f"study {study_name!r} does not record how many trials it wants: pass n_trials")
+            raise ValueError(
+                f"study {study_name!r} does not record how many trials it wants: pass n_trials"
+            )
     n_trials = check_positive_int(n_trials, "n_trials")
-    return run_trials(study, func, n_trials, catch=tuple(catch), wait_for_running=wait_for_running)
+    return run_trials(
+        study,
+        func,
+        n_trials,
+        catch=tuple(catch),
+        wait_for_running=wait_for_running,
+        exhausted=exhausted,
+    )
 
 
 def _missing(study_name: str, storage: optuna.storages.BaseStorage) -> str:
     with _quiet():
-        names = [s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)]
+        names = [
+            s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)
+        ]
     where = _mask_url(getattr(storage, "url", "")) or "the storage"
     return f"no study {study_name!r} in {where}; it holds {names}"
 
@@ -142,12 +162,22 @@ def _parser() -> argparse.ArgumentParser:
         prog="dropkit tune-worker",
         description="Join a dropout-rate study by storage URL and study name, and run its trials.",
     )
-    parser.add_argument("--storage", required=True, help="RDB URL (postgresql+psycopg2://…) or SQLite file")
+    parser.add_argument(
+        "--storage", required=True, help="RDB URL (postgresql+psycopg2://…) or SQLite file"
+    )
     parser.add_argument("--study", required=True, help="study name")
-    parser.add_argument("--objective", default=None, help="module:attribute of a RateSearch or objective")
-    parser.add_argument("--n-trials", type=int, default=None, help="finished trials wanted in the study")
-    parser.add_argument("--heartbeat-interval", type=int, default=10, help="seconds between heartbeats")
-    parser.add_argument("--grace-period", type=int, default=None, help="seconds before a silent trial is dead")
+    parser.add_argument(
+        "--objective", default=None, help="module:attribute of a RateSearch or objective"
+    )
+    parser.add_argument(
+        "--n-trials", type=int, default=None, help="finished trials wanted in the study"
+    )
+    parser.add_argument(
+        "--heartbeat-interval", type=int, default=10, help="seconds between heartbeats"
+    )
+    parser.add_argument(
+        "--grace-period", type=int, default=None, help="seconds before a silent trial is dead"
+    )
     parser.add_argument("--max-retry", type=int, default=3, help="re-runs of a dead trial")
     return parser
 

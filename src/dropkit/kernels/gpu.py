@@ -70,12 +70,20 @@ def _lanes(seed, first_block, pid, BLOCK: tl.constexpr):
 
 
 @triton.jit
-def _element_index(pid, lane_shift, BLOCK: tl.constexpr):
-    """(BLOCK // 8, 8) tile of element indices k = position - offset (int64; may be < 0)."""
+def _element_index(pid, lane_shift, BLOCK: tl.constexpr, ALIGNED: tl.constexpr):
+    """(BLOCK // 8, 8) tile of element indices k = position - offset (int64; may be < 0).
+
+    ALIGNED (offset % 8 == 0, the usual case) drops ``lane_shift`` at compile time, so Triton
+    sees rows of 8 contiguous, 8-aligned elements and emits vector loads and stores.
+    """
     ROWS: tl.constexpr = BLOCK // 8
     rows = tl.arange(0, ROWS)[:, None].to(tl.int64)
     lane = tl.arange(0, 8)[None, :].to(tl.int64)
-    return pid * BLOCK + rows * 8 + lane - lane_shift
+    if ALIGNED:
+        k = pid * BLOCK + rows * 8 + lane
+    else:
+        k = pid * BLOCK + rows * 8 + lane - lane_shift
+    return k
 
 
 @triton.jit
@@ -148,9 +156,10 @@ def _dropout_kernel(
     BLOCK: tl.constexpr,
     SCALE_F64: tl.constexpr,
     IS_BF16: tl.constexpr,
+    ALIGNED: tl.constexpr,
 ):
     pid = tl.program_id(0).to(tl.int64)
-    k = _element_index(pid, lane_shift, BLOCK)
+    k = _element_index(pid, lane_shift, BLOCK, ALIGNED)
     inside = (k >= 0) & (k < n)
     r16 = _lanes(seed, first_block, pid, BLOCK)
     keep = r16 >= threshold.to(tl.uint32)
@@ -160,9 +169,11 @@ def _dropout_kernel(
 
 
 @triton.jit
-def _keep_mask_kernel(out_ptr, n, seed, first_block, lane_shift, threshold, BLOCK: tl.constexpr):
+def _keep_mask_kernel(
+    out_ptr, n, seed, first_block, lane_shift, threshold, BLOCK: tl.constexpr, ALIGNED: tl.constexpr
+):
     pid = tl.program_id(0).to(tl.int64)
-    k = _element_index(pid, lane_shift, BLOCK)
+    k = _element_index(pid, lane_shift, BLOCK, ALIGNED)
     inside = (k >= 0) & (k < n)
     r16 = _lanes(seed, first_block, pid, BLOCK)
     tl.store(out_ptr + k, r16 >= threshold.to(tl.uint32), mask=inside)
@@ -184,9 +195,10 @@ def _bias_dropout_add_kernel(
     BLOCK: tl.constexpr,
     SCALE_F64: tl.constexpr,
     IS_BF16: tl.constexpr,
+    ALIGNED: tl.constexpr,
 ):
     pid = tl.program_id(0).to(tl.int64)
-    k = _element_index(pid, lane_shift, BLOCK)
+    k = _element_index(pid, lane_shift, BLOCK, ALIGNED)
     inside = (k >= 0) & (k < n)
     r16 = _lanes(seed, first_block, pid, BLOCK)
     keep = r16 >= threshold.to(tl.uint32)
@@ -274,6 +286,7 @@ def dropout_forward_out(
         BLOCK=_BLOCK,
         SCALE_F64=is_f64,
         IS_BF16=x.dtype == torch.bfloat16,
+        ALIGNED=offset % LANES_PER_BLOCK == 0,
         **_launch_options(),
     )
     return out
@@ -322,6 +335,7 @@ def keep_mask(
         offset % LANES_PER_BLOCK,
         threshold,
         BLOCK=_BLOCK,
+        ALIGNED=offset % LANES_PER_BLOCK == 0,
         **_launch_options(),
     )
     return out
@@ -373,6 +387,7 @@ def bias_dropout_add(
         BLOCK=_BLOCK,
         SCALE_F64=is_f64,
         IS_BF16=x.dtype == torch.bfloat16,
+        ALIGNED=offset % LANES_PER_BLOCK == 0,
         **_launch_options(),
     )
     return out

@@ -182,7 +182,11 @@ class ConcreteDropout(DropoutBase):
         if not isinstance(weight_sq_sum, torch.Tensor):
             weight_sq_sum = torch.zeros((), device=self.p_logit.device)
         return FL.concrete_dropout_regularizer(
-            self.p_tensor, weight_sq_sum, input_dim, self.weight_regularizer, self.dropout_regularizer
+            self.p_tensor,
+            weight_sq_sum,
+            input_dim,
+            self.weight_regularizer,
+            self.dropout_regularizer,
         )
 
     def extra_repr(self) -> str:
@@ -206,7 +210,9 @@ def concrete_regularization(model: nn.Module) -> torch.Tensor:
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
     terms = [m.regularization() for m in model.modules() if isinstance(m, ConcreteDropout)]
     if not terms:
-        raise ValueError(f"concrete_regularization: {type(model).__name__} holds no ConcreteDropout module")
+        raise ValueError(
+            f"concrete_regularization: {type(model).__name__} holds no ConcreteDropout module"
+        )
     return torch.stack(terms).sum()
 
 
@@ -223,7 +229,8 @@ class VariationalDropout(DropoutBase):
     :class:`VariationalLinear`, which counts it) to the loss, e.g. through :class:`ELBOLoss`.
 
     ``p`` is the equivalent Bernoulli rate p = α/(1 + α) (the mean over units when per unit); setting
-    it sets every log α to log(p/(1 − p)). Because α ≤ 1, p must be in (0, 0.5].
+    it sets every log α to log(p/(1 − p)). Because α ≤ 1, p must be in (0, 0.5]. The rate is
+    learned, so :class:`dropkit.DropoutScheduler` skips the module (``schedulable`` is False).
 
     Args:
         p: initial rate in (0, 0.5] (α = p/(1 − p)).
@@ -276,7 +283,9 @@ class VariationalDropout(DropoutBase):
 
     def extra_repr(self) -> str:
         extra = f"p={self.p:.4g}"
-        return extra + (f", num_features={self.num_features}" if self.num_features is not None else "")
+        return extra + (
+            f", num_features={self.num_features}" if self.num_features is not None else ""
+        )
 
 
 _ALPHA_SHAPES = ("layer", "unit", "weight")
@@ -318,7 +327,9 @@ class VariationalLinear(nn.Linear):
             raise ValueError(f"alpha_shape must be one of {_ALPHA_SHAPES}, got {alpha_shape!r}")
         log_alpha = _logit(_check_open_rate(p, "p", upper=0.5))
         super().__init__(in_features, out_features, bias)
-        shape = {"layer": (), "unit": (in_features,), "weight": (out_features, in_features)}[alpha_shape]
+        shape = {"layer": (), "unit": (in_features,), "weight": (out_features, in_features)}[
+            alpha_shape
+        ]
         self.alpha_shape = alpha_shape
         self.log_alpha = nn.Parameter(torch.full(shape, log_alpha))
 
@@ -451,7 +462,15 @@ class Conv2dSVDO(_SVDOMixin, nn.Conv2d):
         init_log_sigma2: float = -10.0,
     ) -> None:
         super().__init__(
-            in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias, padding_mode
+            in_channels,
+            out_channels,
+            kernel_size,
+            stride,
+            padding,
+            dilation,
+            groups,
+            bias,
+            padding_mode,
         )
         self._init_svdo(threshold, init_log_sigma2)
 
@@ -519,7 +538,9 @@ def sparsity(model: nn.Module) -> float:
             pruned += int((~kept).sum().item())
             total += kept.numel()
     if total == 0:
-        raise ValueError(f"sparsity: {type(model).__name__} holds no LinearSVDO or Conv2dSVDO layer")
+        raise ValueError(
+            f"sparsity: {type(model).__name__} holds no LinearSVDO or Conv2dSVDO layer"
+        )
     return pruned / total
 
 
@@ -581,7 +602,10 @@ class ELBOLoss(nn.Module):
 
     def forward(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return FL.elbo_loss(
-            self.nll(output, target), kl_divergence(self._model[0]), self.n_data, self.current_kl_weight
+            self.nll(output, target),
+            kl_divergence(self._model[0]),
+            self.n_data,
+            self.current_kl_weight,
         )
 
 
@@ -637,14 +661,18 @@ class Standout(nn.Module):
         if not isinstance(layer, nn.Linear):
             raise TypeError(f"layer must be an nn.Linear, got {type(layer).__name__}")
         if activation is not None and not isinstance(activation, nn.Module):
-            raise TypeError(f"activation must be an nn.Module or None, got {type(activation).__name__}")
+            raise TypeError(
+                f"activation must be an nn.Module or None, got {type(activation).__name__}"
+            )
         alpha = FL._check_real(alpha, "alpha")
         beta = FL._check_real(beta, "beta")
         super().__init__()
         self.layer = layer
         self.activation = activation if activation is not None else nn.Identity()
         self.tied = bool(tied)
-        self.standout_layer = None if self.tied else nn.Linear(layer.in_features, layer.out_features)
+        self.standout_layer = (
+            None if self.tied else nn.Linear(layer.in_features, layer.out_features)
+        )
         if learn_alpha_beta:
             self.alpha = nn.Parameter(torch.tensor(alpha))
             self.beta = nn.Parameter(torch.tensor(beta))
@@ -652,7 +680,9 @@ class Standout(nn.Module):
             self.register_buffer("alpha", torch.tensor(alpha))
             self.register_buffer("beta", torch.tensor(beta))
 
-    def keep_prob(self, input: torch.Tensor, pre_activation: torch.Tensor | None = None) -> torch.Tensor:
+    def keep_prob(
+        self, input: torch.Tensor, pre_activation: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """π = sigmoid(α (W_s x + b_s) + β) for the input x (``pre_activation`` = layer(x) if known)."""
         if self.tied:
             s = (self.layer(input) if pre_activation is None else pre_activation).detach()

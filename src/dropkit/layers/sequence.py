@@ -45,14 +45,24 @@ class LockedDropout(DropoutBase):
     """
 
     def __init__(
-        self, p: float = 0.5, *, batch_first: bool = False, scaling: str = "inverted", inplace: bool = False
+        self,
+        p: float = 0.5,
+        *,
+        batch_first: bool = False,
+        scaling: str = "inverted",
+        inplace: bool = False,
     ) -> None:
         super().__init__(p, inplace, scaling)
         self.batch_first = FV._check_bool(batch_first, "batch_first")
 
     def forward(self, input: torch.Tensor | PackedSequence) -> torch.Tensor | PackedSequence:
         return FV.locked_dropout(
-            input, self.p, self.training, self.inplace, batch_first=self.batch_first, scaling=self.scaling
+            input,
+            self.p,
+            self.training,
+            self.inplace,
+            batch_first=self.batch_first,
+            scaling=self.scaling,
         )
 
     def extra_repr(self) -> str:

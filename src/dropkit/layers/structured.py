@@ -20,7 +20,14 @@ from dropkit import functional_variants as FV
 from dropkit._validate import check_positive_int, check_probability
 from dropkit.layers.base import DropoutBase
 
-__all__ = ["DropBlock2d", "DropBlock3d", "DropPath", "drop_path_rates", "DropHead", "AttentionDropout"]
+__all__ = [
+    "DropBlock2d",
+    "DropBlock3d",
+    "DropPath",
+    "drop_path_rates",
+    "DropHead",
+    "AttentionDropout",
+]
 
 
 class _DropBlockNd(DropoutBase):
@@ -187,7 +194,9 @@ class DropPath(DropoutBase):
         return ", ".join(parts)
 
 
-def drop_path_rates(drop_path_rate: float, depth: int, *, first_is_zero: bool = True) -> list[float]:
+def drop_path_rates(
+    drop_path_rate: float, depth: int, *, first_is_zero: bool = True
+) -> list[float]:
     r"""Per-block drop-path rates rising linearly over depth.
 
     ``first_is_zero=True`` (timm's ``torch.linspace(0, rate, depth)`` and torchvision's
@@ -288,7 +297,12 @@ class AttentionDropout(DropoutBase):
     has_scaling = False
 
     def __init__(
-        self, p: float = 0.1, *, mode: str = "element", normalize: str = "inverted", inplace: bool = False
+        self,
+        p: float = 0.1,
+        *,
+        mode: str = "element",
+        normalize: str = "inverted",
+        inplace: bool = False,
     ) -> None:
         super().__init__(p, inplace)
         self.mode = FV._check_choice(mode, "mode", ("element", "key"))

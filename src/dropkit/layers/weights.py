@@ -14,7 +14,7 @@ torch.nn layer for eval-mode inference.
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as TF
@@ -72,8 +72,9 @@ class DropConnectLinear(_DropConnectMixin, nn.Linear, DropoutBase):
     Training: M_ij ~ Bernoulli(1 − p), one mask per mini-batch (default) or per sample
     (``per_sample=True``, computed as one batched product); s = 1/(1 − p) (inverted) or 1
     (inference). Eval: ``nn.Linear`` (inverted) or ``nn.Linear`` with weights (1 − p) W (inference,
-    the paper's mean-weight inference; Wan et al.'s Gaussian moment-matching sampler is not
-    implemented). See :func:`dropkit.functional_variants.drop_connect_linear`.
+    the paper's mean-weight inference). :meth:`moment_matching` gives Wan et al.'s Gaussian
+    moment-matching inference of a(layer(x)). See
+    :func:`dropkit.functional_variants.drop_connect_linear`.
 
     Args:
         in_features, out_features, bias, device, dtype: as ``nn.Linear``.
@@ -141,6 +142,28 @@ class DropConnectLinear(_DropConnectMixin, nn.Linear, DropoutBase):
         layer.load_state_dict(linear.state_dict())
         return layer
 
+    def moment_matching(
+        self,
+        input: torch.Tensor,
+        activation: Callable[[torch.Tensor], torch.Tensor] = torch.relu,
+        num_samples: int = 1000,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """a(layer(input)) by Wan et al.'s Gaussian moment-matching inference (their Algorithm 2).
+
+        See :func:`dropkit.functional_variants.drop_connect_moment_matching`.
+
+        Example:
+            >>> import torch, dropkit
+            >>> layer = dropkit.DropConnectLinear(16, 4, p=0.5)
+            >>> layer.moment_matching(torch.randn(2, 16), num_samples=32).shape
+            torch.Size([2, 4])
+        """
+        return FV.drop_connect_moment_matching(
+            input, self.weight, self.bias, self.p, activation, num_samples,
+            drop_bias=self.drop_bias, scaling=self.scaling, generator=generator,
+        )  # fmt: skip
+
     def to_plain(self) -> nn.Linear:
         """The ``nn.Linear`` this layer computes in eval (weights scaled by 1 − p for inference).
 
@@ -152,7 +175,9 @@ class DropConnectLinear(_DropConnectMixin, nn.Linear, DropoutBase):
             True
         """
         w = self.weight
-        plain = nn.Linear(self.in_features, self.out_features, self.bias is not None, w.device, w.dtype)
+        plain = nn.Linear(
+            self.in_features, self.out_features, self.bias is not None, w.device, w.dtype
+        )
         plain.load_state_dict(self._plain_state())
         return plain
 
@@ -204,7 +229,9 @@ class _DropConnectConvNd(_DropConnectMixin):
             True
         """
         if type(conv) is not cls._plain_cls:
-            raise TypeError(f"conv must be an nn.{cls._plain_cls.__name__}, got {type(conv).__name__}")
+            raise TypeError(
+                f"conv must be an nn.{cls._plain_cls.__name__}, got {type(conv).__name__}"
+            )
         config = _DropConnectConvNd._conv_config(conv)  # type: ignore[arg-type]
         layer = cls(p=p, **config, **kwargs)  # type: ignore[call-arg]
         layer.load_state_dict(conv.state_dict())
@@ -343,7 +370,9 @@ class WeightDrop(DropoutBase):
         scaling: str = "inverted",
     ) -> None:
         if not isinstance(module, nn.RNNBase):
-            raise TypeError(f"module must be an nn.LSTM, nn.GRU or nn.RNN, got {type(module).__name__}")
+            raise TypeError(
+                f"module must be an nn.LSTM, nn.GRU or nn.RNN, got {type(module).__name__}"
+            )
         super().__init__(p, False, scaling)
         names = dict(module.named_parameters(recurse=False))
         if weights is None:

@@ -65,7 +65,12 @@ def _check_scaling(scaling: object) -> str:
 
 
 def train_scale(p: float, scaling: str) -> float:
-    """What a kept unit is multiplied by in training: 1/(1 − p) (inverted; 0 if p = 1) or 1."""
+    """What a kept unit is multiplied by in training: 1/(1 − p) (inverted; 0 if p = 1) or 1.
+
+    Example:
+        >>> train_scale(0.5, "inverted"), train_scale(0.5, "inference"), train_scale(1.0, "inverted")
+        (2.0, 1.0, 0.0)
+    """
     if _check_scaling(scaling) == "inference":
         return 1.0
     keep = 1.0 - _check_p(p)
@@ -73,7 +78,12 @@ def train_scale(p: float, scaling: str) -> float:
 
 
 def eval_scale(p: float, scaling: str) -> float:
-    """What every unit is multiplied by at test time: 1 − p (inference) or 1 (inverted)."""
+    """What every unit is multiplied by at test time: 1 − p (inference) or 1 (inverted).
+
+    Example:
+        >>> eval_scale(0.25, "inference"), eval_scale(0.25, "inverted")
+        (0.75, 1.0)
+    """
     return 1.0 - _check_p(p) if _check_scaling(scaling) == "inference" else 1.0
 
 
@@ -90,12 +100,22 @@ def draw_mask(shape: tuple[int, ...], p: float, rng: np.random.Generator) -> np.
 
 
 def dropout_train(a: np.ndarray, mask: np.ndarray, p: float, scaling: str) -> np.ndarray:
-    """Training rule: m ⊙ a · s, s = train_scale(p, scaling)."""
+    """Training rule: m ⊙ a · s, s = train_scale(p, scaling); a dropped unit is exactly 0.
+
+    Example:
+        >>> dropout_train(np.array([1.0, 2.0, 3.0]), np.array([True, False, True]), 0.5, "inverted")
+        array([2., 0., 6.])
+    """
     return np.where(mask, a * train_scale(p, scaling), 0.0)
 
 
 def dropout_eval(a: np.ndarray, p: float, scaling: str) -> np.ndarray:
-    """Test rule: a · (1 − p) (inference) or a (inverted)."""
+    """Test rule: a · (1 − p) (inference) or a (inverted).
+
+    Example:
+        >>> dropout_eval(np.array([1.0, 2.0]), 0.5, "inference")
+        array([0.5, 1. ])
+    """
     return a * eval_scale(p, scaling)
 
 

@@ -1,0 +1,330 @@
+"""Raw-kernel microbenchmark: dropkit's counter-based dropout against torch, in one run.
+
+For float32 tensors of 2^12 ... 2^25 elements (p = 0.1) it times, as the median of several repeats:
+
+* forward: dropkit's kernel (``dropkit.kernels.dropout_forward``: numba on CPU, Triton on CUDA),
+  torch eager ``F.dropout``, ``torch.compile(F.dropout)`` and ``x.clone()`` (the memory-bound floor:
+  one read, one write);
+* forward + backward: dropkit's forward and backward kernels (backward regenerates the mask), the
+  same through dropkit's autograd op when ``dropkit.ops`` provides it, torch eager and compiled
+  ``F.dropout`` with ``.backward()``, and two clones (the floor);
+* bytes autograd saves for backward (``torch.autograd.graph.saved_tensors_hooks``);
+* on CUDA also fused bias + dropout + residual against eager ``residual + F.dropout(x + bias)``
+  and the copy bandwidth.
+
+Run: ``python benchmarks/bench_kernels.py`` (``--quick`` for a short run, ``--device cuda``).
+Ratios are ``torch time / dropkit time`` (above 1: dropkit faster) and ``dropkit / clone``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import sys
+import time
+import warnings
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+
+from dropkit import kernels
+from dropkit.kernels import cpu as cpu_kernels
+
+P = 0.1
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def machine_info(device: str) -> str:
+    import numba
+
+    lines = [
+        f"CPU: {cpu_model()}, {os.cpu_count()} logical cores; torch threads "
+        f"{torch.get_num_threads()}, numba threads {numba.get_num_threads()} "
+        f"(layer {numba.config.THREADING_LAYER})",
+        f"python {platform.python_version()}, torch {torch.__version__}, numba {numba.__version__}",
+    ]
+    if device == "cuda":
+        lines.append(f"GPU: {torch.cuda.get_device_name()}")
+    try:
+        load = os.getloadavg()
+        lines.append(f"load average at start: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
+    except OSError:
+        pass
+    return "\n".join(lines)
+
+
+def measure(
+    candidates: dict[str, Callable[[], object]], repeats: int, device: str, min_time: float
+) -> dict[str, float]:
+    """Median seconds per call of each candidate over ``repeats`` rounds.
+
+    The rounds interleave the candidates (A, B, C, A, B, C, ...), so load from other processes
+    hits them alike and the ratios stay meaningful on a busy machine; each timed batch runs a
+    candidate enough times to last about ``min_time``.
+    """
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    inner = {}
+    for name, fn in candidates.items():
+        fn()  # warm-up: compilation, allocator, caches
+        sync()
+        start = time.perf_counter()
+        fn()
+        sync()
+        inner[name] = max(1, int(min_time / max(time.perf_counter() - start, 1e-7)))
+    samples: dict[str, list[float]] = {name: [] for name in candidates}
+    for _ in range(repeats):
+        for name, fn in candidates.items():
+            start = time.perf_counter()
+            for _ in range(inner[name]):
+                fn()
+            sync()
+            samples[name].append((time.perf_counter() - start) / inner[name])
+    return {name: statistics.median(times) for name, times in samples.items()}
+
+
+def saved_bytes(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> int:
+    """Bytes of the tensors autograd saves for backward when running ``fn(x)``."""
+    total = 0
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        nonlocal total
+        if t.data_ptr() != x.data_ptr():  # a saved input is not extra memory
+            total += t.numel() * t.element_size()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        fn(x).sum()
+    return total
+
+
+def fmt_time(seconds: float) -> str:
+    if seconds >= 1e-1:
+        return f"{seconds * 1e3:.0f} ms"
+    if seconds >= 1e-3:
+        return f"{seconds * 1e3:.2f} ms"
+    return f"{seconds * 1e6:.1f} µs"
+
+
+def fmt_bytes(n: int) -> str:
+    for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= size:
+            return f"{n / size:.1f} {unit}"
+    return f"{n} B"
+
+
+def table(headers: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
+    line = lambda cells: "| " + " | ".join(c.rjust(w) for c, w in zip(cells, widths)) + " |"  # noqa: E731
+    sep = "|" + "|".join("-" * (w + 1) + ":" for w in widths) + "|"
+    return "\n".join([line(headers), sep, *(line(r) for r in rows)])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="sizes 2^12, 2^16, 2^20, 2^25; 3 repeats")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--repeats", type=int, default=None, help="timed batches per measurement")
+    parser.add_argument("--no-compile", action="store_true", help="skip torch.compile")
+    args = parser.parse_args()
+    device = args.device
+    exps = [12, 16, 20, 25] if args.quick else [12, 14, 16, 18, 20, 22, 24, 25]
+    repeats = args.repeats or (3 if args.quick else 7)
+    min_time = 0.02 if args.quick else 0.05
+
+    warnings.filterwarnings("ignore")
+    print(machine_info(device))
+    print(f"float32, p = {P}, median of {repeats} repeats; ratios: torch / dropkit, dropkit / clone")
+    print(f"command: python {' '.join(sys.argv)}\n")
+
+    threshold = kernels.threshold_from_p(P)
+    scale = kernels.scale_from_threshold(threshold)
+    seed = 0x5EED
+    ops_dropout = None
+    try:
+        from dropkit import ops
+
+        ops_dropout = ops.dropout_elementwise
+    except (ImportError, AttributeError):
+        pass
+
+    eager = lambda t: F.dropout(t, P, training=True)  # noqa: E731
+    compiled = None
+    if not args.no_compile:
+        compiled = torch.compile(lambda t: F.dropout(t, P, training=True))
+
+    fwd_rows, bwd_rows, mem_rows = [], [], []
+    for e in exps:
+        n = 1 << e
+        x = torch.randn(n, device=device)
+        grad = torch.randn(n, device=device)
+        xg = x.clone().requires_grad_(True)
+
+        fwd = {
+            "dk": lambda: kernels.dropout_forward(x, seed, 0, threshold, scale),
+            "eager": lambda: eager(x),
+            "clone": lambda: x.clone(),
+        }
+        if compiled:
+            fwd["compile"] = lambda: compiled(x)
+        t = measure(fwd, repeats, device, min_time)
+        t_dk, t_eager, t_clone = t["dk"], t["eager"], t["clone"]
+        t_comp = t.get("compile", float("nan"))
+        fwd_rows.append(
+            [
+                f"2^{e}",
+                fmt_time(t_dk),
+                fmt_time(t_eager),
+                fmt_time(t_comp),
+                fmt_time(t_clone),
+                f"{t_eager / t_dk:.1f}x",
+                f"{t_comp / t_dk:.1f}x",
+                f"{t_dk / t_clone:.2f}",
+            ]
+        )
+
+        def dk_fwd_bwd():
+            kernels.dropout_forward(x, seed, 0, threshold, scale)
+            kernels.dropout_backward(grad, seed, 0, threshold, scale)
+
+        def autograd_fwd_bwd(fn):
+            def run():
+                xg.grad = None
+                fn(xg).backward(grad)
+
+            return run
+
+        both = {
+            "dk": dk_fwd_bwd,
+            "eager": autograd_fwd_bwd(eager),
+            "clone": lambda: (x.clone(), grad.clone()),
+        }
+        if ops_dropout:
+            both["ops"] = autograd_fwd_bwd(lambda t: ops_dropout(t, P, scale))
+        if compiled:
+            both["compile"] = autograd_fwd_bwd(compiled)
+        t = measure(both, repeats, device, min_time)
+        t_dk2, t_eager2, t_clone2 = t["dk"], t["eager"], t["clone"]
+        t_ops2 = t.get("ops", float("nan"))
+        t_comp2 = t.get("compile", float("nan"))
+        bwd_rows.append(
+            [
+                f"2^{e}",
+                fmt_time(t_dk2),
+                fmt_time(t_ops2),
+                fmt_time(t_eager2),
+                fmt_time(t_comp2),
+                fmt_time(t_clone2),
+                f"{t_eager2 / t_dk2:.1f}x",
+                f"{t_eager2 / t_ops2:.1f}x",
+                f"{t_comp2 / t_ops2:.1f}x",
+            ]
+        )
+        mem_rows.append(
+            [
+                f"2^{e}",
+                fmt_bytes(saved_bytes(lambda t: ops_dropout(t, P, scale), xg)) if ops_dropout else "-",
+                fmt_bytes(saved_bytes(eager, xg)),
+                fmt_bytes(saved_bytes(compiled, xg)) if compiled else "-",
+            ]
+        )
+        print(f"  done 2^{e}", file=sys.stderr, flush=True)
+
+    print("Forward")
+    print(
+        table(
+            ["n", "dropkit", "eager", "compile", "clone", "eager/dk", "compile/dk", "dk/clone"],
+            fwd_rows,
+        )
+    )
+    print("\nForward + backward (dropkit raw kernels; dropkit autograd op via dropkit.ops)")
+    print(
+        table(
+            [
+                "n",
+                "dk kernels",
+                "dk autograd",
+                "eager",
+                "compile",
+                "2 clones",
+                "eager/dk kern",
+                "eager/dk autograd",
+                "compile/dk autograd",
+            ],
+            bwd_rows,
+        )
+    )
+    print("\nBytes saved for backward")
+    print(table(["n", "dropkit", "eager", "compile"], mem_rows))
+
+    if device == "cuda":
+        cuda_extras(seed, threshold, scale, repeats, min_time)
+
+
+def cuda_extras(seed: int, threshold: int, scale: float, repeats: int, min_time: float) -> None:
+    """Bandwidth of forward/backward against a copy, and fused bias+dropout+add against eager."""
+    rows = []
+    for e in (24, 26, 28):
+        n = 1 << e
+        x = torch.randn(n, device="cuda")
+        t = measure(
+            {
+                "copy": lambda: x.clone(),
+                "fwd": lambda: kernels.dropout_forward(x, seed, 0, threshold, scale),
+                "bwd": lambda: kernels.dropout_backward(x, seed, 0, threshold, scale),
+            },
+            repeats,
+            "cuda",
+            min_time,
+        )
+        t_copy, t_fwd, t_bwd = t["copy"], t["fwd"], t["bwd"]
+        gbs = lambda t: 2 * n * 4 / t / 1e9  # noqa: E731
+        rows.append(
+            [
+                f"2^{e}",
+                f"{gbs(t_copy):.0f}",
+                f"{gbs(t_fwd):.0f}",
+                f"{gbs(t_bwd):.0f}",
+                f"{t_copy / t_fwd:.0%}",
+                f"{t_copy / t_bwd:.0%}",
+            ]
+        )
+    print("\nCUDA bandwidth (GB/s, read + write)")
+    print(table(["n", "copy", "forward", "backward", "fwd/copy", "bwd/copy"], rows))
+
+    rows = []
+    for tokens, hidden in ((8192, 1024), (16384, 4096)):
+        x = torch.randn(tokens, hidden, device="cuda")
+        bias = torch.randn(hidden, device="cuda")
+        res = torch.randn(tokens, hidden, device="cuda")
+        t = measure(
+            {
+                "fused": lambda: kernels.bias_dropout_add(x, bias, res, seed, 0, threshold, scale),
+                "eager": lambda: res + F.dropout(x + bias, P, training=True),
+            },
+            repeats,
+            "cuda",
+            min_time,
+        )
+        t_fused, t_eager = t["fused"], t["eager"]
+        rows.append(
+            [f"{tokens}x{hidden}", fmt_time(t_fused), fmt_time(t_eager), f"{t_eager / t_fused:.1f}x"]
+        )
+    print("\nCUDA bias + dropout + residual")
+    print(table(["shape", "dropkit fused", "eager", "eager/fused"], rows))
+
+
+if __name__ == "__main__":
+    main()

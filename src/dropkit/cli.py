@@ -1,0 +1,221 @@
+r"""The ``dropkit`` command.
+
+Subcommands:
+
+- ``dropkit study`` — the main job (:mod:`dropkit.study`): baseline, overfitting gap, rate search
+  (one rate, then per layer), ablation, MC dropout, on MNIST-1D or ``--data FILE --label COLUMN``;
+  writes an HTML + JSON report folder atomically and prints a summary table.
+- ``dropkit bench`` — the kernel benchmark (:mod:`dropkit.bench`): dropkit's fused dropout
+  against torch eager, ``torch.compile`` and ``x.clone()``; prints its table.
+- ``dropkit tune-worker`` — joins a shared rate search (:mod:`dropkit.worker`).
+
+Bad input (a missing or empty file, an unknown label column, non-numeric features, NaNs, a data
+set too small to split, a bad flag value) prints one line ``dropkit <cmd>: error: …`` on stderr,
+exits with status 2 and writes nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import sys
+from collections.abc import Sequence
+
+__all__ = ["main", "build_parser"]
+
+EXIT_BAD_INPUT = 2
+EXIT_INTERRUPTED = 130
+
+
+def _rate_list(text: str) -> tuple[float, ...]:
+    try:
+        values = tuple(float(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated rates such as 0.1,0.2,0.3, got {text!r}"
+        ) from None
+    if not values:
+        raise argparse.ArgumentTypeError("expected at least one rate")
+    return values
+
+
+def _int_list(text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated widths such as 100,100, got {text!r}"
+        ) from None
+    if not values:
+        raise argparse.ArgumentTypeError("expected at least one width")
+    return values
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``dropkit`` command."""
+    parser = argparse.ArgumentParser(
+        prog="dropkit",
+        description="dropkit: dropout for PyTorch. Run the study, the benchmark or a search worker.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="{study,bench,tune-worker}")
+    sub.required = True
+
+    study = sub.add_parser(
+        "study",
+        help="baseline, overfitting gap, rate search, ablation and MC dropout, with an HTML report",
+        description=(
+            "Trains an MLP without dropout, shows its overfitting gap, searches the dropout rate "
+            "(one rate on the seeds' grid, then one per layer) on a validation split, runs the "
+            "ablation and MC dropout, tests the final models once and writes a report folder."
+        ),
+    )
+    study.add_argument("--data", metavar="FILE", help="a CSV or NPZ file (default: MNIST-1D)")
+    study.add_argument(
+        "--label", default="label", metavar="COLUMN", help="label column of --data (default: label)"
+    )
+    study.add_argument("--seed", type=int, default=0, help="seeds everything (default 0)")
+    study.add_argument(
+        "--quick", action="store_true", help="fewer epochs, trials and samples (under a minute)"
+    )
+    study.add_argument(
+        "--out", default="dropkit-report", metavar="DIR", help="report folder (default ./dropkit-report)"
+    )
+    study.add_argument("--epochs", type=int, help="epochs per model (default 100, --quick 15)")
+    study.add_argument("--trials", type=int, help="per-layer TPE trials (default 10, --quick 4)")
+    study.add_argument("--seeds", type=int, help="seeds of the sensitivity analysis (default 2)")
+    study.add_argument(
+        "--mc-samples", type=int, metavar="T", help="MC dropout passes (default 100, --quick 30)"
+    )
+    study.add_argument(
+        "--hidden", type=_int_list, default=(100, 100), metavar="W,W", help="hidden widths (default 100,100)"
+    )
+    study.add_argument("--lr", type=float, default=1e-2, help="Adam learning rate (default 0.01)")
+    study.add_argument("--batch-size", type=int, default=100, help="batch size (default 100)")
+    study.add_argument(
+        "--grid", type=_rate_list, default=None, metavar="P,P", help="one-rate grid (default 0.1,...,0.5)"
+    )
+    study.add_argument(
+        "--metric",
+        choices=("val_acc", "val_loss"),
+        default="val_acc",
+        help="validation metric that chooses the rates (default val_acc)",
+    )
+    study.add_argument(
+        "--threads", type=int, default=1, help="torch CPU threads (default 1: small models run faster)"
+    )
+    study.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+    bench = sub.add_parser(
+        "bench",
+        help="benchmark dropkit's dropout kernels against torch (prints a table)",
+        description="Runs dropkit's kernel benchmark and prints its table.",
+    )
+    bench.add_argument("args", nargs=argparse.REMAINDER, help="passed to the benchmark")
+
+    worker = sub.add_parser(
+        "tune-worker",
+        help="join a shared rate search (storage URL + study name)",
+        add_help=False,
+    )
+    worker.add_argument("args", nargs=argparse.REMAINDER)
+    return parser
+
+
+def _error(command: str, err: BaseException | str) -> int:
+    text = str(err) if not isinstance(err, BaseException) else (str(err) or type(err).__name__)
+    if isinstance(err, KeyError) and len(err.args) == 1:
+        text = str(err.args[0])
+    one_line = " ".join(text.split())
+    print(f"dropkit {command}: error: {one_line}", file=sys.stderr)
+    return EXIT_BAD_INPUT
+
+
+def _study(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    import torch
+
+    from dropkit import report, study, tune
+
+    config = study.StudyConfig(
+        data=args.data,
+        label=args.label,
+        seed=args.seed,
+        quick=args.quick,
+        epochs=args.epochs,
+        hidden=args.hidden,
+        lr=args.lr,
+        batch_size=args.batch_size,
+        grid=args.grid if args.grid is not None else tune.DEFAULT_GRID,
+        trials=args.trials,
+        seeds=args.seeds,
+        mc_samples=args.mc_samples,
+        metric=args.metric,
+        progress=not args.no_progress,
+    )
+    # Everything that can be wrong with the input is checked before any file is written.
+    try:
+        resolved = config.resolved()
+        for i, p in enumerate(resolved.grid):
+            if not 0.0 <= p < 1.0:
+                raise ValueError(f"--grid rates must be in [0, 1), got {p!r} at position {i}")
+        if args.threads < 1:
+            raise ValueError(f"--threads must be an int >= 1, got {args.threads}")
+        out_dir = report.check_target(args.out)
+        dataset = study.load_study_data(resolved)
+    except (ValueError, TypeError, FileNotFoundError, IsADirectoryError, PermissionError) as err:
+        return _error("study", err)
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(args.threads)
+    command = "dropkit " + " ".join(shlex.quote(a) for a in argv)
+    try:
+        with report.staging(out_dir) as tmp:
+            result = study.run_study(config, tmp, dataset=dataset)
+            report.write_files(tmp, result.numbers, result.figures, command=command)
+    except KeyboardInterrupt:
+        print("dropkit study: interrupted; no report written", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except (ValueError, TypeError) as err:
+        return _error("study", err)
+    finally:
+        torch.set_num_threads(threads)
+    print(study.format_summary(result.numbers, os.path.relpath(out_dir)))
+    return 0
+
+
+def _bench(args: argparse.Namespace) -> int:
+    try:
+        from dropkit import bench
+    except ImportError as err:
+        return _error("bench", f"the kernel benchmark is not available: {err}")
+    return int(bench.main(list(args.args)) or 0)
+
+
+def _tune_worker(args: argparse.Namespace) -> int:
+    from dropkit import worker
+
+    return int(worker.main(list(args.args)) or 0)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Runs the ``dropkit`` command; returns the exit status.
+
+    Example:
+        >>> main(["study", "--data", "/no/such/file.csv"])
+        2
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exit_:
+        return int(exit_.code or 0)
+    if args.command == "study":
+        return _study(args, argv)
+    if args.command == "bench":
+        return _bench(args)
+    return _tune_worker(args)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,129 @@
+"""Swap torch.nn's dropout modules in an existing model for dropkit's, in place.
+
+So any model — a torchvision network, a Hugging Face block, your own — gets dropkit's counter-based
+kernels and Monte-Carlo dropout's per-sample seeding with one call, keeping every rate:
+
+=============================  ==============================================================
+torch.nn                        dropkit (same p, same inplace, same training flag)
+=============================  ==============================================================
+``Dropout``                     :class:`dropkit.Dropout`
+``Dropout1d/2d/3d``             :class:`dropkit.Dropout1d` / ``Dropout2d`` / ``Dropout3d``
+``AlphaDropout``                :class:`dropkit.AlphaDropout`
+``FeatureAlphaDropout``         :class:`FeatureAlphaDropout` (alpha dropout, one mask per channel)
+=============================  ==============================================================
+
+Only these exact classes are swapped: a user subclass of ``nn.Dropout`` may have its own
+``forward``, so it is left alone (MC dropout still switches it on). A module shared at several
+paths is replaced by one dropkit module at all of them. Dropout modules have no parameters or
+buffers, so ``state_dict`` keys and values are unchanged.
+
+One semantic difference to know: torch.nn.Dropout2d given a 3-D (N, C, L) input falls back (with a
+warning) to 1-D channel dropout, while dropkit.Dropout2d reads a 3-D input as one unbatched
+(C, H, W) sample; use Dropout1d for (N, C, L) inputs.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from dropkit import functional as F
+from dropkit.layers.channel import Dropout1d, Dropout2d, Dropout3d
+from dropkit.layers.elementwise import AlphaDropout, Dropout
+
+__all__ = ["convert_dropout", "FeatureAlphaDropout"]
+
+
+class FeatureAlphaDropout(AlphaDropout):
+    r"""Alpha dropout of whole channels, as torch.nn.FeatureAlphaDropout (Klambauer et al. 2017).
+
+    Each channel of an (N, C, *) input is kept or set to SELU's saturation value α' = −λα as a
+    whole, then the affine correction of :func:`dropkit.functional.alpha_dropout` restores zero
+    mean and unit variance. The mask's shape (N, C, 1, …, 1) follows the input's rank, so one
+    module serves 1-D, 2-D and 3-D feature maps. Eval: identity.
+
+    Args:
+        p: probability of dropping a channel, in [0, 1].
+        inplace: write into the input.
+
+    Shape:
+        input (N, C, *) with at least 2 dims; output the same.
+
+    Example:
+        >>> import torch
+        >>> from dropkit.convert import FeatureAlphaDropout
+        >>> y = FeatureAlphaDropout(0.5)(torch.ones(2, 3, 4))
+        >>> bool((y == y[..., :1]).all())  # constant within each channel
+        True
+    """
+
+    def __init__(self, p: float = 0.5, inplace: bool = False) -> None:
+        super().__init__(p, inplace)
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        if input.dim() < 2:
+            raise ValueError(
+                f"FeatureAlphaDropout expects input of rank >= 2 (N, C, *), got shape {tuple(input.shape)}"
+            )
+        noise_shape = (None, None) + (1,) * (input.dim() - 2)
+        return F.alpha_dropout(input, self.p, self.training, self.inplace, noise_shape=noise_shape)
+
+
+_SWAPS: dict[type[nn.Module], type[nn.Module]] = {
+    nn.Dropout: Dropout,
+    nn.Dropout1d: Dropout1d,
+    nn.Dropout2d: Dropout2d,
+    nn.Dropout3d: Dropout3d,
+    nn.AlphaDropout: AlphaDropout,
+    nn.FeatureAlphaDropout: FeatureAlphaDropout,
+}
+
+
+def _replacement(module: nn.Module) -> nn.Module:
+    new = _SWAPS[type(module)](module.p, inplace=module.inplace)
+    new.train(module.training)
+    return new
+
+
+def convert_dropout(model: nn.Module) -> tuple[nn.Module, list[str]]:
+    """Replaces every torch.nn dropout module of ``model`` by dropkit's equivalent, in place.
+
+    Args:
+        model: any ``nn.Module``.
+
+    Returns:
+        ``(model, swapped)``: the model (the same object, unless ``model`` is itself a torch.nn
+        dropout module, which has no parent to be replaced in: then its dropkit replacement) and the
+        qualified names of the swapped modules ("" for the model itself), in ``named_modules``
+        order (a shared module is listed under each of its paths).
+
+    Raises:
+        TypeError: ``model`` is not an ``nn.Module``.
+
+    Example:
+        >>> import torch, dropkit
+        >>> from dropkit.convert import convert_dropout
+        >>> net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Dropout(0.3), torch.nn.Linear(8, 2))
+        >>> net, swapped = convert_dropout(net)
+        >>> swapped, net[1]
+        (['1'], Dropout(p=0.3, inplace=False))
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if type(model) in _SWAPS:
+        return _replacement(model), [""]
+    replacements: dict[int, nn.Module] = {}
+    swapped: list[str] = []
+    # named_modules(remove_duplicate=False) lists a shared module under every path it has.
+    targets = [
+        (name, m) for name, m in model.named_modules(remove_duplicate=False) if type(m) in _SWAPS
+    ]
+    for name, module in targets:
+        new = replacements.get(id(module))
+        if new is None:
+            new = replacements[id(module)] = _replacement(module)
+        parent_name, _, child = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        parent._modules[child] = new
+        swapped.append(name)
+    return model, swapped

@@ -1,0 +1,273 @@
+"""The study report as one self-contained HTML page (inline CSS, base64 PNG, no script, no URL)."""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+__all__ = ["render_html"]
+
+_CSS = """
+body { font: 15px/1.5 system-ui, -apple-system, "Segoe UI", sans-serif; color: #1d2330;
+       max-width: 1180px; margin: 2em auto; padding: 0 1em; background: #fcfcfd; }
+h1 { font-size: 1.7em; margin-bottom: .2em; } h2 { margin-top: 1.8em; border-bottom: 1px solid #dde;
+     padding-bottom: .2em; } .sub { color: #5a6275; margin-top: 0; }
+table { border-collapse: collapse; margin: .6em 0 1em; font-variant-numeric: tabular-nums; }
+th, td { border: 1px solid #d8dbe4; padding: .25em .6em; text-align: right; }
+th { background: #eef0f6; } td.l, th.l { text-align: left; }
+figure { margin: 1em 0 2em; } figure img { max-width: 100%; height: auto; border: 1px solid #e3e5ec; }
+figcaption { color: #4a5163; font-size: .92em; max-width: 70em; }
+.ok { color: #11763a; font-weight: 600; } .bad { color: #b3261e; font-weight: 600; }
+code, pre { font: 13px/1.4 ui-monospace, SFMono-Regular, Menlo, monospace; background: #f1f2f6; }
+pre { padding: .6em .8em; overflow-x: auto; } details { margin: .5em 0 1em; }
+"""
+
+
+def _e(value: Any) -> str:
+    return html.escape(str(value), quote=True)
+
+
+def _fmt(value: Any, kind: str = "") -> str:
+    if value is None:
+        return "—"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        if kind == "pct":
+            return f"{100 * value:.1f}%"
+        if kind == "pts":
+            return f"{100 * value:.1f}"
+        return f"{value:.4g}"
+    if isinstance(value, Mapping):
+        return ", ".join(f"{k}={_fmt(v)}" for k, v in value.items())
+    return str(value)
+
+
+def _table(headers: Sequence[str], rows: Iterable[Sequence[Any]], left: int = 1) -> str:
+    head = "".join(
+        f'<th class="l">{_e(h)}</th>' if i < left else f"<th>{_e(h)}</th>"
+        for i, h in enumerate(headers)
+    )
+    body = []
+    for row in rows:
+        cells = "".join(
+            f'<td class="l">{_e(c)}</td>' if i < left else f"<td>{_e(c)}</td>"
+            for i, c in enumerate(row)
+        )
+        body.append(f"<tr>{cells}</tr>")
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+
+
+def _figure(name: str, title: str, caption: str, png: bytes) -> str:
+    data = base64.b64encode(png).decode("ascii")
+    return (
+        f'<figure id="fig-{_e(name)}"><img src="data:image/png;base64,{data}" alt="{_e(title)}">'
+        f"<figcaption><b>{_e(title)}.</b> {_e(caption)}</figcaption></figure>"
+    )
+
+
+def _check(ok: Any, text: str) -> str:
+    if ok is None:
+        return f"<li>{_e(text)}</li>"
+    mark = '<span class="ok">✓</span>' if ok else '<span class="bad">✗</span>'
+    return f"<li>{mark} {_e(text)}</li>"
+
+
+def render_html(
+    numbers: Mapping[str, Any],
+    figures: Mapping[str, tuple[str, str, bytes]],
+    *,
+    command: str | None = None,
+) -> str:
+    """The report page for a study's numbers and figures.
+
+    Every figure is an ``<img>`` with a ``data:image/png;base64`` source, so the page needs no
+    other file and makes no request (the favicon is an empty data URL too).
+
+    Example:
+        >>> page = render_html({"data": {"name": "toy"}}, {"f": ("A plot", "caption", b"png")})
+        >>> page.startswith("<!DOCTYPE html>"), 'src="data:image/png;base64,cG5n"' in page
+        (True, True)
+    """
+    d = numbers.get("data", {})
+    cfg = numbers.get("config", {})
+    final = numbers.get("final", {})
+    mc = numbers.get("mc_dropout", {})
+    checks = numbers.get("checks", {})
+    parts: list[str] = [
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        '<meta name="viewport" content="width=device-width, initial-scale=1">',
+        '<link rel="icon" href="data:,">',
+        f"<title>dropkit study — {_e(d.get('name', 'report'))}</title>",
+        f"<style>{_CSS}</style></head><body>",
+        f"<h1>dropkit study: {_e(d.get('name', ''))}</h1>",
+    ]
+    if d.get("n_train") is not None:
+        parts.append(
+            f'<p class="sub">{_e(d.get("source", ""))}. {d["n_train"]} training examples '
+            f"({d.get('n_fit')} to fit, {d.get('n_val')} for validation), {d.get('n_test')} test, "
+            f"{d.get('n_features')} features, {d.get('n_classes')} classes. Seed {_e(cfg.get('seed'))}, "
+            f"{_e(cfg.get('epochs'))} epochs per model, rates chosen on {_e(cfg.get('metric'))}.</p>"
+        )
+
+    if final:
+        parts.append("<h2>Summary</h2>")
+        rows = []
+        for key, label in (("baseline", "baseline, no dropout"), ("dropout", "chosen dropout")):
+            if key not in final:
+                continue
+            row = final[key]
+            extra = mc.get("weight_scaling") if key == "dropout" else None
+            rows.append(
+                [
+                    label,
+                    _fmt(row.get("rates")),
+                    _fmt(row.get("train_acc"), "pct"),
+                    _fmt(row.get("test_acc"), "pct"),
+                    _fmt(row.get("gap"), "pts"),
+                    _fmt(row.get("test_loss")),
+                    _fmt(extra.get("ece"), "pct") if extra else "—",
+                ]
+            )
+        if mc.get("mc"):
+            rows.append(
+                [
+                    f"chosen dropout + MC dropout (T = {mc.get('T')})",
+                    "",
+                    "",
+                    _fmt(mc["mc"].get("acc"), "pct"),
+                    "",
+                    _fmt(mc["mc"].get("nll")),
+                    _fmt(mc["mc"].get("ece"), "pct"),
+                ]
+            )
+        parts.append(
+            _table(
+                ["model", "rates", "train acc", "test acc", "gap (points)", "test NLL", "test ECE"],
+                rows,
+                left=2,
+            )
+        )
+    if checks:
+        items = [
+            _check(checks.get("baseline_overfits"), "the baseline overfits (train − test gap > ε)"),
+            _check(checks.get("dropout_shrinks_gap"), "the chosen dropout shrinks the gap"),
+            _check(
+                checks.get("dropout_keeps_test_acc"),
+                "the chosen dropout does not lower test accuracy",
+            ),
+        ]
+        if "baseline_within_3_points_of_paper" in checks:
+            items.append(
+                _check(
+                    checks["baseline_within_3_points_of_paper"],
+                    f"the baseline is within 3 points of the MNIST-1D paper's MLP "
+                    f"({_fmt(checks.get('paper_mlp_test_acc'), 'pct')} test)",
+                )
+            )
+        parts.append("<ul>" + "".join(items) + "</ul>")
+
+    base = numbers.get("baseline")
+    if base:
+        parts.append("<h2>Overfitting without dropout</h2>")
+        flagged = base.get("flagged_epoch")
+        parts.append(
+            f"<p>On the validation split the baseline reaches {_fmt(base.get('train_acc'), 'pct')} "
+            f"training and {_fmt(base.get('val_acc'), 'pct')} validation accuracy: a gap of "
+            f"{_fmt(base.get('gap'), 'pts')} points against ε = {_fmt(base.get('epsilon'), 'pts')}"
+            + (f", first passed at epoch {flagged}" if flagged else "")
+            + ".</p>"
+        )
+    for name, (title, caption, png) in figures.items():
+        parts.append(_figure(name, title, caption, png))
+
+    sens = numbers.get("sensitivity")
+    if sens:
+        parts.append("<h2>Rate search</h2>")
+        acc = {s["p"]: s for s in sens.get("val_acc", [])}
+        loss = {s["p"]: s for s in sens.get("val_loss", [])}
+        gaps = {s["p"]: s for s in sens.get("gap", [])}
+        rows = [
+            [
+                _fmt(p),
+                f"{_fmt(acc[p]['mean'], 'pct')} ± {_fmt(acc[p]['std'], 'pts')}",
+                f"{_fmt(loss[p]['mean'])} ± {_fmt(loss[p]['std'])}",
+                f"{_fmt(gaps[p]['mean'], 'pts')} ± {_fmt(gaps[p]['std'], 'pts')}",
+                acc[p]["n"],
+            ]
+            for p in sorted(acc)
+        ]
+        parts.append(
+            "<p>One rate p on the hidden layers, mean ± std over seeds "
+            f"{_e(sens.get('seeds'))} (validation split):</p>"
+            + _table(["p", "val acc", "val loss", "gap (points)", "seeds"], rows)
+        )
+    chosen = numbers.get("chosen")
+    if chosen:
+        parts.append(
+            f"<p>Grid search p* = {_fmt(chosen.get('grid_best_p'))} ({_e(chosen.get('metric'))} "
+            f"{_fmt(chosen.get('grid_best_value'))}). Per-layer TPE search, warm-started there: "
+            f"chosen rates ({_e(chosen.get('from'))}) {_e(_fmt(chosen.get('rates')))}, "
+            f"{_e(chosen.get('metric'))} {_fmt(chosen.get('val_value'))}.</p>"
+        )
+    per_layer = numbers.get("per_layer_search")
+    if per_layer:
+        rows = [
+            [r["trial"], r["state"], _fmt(r.get("rates")), _fmt(r.get("value"))]
+            for r in per_layer.get("records", [])
+        ]
+        parts.append(
+            "<details><summary>Per-layer trials</summary>"
+            + _table(["trial", "state", "rates", per_layer.get("metric", "value")], rows, left=3)
+            + "</details>"
+        )
+    abl = numbers.get("ablation")
+    if abl:
+        loss = {s["config"]: s for s in abl.get("val_loss", [])}
+        rows = [
+            [s["config"], _fmt(s["mean"], "pct"), _fmt(loss.get(s["config"], {}).get("mean"))]
+            for s in abl.get("val_acc", [])
+        ]
+        parts.append("<h2>Ablation</h2>" + _table(["configuration", "val acc", "val loss"], rows))
+    if mc.get("mc"):
+        parts.append("<h2>MC dropout</h2>")
+        rows = [
+            [
+                label,
+                _fmt(mc[key].get("acc"), "pct"),
+                _fmt(mc[key].get("nll")),
+                _fmt(mc[key].get("brier")),
+                _fmt(mc[key].get("ece"), "pct"),
+            ]
+            for key, label in (
+                ("weight_scaling", "weight scaling (dropout off, one pass)"),
+                ("mc", f"MC dropout, T = {mc.get('T')}"),
+            )
+        ]
+        parts.append(_table(["inference", "test acc", "NLL", "Brier", "ECE"], rows))
+        parts.append(
+            f"<p>AUROC of the uncertainty for spotting wrong predictions: "
+            f"{_fmt(mc.get('auroc_entropy'))} (predictive entropy), {_fmt(mc.get('auroc_bald'))} "
+            f"(mutual information).</p>"
+        )
+    parts.append("<h2>Reproduce</h2>")
+    if command:
+        parts.append(f"<pre>{_e(command)}</pre>")
+    parts.append(
+        "<p>Every number of this page is in <code>report.json</code>; the searches are in the "
+        "Optuna SQLite file <code>search.db</code> (<code>dropkit.tune.load_search</code>).</p>"
+    )
+    timing = numbers.get("timing")
+    env = numbers.get("environment")
+    if timing or env:
+        parts.append(
+            "<details><summary>Run details</summary><pre>"
+            + _e(json.dumps({"timing": timing, "environment": env}, indent=2))
+            + "</pre></details>"
+        )
+    parts.append("</body></html>\n")
+    return "\n".join(parts)

@@ -1,0 +1,147 @@
+"""The ``dropkit`` command: bad input gives one line on stderr, a non-zero status and no files."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from dropkit import cli
+
+
+def _table(path, rows: int = 40, features: int = 3, *, cell=None) -> str:
+    rng = np.random.default_rng(0)
+    lines = [",".join([f"f{i}" for i in range(features)] + ["label"])]
+    for r in range(rows):
+        values = [f"{v:.3f}" for v in rng.normal(size=features)]
+        if cell is not None and r == rows // 2:
+            values[1] = cell
+        lines.append(",".join(values + [str(r % 2)]))
+    path.write_text("\n".join(lines) + "\n")
+    return str(path)
+
+
+def _run_bad(tmp_path, capsys, *args: str) -> str:
+    out = tmp_path / "report"
+    before = set(os.listdir(tmp_path))
+    status = cli.main(["study", "--no-progress", "--out", str(out), *args])
+    err = capsys.readouterr().err
+    assert status == cli.EXIT_BAD_INPUT
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("dropkit study: error: ")
+    assert not out.exists()
+    assert set(os.listdir(tmp_path)) == before, "a bad input must write nothing"
+    return lines[0]
+
+
+def test_missing_file_is_one_line_error_and_writes_nothing(tmp_path, capsys):
+    line = _run_bad(tmp_path, capsys, "--data", str(tmp_path / "nope.csv"))
+    assert "does not exist" in line and "nope.csv" in line
+
+
+def test_empty_file_is_rejected(tmp_path, capsys):
+    (tmp_path / "empty.csv").write_text("")
+    line = _run_bad(tmp_path, capsys, "--data", str(tmp_path / "empty.csv"))
+    assert "is empty" in line
+
+
+def test_header_only_file_is_rejected(tmp_path, capsys):
+    (tmp_path / "header.csv").write_text("a,b,label\n")
+    line = _run_bad(tmp_path, capsys, "--data", str(tmp_path / "header.csv"))
+    assert "no data rows" in line
+
+
+def test_empty_npz_is_rejected(tmp_path, capsys):
+    np.savez(tmp_path / "empty.npz")
+    line = _run_bad(tmp_path, capsys, "--data", str(tmp_path / "empty.npz"), "--label", "y")
+    assert "empty" in line
+
+
+def test_unknown_label_column_names_the_columns(tmp_path, capsys):
+    data = _table(tmp_path / "t.csv")
+    line = _run_bad(tmp_path, capsys, "--data", data, "--label", "target")
+    assert "'target'" in line and "'f0'" in line and "'label'" in line
+
+
+def test_non_numeric_feature_names_line_and_column(tmp_path, capsys):
+    data = _table(tmp_path / "t.csv", cell="red")
+    line = _run_bad(tmp_path, capsys, "--data", data)
+    assert "non-numeric" in line and "'red'" in line and "'f1'" in line and "line 22" in line
+
+
+@pytest.mark.parametrize("cell", ["", "NaN", "nan", "NA"])
+def test_missing_values_are_rejected(tmp_path, capsys, cell):
+    data = _table(tmp_path / "t.csv", cell=cell)
+    line = _run_bad(tmp_path, capsys, "--data", data)
+    assert "missing value" in line and "NaN" in line
+
+
+def test_nan_in_npz_features_is_rejected(tmp_path, capsys):
+    x = np.random.default_rng(0).normal(size=(40, 3))
+    x[5, 2] = np.nan
+    np.savez(tmp_path / "d.npz", x=x, y=np.arange(40) % 2)
+    line = _run_bad(tmp_path, capsys, "--data", str(tmp_path / "d.npz"), "--label", "y")
+    assert "NaN" in line and "row 5" in line
+
+
+def test_non_numeric_npz_features_are_rejected(tmp_path, capsys):
+    np.savez(tmp_path / "d.npz", x=np.array([["a", "b"]] * 20), y=np.arange(20) % 2)
+    line = _run_bad(tmp_path, capsys, "--data", str(tmp_path / "d.npz"), "--label", "y")
+    assert "non-numeric" in line
+
+
+def test_too_small_to_split_is_rejected(tmp_path, capsys):
+    data = _table(tmp_path / "t.csv", rows=5)
+    line = _run_bad(tmp_path, capsys, "--data", data)
+    assert "too few to split" in line and "5 rows" in line
+
+
+def test_a_single_class_is_rejected(tmp_path, capsys):
+    (tmp_path / "t.csv").write_text("a,label\n" + "".join(f"{i},1\n" for i in range(20)))
+    line = _run_bad(tmp_path, capsys, "--data", str(tmp_path / "t.csv"))
+    assert "single class" in line
+
+
+def test_bad_flag_value_is_rejected_before_any_work(tmp_path, capsys):
+    line = _run_bad(tmp_path, capsys, "--epochs", "0")
+    assert "epochs" in line and "got 0" in line
+
+
+def test_a_folder_of_other_files_is_never_replaced(tmp_path, capsys):
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    (folder / "thesis.tex").write_text("precious")
+    status = cli.main(["study", "--no-progress", "--out", str(folder)])
+    err = capsys.readouterr().err
+    assert status == cli.EXIT_BAD_INPUT and len(err.strip().splitlines()) == 1
+    assert "refusing to replace" in err
+    assert os.listdir(folder) == ["thesis.tex"]
+
+
+def test_unknown_subcommand_fails_with_usage(capsys):
+    assert cli.main(["frobnicate"]) == 2
+    assert "invalid choice" in capsys.readouterr().err
+
+
+def test_installed_command_reports_bad_input_in_one_line(tmp_path):
+    exe = shutil.which("dropkit", path=os.path.dirname(sys.executable)) or shutil.which("dropkit")
+    if exe is None:
+        pytest.skip("the dropkit console script is not installed (pip install -e .)")
+    (tmp_path / "empty.csv").write_text("")
+    proc = subprocess.run(
+        [exe, "study", "--data", str(tmp_path / "empty.csv"), "--out", str(tmp_path / "r")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        f"dropkit study: error: data file {str(tmp_path / 'empty.csv')!r} is empty"
+    ]
+    assert proc.stdout == ""
+    assert os.listdir(tmp_path) == ["empty.csv"]
