@@ -1,0 +1,220 @@
+"""``dropkit study`` end to end on small data: the report folder, its numbers, atomicity, seeds."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from dropkit import cli, report, study
+from dropkit.data import load_table
+
+# A small but real classification table: scikit-learn's digits (first 360 images), 64 features.
+FAST = ["--quick", "--hidden", "32", "--epochs", "4", "--trials", "3", "--mc-samples", "8"]
+
+
+@pytest.fixture(scope="module")
+def digits_csv(tmp_path_factory) -> str:
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    path = tmp_path_factory.mktemp("data") / "digits.csv"
+    header = ",".join([f"px{i}" for i in range(64)] + ["digit"])
+    rows = [
+        ",".join([f"{v:g}" for v in x] + [str(int(y))])
+        for x, y in zip(bunch.data[:360], bunch.target[:360])
+    ]
+    path.write_text(header + "\n" + "\n".join(rows) + "\n")
+    return str(path)
+
+
+def _study(out, data, *extra: str, seed: int = 0) -> int:
+    return cli.main(
+        ["study", "--no-progress", "--data", data, "--label", "digit", "--seed", str(seed),
+         "--out", str(out), *FAST, *extra]
+    )
+
+
+@pytest.fixture(scope="module")
+def quick_report(tmp_path_factory, digits_csv) -> str:
+    out = tmp_path_factory.mktemp("run") / "report"
+    assert _study(out, digits_csv) == 0
+    return str(out)
+
+
+def _numbers(folder: str) -> dict:
+    with open(os.path.join(folder, "report.json")) as handle:
+        numbers = json.load(handle)
+    numbers.pop("timing")
+    return numbers
+
+
+def test_report_folder_holds_page_json_figures_and_search(quick_report):
+    assert sorted(os.listdir(quick_report)) == ["figures", "index.html", "report.json", "search.db"]
+    figures = sorted(os.listdir(os.path.join(quick_report, "figures")))
+    for name in ("curves", "gap", "sensitivity", "reliability", "uncertainty"):
+        assert f"{name}.png" in figures
+    for name in figures:
+        with open(os.path.join(quick_report, "figures", name), "rb") as handle:
+            assert handle.read(8) == b"\x89PNG\r\n\x1a\n"
+    siblings = os.listdir(os.path.dirname(quick_report))
+    assert siblings == ["report"], f"temporary folders left behind: {siblings}"
+
+
+def test_report_json_holds_every_step(quick_report):
+    numbers = _numbers(quick_report)
+    for key in ("baseline", "grid_search", "sensitivity", "per_layer_search", "chosen",
+                "ablation", "final", "mc_dropout", "checks", "data", "config"):
+        assert key in numbers, key
+    assert numbers["data"] == {
+        "name": "digits", "source": numbers["config"]["data"], "n_train": 288, "n_fit": 230,
+        "n_val": 58, "n_test": 72, "n_features": 64, "n_classes": 10,
+    }
+    grid = numbers["grid_search"]
+    assert sorted(r["p"] for r in grid["records"]) == [0.1, 0.2, 0.3, 0.4, 0.5]
+    assert grid["best_p"] in (0.1, 0.2, 0.3, 0.4, 0.5)
+    per_layer = numbers["per_layer_search"]
+    assert len(per_layer["records"]) == 3
+    assert set(per_layer["best_rates"]) == {"input_dropout", "dropout1"}
+    # The per-layer search starts at the grid's optimum, so it can only match or beat it.
+    assert per_layer["records"][0]["rates"]["dropout1"] == grid["best_p"]
+    assert per_layer["best_value"] >= grid["best_value"]
+    sens_ps = sorted({r["p"] for r in numbers["sensitivity"]["records"]})
+    assert sens_ps == [0.0, 0.1, 0.2, 0.3, 0.4, 0.5]
+    assert all(s["n"] == 2 for s in numbers["sensitivity"]["val_acc"])  # two seeds per rate
+    configs = [s["config"] for s in numbers["ablation"]["val_acc"]]
+    assert configs[:2] == ["all", "none"]
+    final = numbers["final"]
+    assert final["baseline"]["rates"] == {"input_dropout": 0.0, "dropout1": 0.0}
+    assert final["dropout"]["rates"] == numbers["chosen"]["rates"]
+    for model in final.values():
+        assert model["gap"] == pytest.approx(model["train_acc"] - model["test_acc"])
+        assert len(model["curve"]) == 4
+    mc = numbers["mc_dropout"]
+    if "skipped" not in mc:
+        assert mc["T"] == 8 and 0.0 <= mc["mc"]["ece"] <= 1.0 and mc["mc"]["nll"] > 0
+
+
+def test_the_summary_table_is_printed(tmp_path, digits_csv, capsys):
+    assert _study(tmp_path / "r", digits_csv) == 0
+    out = capsys.readouterr().out
+    assert "baseline, no dropout" in out and "train" in out and "test" in out and "gap" in out
+    assert "index.html" in out
+
+
+def test_same_seed_gives_identical_numbers(tmp_path, digits_csv, quick_report):
+    assert _study(tmp_path / "again", digits_csv) == 0
+    assert _numbers(str(tmp_path / "again")) == _numbers(quick_report)
+
+
+def test_another_seed_gives_other_numbers(tmp_path, digits_csv, quick_report):
+    assert _study(tmp_path / "other", digits_csv, seed=1) == 0
+    a, b = _numbers(str(tmp_path / "other")), _numbers(quick_report)
+    assert a["baseline"]["curve"] != b["baseline"]["curve"]
+
+
+def test_an_interrupted_run_leaves_no_report_and_keeps_the_old_one(
+    tmp_path, digits_csv, quick_report, monkeypatch, capsys
+):
+    target = tmp_path / "report"
+    # No report before: an interrupt leaves nothing at all.
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(report, "write_files", interrupted)
+    assert _study(target, digits_csv) == cli.EXIT_INTERRUPTED
+    assert "no report written" in capsys.readouterr().err
+    assert os.listdir(tmp_path) == []
+    # A previous report survives an interrupted rerun untouched.
+    monkeypatch.undo()
+    import shutil
+
+    shutil.copytree(quick_report, target)
+    before = open(target / "report.json").read()
+
+    def half_written(folder, numbers, figures, command=None):
+        open(os.path.join(folder, "index.html"), "w").write("<html>half")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(report, "write_files", half_written)
+    assert _study(target, digits_csv) == cli.EXIT_INTERRUPTED
+    assert os.listdir(tmp_path) == ["report"]
+    assert open(target / "report.json").read() == before
+    assert "half" not in open(target / "index.html").read()
+
+
+def test_a_rerun_replaces_the_previous_report(tmp_path):
+    target = tmp_path / "r"
+    report.write_report(target, {"data": {"name": "one"}}, {})
+    report.write_report(target, {"data": {"name": "two"}}, {})
+    assert json.load(open(target / "report.json"))["data"]["name"] == "two"
+    assert os.listdir(tmp_path) == ["r"]
+
+
+def test_report_json_is_strict_json_without_nan(tmp_path):
+    report.write_report(tmp_path / "r", study._clean({"x": float("nan"), "y": (1.5, np.float32(2))}), {})
+    assert json.load(open(tmp_path / "r" / "report.json")) == {"x": None, "y": [1.5, 2.0]}
+
+
+def test_html_page_references_no_external_url(quick_report):
+    page = open(os.path.join(quick_report, "index.html"), encoding="utf-8").read()
+    assert page.count('src="data:image/png;base64,') >= 5
+    for needle in ("http://", "https://", "//cdn", "<script", "src=\"/", "href=\"http"):
+        assert needle not in page, needle
+
+
+# --------------------------------------------------------------------------------------------
+# load_table
+# --------------------------------------------------------------------------------------------
+
+
+def test_load_table_reads_text_labels_and_standardizes_with_training_stats(tmp_path):
+    rows = ["size;colour;kind"] + [f"{i};{i % 5};{'cat' if i % 3 else 'dog'}" for i in range(50)]
+    (tmp_path / "t.csv").write_text("\n".join(rows))
+    d = load_table(tmp_path / "t.csv", label="kind", seed=0)
+    assert d.classes == ["cat", "dog"] and d.features == ["size", "colour"]
+    assert d.x_train.shape == (40, 2) and d.x_test.shape == (10, 2)
+    assert torch.allclose(d.x_train.mean(0), torch.zeros(2), atol=1e-5)
+    assert torch.allclose(d.x_train.std(0, unbiased=False), torch.ones(2), atol=1e-4)
+
+
+def test_load_table_reads_npz_with_numeric_labels_in_sorted_order(tmp_path):
+    x = np.random.default_rng(0).normal(size=(30, 4))
+    y = np.array([10, 20, 30] * 10)
+    np.savez(tmp_path / "d.npz", features=x, target=y)
+    d = load_table(tmp_path / "d.npz", label="target", standardize=False)
+    assert d.classes == ["10", "20", "30"] and d.n_classes == 3
+    assert d.x_train.shape == (24, 4) and d.x_train.dtype == torch.float32
+    rows = {tuple(np.round(r, 4)) for r in x}
+    assert {tuple(np.round(r, 4)) for r in d.x_train.double().numpy()} <= rows
+
+
+def test_load_table_rejects_a_continuous_label(tmp_path):
+    rows = ["a,price"] + [f"{i},{i * 1.37:.2f}" for i in range(300)]
+    (tmp_path / "t.csv").write_text("\n".join(rows))
+    with pytest.raises(ValueError, match="looks continuous"):
+        load_table(tmp_path / "t.csv", label="price")
+
+
+# --------------------------------------------------------------------------------------------
+# MNIST-1D, the embedded default
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_mnist1d_study_shows_the_gap_and_writes_a_report(tmp_path, capsys):
+    out = tmp_path / "report"
+    status = cli.main(
+        ["study", "--no-progress", "--quick", "--epochs", "6", "--trials", "2", "--seeds", "1",
+         "--mc-samples", "10", "--out", str(out)]
+    )
+    assert status == 0
+    numbers = _numbers(str(out))
+    assert numbers["data"]["n_train"] == 4000 and numbers["data"]["n_test"] == 1000
+    assert numbers["data"]["n_fit"] == 3200 and numbers["data"]["n_val"] == 800
+    assert numbers["final"]["baseline"]["gap"] > 0.05  # the baseline overfits after 6 epochs
+    assert "baseline_within_3_points_of_paper" in numbers["checks"]
+    assert "mnist1d" in capsys.readouterr().out
