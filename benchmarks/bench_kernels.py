@@ -26,12 +26,12 @@ import sys
 import time
 import warnings
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
 from dropkit import kernels
-from dropkit.kernels import cpu as cpu_kernels
 
 P = 0.1
 
@@ -50,10 +50,11 @@ def cpu_model() -> str:
 def machine_info(device: str) -> str:
     import numba
 
+    kernels.keep_mask(1 << 17, 0, 0, 0, "cpu")  # starts numba's thread pool (parallel path)
     lines = [
         f"CPU: {cpu_model()}, {os.cpu_count()} logical cores; torch threads "
         f"{torch.get_num_threads()}, numba threads {numba.get_num_threads()} "
-        f"(layer {numba.config.THREADING_LAYER})",
+        f"(layer {numba.threading_layer()})",
         f"python {platform.python_version()}, torch {torch.__version__}, numba {numba.__version__}",
     ]
     if device == "cuda":
@@ -127,14 +128,103 @@ def fmt_bytes(n: int) -> str:
 
 def table(headers: list[str], rows: list[list[str]]) -> str:
     widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
-    line = lambda cells: "| " + " | ".join(c.rjust(w) for c, w in zip(cells, widths)) + " |"  # noqa: E731
+
+    def line(cells: list[str]) -> str:
+        return "| " + " | ".join(c.rjust(w) for c, w in zip(cells, widths, strict=True)) + " |"
+
     sep = "|" + "|".join("-" * (w + 1) + ":" for w in widths) + "|"
     return "\n".join([line(headers), sep, *(line(r) for r in rows)])
 
 
+@dataclass
+class Setup:
+    device: str
+    repeats: int
+    min_time: float
+    seed: int
+    threshold: int
+    scale: float
+    eager: Callable[[torch.Tensor], torch.Tensor]
+    compiled: Callable[[torch.Tensor], torch.Tensor] | None
+    ops_dropout: Callable[..., torch.Tensor] | None
+
+
+def bench_size(e: int, s: Setup) -> tuple[list[str], list[str], list[str]]:
+    """Table rows (forward, forward + backward, saved bytes) for 2^e float32 elements."""
+    n = 1 << e
+    x = torch.randn(n, device=s.device)
+    grad = torch.randn(n, device=s.device)
+    xg = x.clone().requires_grad_(True)
+
+    fwd = {
+        "dk": lambda: kernels.dropout_forward(x, s.seed, 0, s.threshold, s.scale),
+        "eager": lambda: s.eager(x),
+        "clone": lambda: x.clone(),
+    }
+    if s.compiled:
+        fwd["compile"] = lambda: s.compiled(x)
+    t = measure(fwd, s.repeats, s.device, s.min_time)
+    t_comp = t.get("compile", float("nan"))
+    fwd_row = [
+        f"2^{e}",
+        fmt_time(t["dk"]),
+        fmt_time(t["eager"]),
+        fmt_time(t_comp),
+        fmt_time(t["clone"]),
+        f"{t['eager'] / t['dk']:.1f}x",
+        f"{t_comp / t['dk']:.1f}x",
+        f"{t['dk'] / t['clone']:.2f}",
+    ]
+
+    def dk_fwd_bwd() -> None:
+        kernels.dropout_forward(x, s.seed, 0, s.threshold, s.scale)
+        kernels.dropout_backward(grad, s.seed, 0, s.threshold, s.scale)
+
+    def autograd_fwd_bwd(fn: Callable[[torch.Tensor], torch.Tensor]) -> Callable[[], None]:
+        def run() -> None:
+            xg.grad = None
+            fn(xg).backward(grad)
+
+        return run
+
+    ops_fn = (lambda t: s.ops_dropout(t, P, s.scale)) if s.ops_dropout else None
+    both = {
+        "dk": dk_fwd_bwd,
+        "eager": autograd_fwd_bwd(s.eager),
+        "clone": lambda: (x.clone(), grad.clone()),
+    }
+    if ops_fn:
+        both["ops"] = autograd_fwd_bwd(ops_fn)
+    if s.compiled:
+        both["compile"] = autograd_fwd_bwd(s.compiled)
+    t = measure(both, s.repeats, s.device, s.min_time)
+    t_ops = t.get("ops", float("nan"))
+    t_comp = t.get("compile", float("nan"))
+    bwd_row = [
+        f"2^{e}",
+        fmt_time(t["dk"]),
+        fmt_time(t_ops),
+        fmt_time(t["eager"]),
+        fmt_time(t_comp),
+        fmt_time(t["clone"]),
+        f"{t['eager'] / t['dk']:.1f}x",
+        f"{t['eager'] / t_ops:.1f}x",
+        f"{t_comp / t_ops:.1f}x",
+    ]
+    mem_row = [
+        f"2^{e}",
+        fmt_bytes(saved_bytes(ops_fn, xg)) if ops_fn else "-",
+        fmt_bytes(saved_bytes(s.eager, xg)),
+        fmt_bytes(saved_bytes(s.compiled, xg)) if s.compiled else "-",
+    ]
+    return fwd_row, bwd_row, mem_row
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="sizes 2^12, 2^16, 2^20, 2^25; 3 repeats")
+    parser.add_argument(
+        "--quick", action="store_true", help="sizes 2^12, 2^16, 2^20, 2^25; 3 repeats"
+    )
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--repeats", type=int, default=None, help="timed batches per measurement")
     parser.add_argument("--no-compile", action="store_true", help="skip torch.compile")
@@ -146,7 +236,9 @@ def main() -> None:
 
     warnings.filterwarnings("ignore")
     print(machine_info(device))
-    print(f"float32, p = {P}, median of {repeats} repeats; ratios: torch / dropkit, dropkit / clone")
+    print(
+        f"float32, p = {P}, median of {repeats} repeats; ratios: torch / dropkit, dropkit / clone"
+    )
     print(f"command: python {' '.join(sys.argv)}\n")
 
     threshold = kernels.threshold_from_p(P)
@@ -165,81 +257,13 @@ def main() -> None:
     if not args.no_compile:
         compiled = torch.compile(lambda t: F.dropout(t, P, training=True))
 
+    setup = Setup(device, repeats, min_time, seed, threshold, scale, eager, compiled, ops_dropout)
     fwd_rows, bwd_rows, mem_rows = [], [], []
     for e in exps:
-        n = 1 << e
-        x = torch.randn(n, device=device)
-        grad = torch.randn(n, device=device)
-        xg = x.clone().requires_grad_(True)
-
-        fwd = {
-            "dk": lambda: kernels.dropout_forward(x, seed, 0, threshold, scale),
-            "eager": lambda: eager(x),
-            "clone": lambda: x.clone(),
-        }
-        if compiled:
-            fwd["compile"] = lambda: compiled(x)
-        t = measure(fwd, repeats, device, min_time)
-        t_dk, t_eager, t_clone = t["dk"], t["eager"], t["clone"]
-        t_comp = t.get("compile", float("nan"))
-        fwd_rows.append(
-            [
-                f"2^{e}",
-                fmt_time(t_dk),
-                fmt_time(t_eager),
-                fmt_time(t_comp),
-                fmt_time(t_clone),
-                f"{t_eager / t_dk:.1f}x",
-                f"{t_comp / t_dk:.1f}x",
-                f"{t_dk / t_clone:.2f}",
-            ]
-        )
-
-        def dk_fwd_bwd():
-            kernels.dropout_forward(x, seed, 0, threshold, scale)
-            kernels.dropout_backward(grad, seed, 0, threshold, scale)
-
-        def autograd_fwd_bwd(fn):
-            def run():
-                xg.grad = None
-                fn(xg).backward(grad)
-
-            return run
-
-        both = {
-            "dk": dk_fwd_bwd,
-            "eager": autograd_fwd_bwd(eager),
-            "clone": lambda: (x.clone(), grad.clone()),
-        }
-        if ops_dropout:
-            both["ops"] = autograd_fwd_bwd(lambda t: ops_dropout(t, P, scale))
-        if compiled:
-            both["compile"] = autograd_fwd_bwd(compiled)
-        t = measure(both, repeats, device, min_time)
-        t_dk2, t_eager2, t_clone2 = t["dk"], t["eager"], t["clone"]
-        t_ops2 = t.get("ops", float("nan"))
-        t_comp2 = t.get("compile", float("nan"))
-        bwd_rows.append(
-            [
-                f"2^{e}",
-                fmt_time(t_dk2),
-                fmt_time(t_ops2),
-                fmt_time(t_eager2),
-                fmt_time(t_comp2),
-                fmt_time(t_clone2),
-                f"{t_eager2 / t_dk2:.1f}x",
-                f"{t_eager2 / t_ops2:.1f}x",
-                f"{t_comp2 / t_ops2:.1f}x",
-            ]
-        )
-        mem_rows.append(
-            [
-                f"2^{e}",
-                fmt_bytes(saved_bytes(lambda t: ops_dropout(t, P, scale), xg)) if ops_dropout else "-",
-                fmt_bytes(saved_bytes(eager, xg)),
-                fmt_bytes(saved_bytes(compiled, xg)) if compiled else "-",
-            ]
-        )
+        fwd_row, bwd_row, mem_row = bench_size(e, setup)
+        fwd_rows.append(fwd_row)
+        bwd_rows.append(bwd_row)
+        mem_rows.append(mem_row)
         print(f"  done 2^{e}", file=sys.stderr, flush=True)
 
     print("Forward")
@@ -273,55 +297,67 @@ def main() -> None:
         cuda_extras(seed, threshold, scale, repeats, min_time)
 
 
+def cuda_bandwidth_row(
+    e: int, seed: int, threshold: int, scale: float, repeats: int, min_time: float
+) -> list[str]:
+    n = 1 << e
+    x = torch.randn(n, device="cuda")
+    t = measure(
+        {
+            "copy": lambda: x.clone(),
+            "fwd": lambda: kernels.dropout_forward(x, seed, 0, threshold, scale),
+            "bwd": lambda: kernels.dropout_backward(x, seed, 0, threshold, scale),
+        },
+        repeats,
+        "cuda",
+        min_time,
+    )
+
+    def gbs(seconds: float) -> str:
+        return f"{2 * n * 4 / seconds / 1e9:.0f}"
+
+    return [
+        f"2^{e}",
+        gbs(t["copy"]),
+        gbs(t["fwd"]),
+        gbs(t["bwd"]),
+        f"{t['copy'] / t['fwd']:.0%}",
+        f"{t['copy'] / t['bwd']:.0%}",
+    ]
+
+
+def cuda_bias_dropout_add_row(
+    tokens: int, hidden: int, seed: int, threshold: int, scale: float, repeats: int, min_time: float
+) -> list[str]:
+    x = torch.randn(tokens, hidden, device="cuda")
+    bias = torch.randn(hidden, device="cuda")
+    res = torch.randn(tokens, hidden, device="cuda")
+    t = measure(
+        {
+            "fused": lambda: kernels.bias_dropout_add(x, bias, res, seed, 0, threshold, scale),
+            "eager": lambda: res + F.dropout(x + bias, P, training=True),
+        },
+        repeats,
+        "cuda",
+        min_time,
+    )
+    return [
+        f"{tokens}x{hidden}",
+        fmt_time(t["fused"]),
+        fmt_time(t["eager"]),
+        f"{t['eager'] / t['fused']:.1f}x",
+    ]
+
+
 def cuda_extras(seed: int, threshold: int, scale: float, repeats: int, min_time: float) -> None:
     """Bandwidth of forward/backward against a copy, and fused bias+dropout+add against eager."""
-    rows = []
-    for e in (24, 26, 28):
-        n = 1 << e
-        x = torch.randn(n, device="cuda")
-        t = measure(
-            {
-                "copy": lambda: x.clone(),
-                "fwd": lambda: kernels.dropout_forward(x, seed, 0, threshold, scale),
-                "bwd": lambda: kernels.dropout_backward(x, seed, 0, threshold, scale),
-            },
-            repeats,
-            "cuda",
-            min_time,
-        )
-        t_copy, t_fwd, t_bwd = t["copy"], t["fwd"], t["bwd"]
-        gbs = lambda t: 2 * n * 4 / t / 1e9  # noqa: E731
-        rows.append(
-            [
-                f"2^{e}",
-                f"{gbs(t_copy):.0f}",
-                f"{gbs(t_fwd):.0f}",
-                f"{gbs(t_bwd):.0f}",
-                f"{t_copy / t_fwd:.0%}",
-                f"{t_copy / t_bwd:.0%}",
-            ]
-        )
+    rows = [cuda_bandwidth_row(e, seed, threshold, scale, repeats, min_time) for e in (24, 26, 28)]
     print("\nCUDA bandwidth (GB/s, read + write)")
     print(table(["n", "copy", "forward", "backward", "fwd/copy", "bwd/copy"], rows))
-
-    rows = []
-    for tokens, hidden in ((8192, 1024), (16384, 4096)):
-        x = torch.randn(tokens, hidden, device="cuda")
-        bias = torch.randn(hidden, device="cuda")
-        res = torch.randn(tokens, hidden, device="cuda")
-        t = measure(
-            {
-                "fused": lambda: kernels.bias_dropout_add(x, bias, res, seed, 0, threshold, scale),
-                "eager": lambda: res + F.dropout(x + bias, P, training=True),
-            },
-            repeats,
-            "cuda",
-            min_time,
-        )
-        t_fused, t_eager = t["fused"], t["eager"]
-        rows.append(
-            [f"{tokens}x{hidden}", fmt_time(t_fused), fmt_time(t_eager), f"{t_eager / t_fused:.1f}x"]
-        )
+    rows = [
+        cuda_bias_dropout_add_row(tokens, hidden, seed, threshold, scale, repeats, min_time)
+        for tokens, hidden in ((8192, 1024), (16384, 4096))
+    ]
     print("\nCUDA bias + dropout + residual")
     print(table(["shape", "dropkit fused", "eager", "eager/fused"], rows))
 

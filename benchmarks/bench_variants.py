@@ -25,18 +25,23 @@ from torch import nn
 import dropkit
 
 
-def timed(fn: Callable[[], torch.Tensor], repeats: int, device: str) -> float:
-    fn()  # warm-up (kernel compilation, allocator)
-    times = []
+def timed_pair(
+    ours: Callable[[], object], peer: Callable[[], object], repeats: int, device: str
+) -> tuple[float, float]:
+    """Median times of two functions, run alternately so load changes hit both alike."""
+    ours()  # warm-up (kernel compilation, allocator)
+    peer()
+    times: tuple[list[float], list[float]] = ([], [])
     for _ in range(repeats):
-        if device == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        fn()
-        if device == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        for fn, out in ((ours, times[0]), (peer, times[1])):
+            if device == "cuda":
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+            fn()
+            if device == "cuda":
+                torch.cuda.synchronize()
+            out.append(time.perf_counter() - start)
+    return statistics.median(times[0]), statistics.median(times[1])
 
 
 def fwd_bwd(
@@ -114,7 +119,7 @@ def main() -> None:
     rows: list[tuple[str, str, float, float]] = []
 
     def compare(name: str, peer_name: str, ours: Callable, peer: Callable) -> None:
-        rows.append((name, peer_name, timed(ours, repeats, device), timed(peer, repeats, device)))
+        rows.append((name, peer_name, *timed_pair(ours, peer, repeats, device)))
 
     x = act(32, 64, 28, 28)
     block = dropkit.DropBlock2d(0.1, 5)
@@ -155,7 +160,9 @@ def main() -> None:
 
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
           f"torch {torch.__version__} ({torch.get_num_threads()} threads), device {device}")  # fmt: skip
-    print(f"forward + backward, median of {repeats}; ratio = peer / dropkit (>1: dropkit faster)\n")
+    print(
+        f"forward + backward, median of {repeats} alternating runs; ratio = peer / dropkit (>1: dropkit faster)\n"
+    )
     print(f"{'dropkit':44s} {'ms':>8s}   {'peer':28s} {'ms':>8s} {'ratio':>6s}")
     for name, peer_name, ours, peer in rows:
         print(

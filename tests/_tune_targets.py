@@ -1,8 +1,9 @@
 """Search targets imported by worker processes in tests (``tests._tune_targets:SLOW_SEARCH``).
 
 The trial is made observable: on entering training it writes a marker file named after the
-worker's pid into ``$DROPKIT_TEST_MARKERS`` and sleeps ``$DROPKIT_TEST_SLEEP`` seconds, so a test
-can kill a worker while it is inside a trial. The validation loss is a known function of the
+worker's pid into ``$DROPKIT_TEST_MARKERS`` and sleeps ``$DROPKIT_TEST_SLEEP`` seconds. The
+``$DROPKIT_TEST_HANG_AT``-th trial of a process hangs instead (sleeps two minutes), so a test can
+kill that worker knowing it is inside a trial. The validation loss is a known function of the
 rates, so no real training is needed.
 """
 
@@ -20,10 +21,16 @@ def _build():
     return dropkit.MLP([4, 4, 2], p=0.0)
 
 
+_TRIALS_HERE = [0]
+
+
 def _slow_train(model, report):
+    _TRIALS_HERE[0] += 1
     marker_dir = os.environ.get("DROPKIT_TEST_MARKERS")
     if marker_dir:
         Path(marker_dir, f"{os.getpid()}-{time.monotonic_ns()}").write_text("in trial")
+    if os.environ.get("DROPKIT_TEST_HANG_AT") == str(_TRIALS_HERE[0]):
+        time.sleep(120)
     time.sleep(float(os.environ.get("DROPKIT_TEST_SLEEP", "0.5")))
     report(0)
 

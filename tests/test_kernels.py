@@ -275,7 +275,10 @@ def test_lanes_are_uniform_over_256_bins_chi_square_6_sigma():
     n = 1 << 20
     lanes = cpu.random_uint16(n, 2718281828, 12345).numpy()
     expected = n / 256
-    for counts in (np.bincount(lanes >> 8, minlength=256), np.bincount(lanes & 0xFF, minlength=256)):
+    for counts in (
+        np.bincount(lanes >> 8, minlength=256),
+        np.bincount(lanes & 0xFF, minlength=256),
+    ):
         chi2 = float(((counts - expected) ** 2 / expected).sum())
         # chi-square with 255 degrees of freedom: mean 255, sd sqrt(510).
         assert abs(chi2 - 255) <= 6 * math.sqrt(510), chi2
@@ -369,7 +372,9 @@ def test_bias_dropout_add_backward_gradients():
 # Argument errors
 # ----------------------------------------------------------------------------------------------
 def test_kernel_rejects_threshold_out_of_range():
-    with pytest.raises(ValueError, match="threshold must be an integer in \\[0, 65536\\], got 65537"):
+    with pytest.raises(
+        ValueError, match="threshold must be an integer in \\[0, 65536\\], got 65537"
+    ):
         cpu.dropout_forward(torch.ones(3), 0, 0, 65537, 1.0)
 
 
@@ -450,7 +455,9 @@ def test_dispatch_picks_numba_on_cpu_and_torch_ops_elsewhere():
 
 def test_dispatched_cpu_calls_equal_the_numba_kernels():
     x = torch.randn(100)
-    assert torch.equal(kernels.dropout_forward(x, 1, 2, 3000, 1.1), cpu.dropout_forward(x, 1, 2, 3000, 1.1))
+    assert torch.equal(
+        kernels.dropout_forward(x, 1, 2, 3000, 1.1), cpu.dropout_forward(x, 1, 2, 3000, 1.1)
+    )
     assert torch.equal(kernels.keep_mask(100, 1, 2, 3000, "cpu"), cpu.keep_mask(100, 1, 2, 3000))
 
 
@@ -458,7 +465,9 @@ def test_dispatched_cpu_calls_equal_the_numba_kernels():
 def test_torch_fallback_gives_the_same_mask_as_numba(seed, offset, n):
     from dropkit.kernels import fallback
 
-    assert torch.equal(fallback.keep_mask(n, seed, offset, 30000, "cpu"), cpu.keep_mask(n, seed, offset, 30000))
+    assert torch.equal(
+        fallback.keep_mask(n, seed, offset, 30000, "cpu"), cpu.keep_mask(n, seed, offset, 30000)
+    )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -541,7 +550,7 @@ def triton_results(tmp_path_factory):
 def test_triton_interpreted_kernels_equal_reference_and_numba(triton_results):
     cases, results = triton_results
     assert len(results) == len(cases)
-    for case, got in zip(cases, results):
+    for case, got in zip(cases, results, strict=True):
         op, args = case["op"], case["args"]
         if op == "keep_mask":
             n, seed, offset, threshold = args
@@ -568,7 +577,9 @@ def test_gpu_module_refuses_cpu_tensors_when_not_interpreted():
         "except ValueError as e:\n    print(e)\n"
     )
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120
+    )
     assert "x must be a CUDA tensor for the Triton kernels" in done.stdout, done.stderr[-2000:]
 
 

@@ -7,6 +7,8 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from stats import assert_fraction_close, assert_mean_close, assert_variance_close
 from torch import nn
 
@@ -482,3 +484,44 @@ def test_standout_rejects_bad_arguments() -> None:
         FL.standout(torch.ones(3), torch.tensor([0.5, 1.5, 0.2]))
     with pytest.raises(ValueError, match="does not broadcast"):
         FL.standout(torch.ones(3), torch.full((2,), 0.5))
+
+
+# --------------------------------------------------------------------------------------------------
+# Shared properties and the remaining argument checks
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    shape=st.lists(st.integers(1, 5), min_size=1, max_size=4),
+    dtype=st.sampled_from([torch.float32, torch.float64]),
+    training=st.booleans(),
+)
+def test_learned_functions_keep_shape_and_dtype(
+    shape: list[int], dtype: torch.dtype, training: bool
+) -> None:
+    x = torch.randn(shape, dtype=dtype)
+    log_alpha = torch.zeros(shape[-1], dtype=dtype)
+    pi = torch.full(shape, 0.5, dtype=dtype)
+    for y in (
+        FL.concrete_dropout(x, 0.3, training),
+        FL.variational_dropout(x, log_alpha, training),
+        FL.standout(x, pi, training),
+    ):
+        assert y.shape == x.shape and y.dtype == dtype
+
+
+def test_remaining_bad_arguments_raise_clear_errors() -> None:
+    with pytest.raises(ValueError, match="log_alpha of shape"):
+        FL.variational_dropout(torch.ones(2, 3), torch.zeros(4))
+    with pytest.raises(ValueError, match="rank 2"):
+        FL.variational_linear(torch.ones(2, 3), torch.ones(3), None, torch.zeros(()))
+    with pytest.raises(TypeError, match="threshold must be a real number"):
+        dropkit.LinearSVDO(2, 2, threshold="3")
+    with pytest.raises(ValueError, match="warmup_steps"):
+        dropkit.ELBOLoss(nn.Linear(2, 2), n_data=10, warmup_steps=-1)
+    with pytest.raises(TypeError, match="activation must be an nn.Module"):
+        dropkit.Standout(nn.Linear(2, 2), activation=torch.relu)
+    with pytest.raises(ValueError, match="temperature must be a number > 0"):
+        FL.relaxed_bernoulli_mask(0.5, (3,), temperature=-1.0)
+    with pytest.raises(TypeError, match="p must be a number in"):
+        FL.relaxed_bernoulli_mask("0.5", (3,))

@@ -165,6 +165,11 @@ def test_scheduler_rejects_a_schedule_leaving_zero_one():
         dropkit.DropoutScheduler(_Net(), lambda t: 1.5)
 
 
+def test_scheduler_relative_rejects_a_negative_multiplier():
+    with pytest.raises(ValueError, match="multiplier"):
+        dropkit.DropoutScheduler(_Net(), lambda t: -1.0, relative=True)
+
+
 def test_scheduler_rejects_bad_arguments():
     with pytest.raises(TypeError, match="schedule"):
         dropkit.DropoutScheduler(_Net(), 0.3)

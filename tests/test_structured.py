@@ -8,6 +8,8 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as TF
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from stats import assert_fraction_close, assert_mean_close
 
 import dropkit
@@ -400,3 +402,76 @@ def test_structured_functions_keep_the_input_dtype(dtype):
         y = fn(x, 0.5, generator=gen, **kwargs)
         assert y.dtype == dtype and y.shape == x.shape
         assert (y == 0).any() and (y != 0).any()
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    h=st.integers(1, 9),
+    w=st.integers(1, 9),
+    bh=st.integers(1, 4),
+    bw=st.integers(1, 4),
+    p=st.floats(0.0, 0.95),
+    seed=st.integers(0, 2**31 - 1),
+)
+def test_drop_block2d_property_union_of_blocks_and_single_scale(h, w, bh, bw, p, seed):
+    bh, bw = min(bh, h), min(bw, w)
+    x = torch.ones(2, 3, h, w)
+    y = FV.drop_block2d(x, p, (bh, bw), generator=torch.Generator().manual_seed(seed))
+    assert y.shape == x.shape
+    dropped = (y == 0).float()
+    assert _is_union_of_full_blocks(dropped, (bh, bw))
+    kept_values = y[y != 0].unique()
+    assert len(kept_values) <= 1  # one count-normalisation factor for the whole batch
+
+
+def test_structured_functions_accept_non_contiguous_inputs():
+    gen = torch.Generator().manual_seed(20)
+    x = torch.ones(9, 9, 3, 2).permute(2, 3, 0, 1)  # (3, 2, 9, 9), not contiguous
+    assert not x.is_contiguous()
+    y = FV.drop_block2d(x, 0.3, 3, generator=gen)
+    assert _is_union_of_full_blocks((y == 0).float(), (3, 3))
+    z = FV.drop_path(torch.ones(4, 6).t(), 0.5, generator=gen)  # (6, 4) transposed view
+    assert bool(((z == 0).all(1) | (z != 0).all(1)).all())
+
+
+_LEARNED_SECTIONS = {
+    "Concrete dropout",
+    "Variational dropout",
+    "Sparse variational dropout",
+    "Standout",
+}
+
+
+@pytest.mark.slow
+def test_variants_doc_examples_run():
+    """Every python example of docs/variants.md (this area's sections) runs as written."""
+    import pathlib
+    import re
+
+    doc = pathlib.Path(__file__).resolve().parents[1] / "docs" / "variants.md"
+    sections = re.split(r"^## ", doc.read_text(), flags=re.M)[1:]
+    ran = 0
+    for section in sections:
+        title = section.splitlines()[0].strip()
+        if title in _LEARNED_SECTIONS:
+            continue
+        for code in re.findall(r"```python\n(.*?)```", section, re.S):
+            exec(compile(code, f"docs/variants.md: {title}", "exec"), {"__name__": "docs_example"})
+            ran += 1
+    assert ran >= 9
+
+
+def test_dropped_units_are_exactly_zero_even_for_inf_and_nan():
+    # The house rule of the fused kernels: a dropped unit is 0, not 0·inf = NaN.
+    gen = torch.Generator().manual_seed(21)
+    x = torch.full((64, 3, 6, 6), float("inf"))
+    x[::2] = float("nan")
+    for y in (
+        FV.drop_block2d(x, 0.3, 2, generator=gen),
+        FV.drop_path(x, 0.5, generator=gen),
+        FV.drop_head(x, 0.5, generator=gen),
+        FV.attention_dropout(x, 0.5, mode="key", generator=gen),
+    ):
+        dropped = y == 0
+        assert dropped.any() and not (y.isnan() & ~x.isnan()).any()
+        assert bool((dropped | ~y.isfinite()).all())

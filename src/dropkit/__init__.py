@@ -4,6 +4,7 @@ Public names are re-exported here; nothing else lives in this file.
 """
 
 from dropkit import functional
+from dropkit import ops, rng
 from dropkit.layers import (
     AlphaDropout,
     Dropout,
@@ -15,6 +16,9 @@ from dropkit.layers import (
     is_dropout_module,
 )
 from dropkit.models import MLP, fold_dropout_scaling
+from dropkit import convert, mc, uncertainty
+from dropkit.convert import convert_dropout
+from dropkit.mc import mc_dropout
 from dropkit import functional_variants, schedules
 from dropkit.layers.sequence import EmbeddingDropout, LockedDropout
 from dropkit.layers.structured import (
@@ -50,6 +54,13 @@ from dropkit.layers.learned import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "ops",
+    "rng",
+    "mc",
+    "mc_dropout",
+    "uncertainty",
+    "convert",
+    "convert_dropout",
     "functional_variants",
     "schedules",
     "DropBlock2d",

@@ -5,8 +5,9 @@ Subcommands:
 - ``dropkit study`` — the main job (:mod:`dropkit.study`): baseline, overfitting gap, rate search
   (one rate, then per layer), ablation, MC dropout, on MNIST-1D or ``--data FILE --label COLUMN``;
   writes an HTML + JSON report folder atomically and prints a summary table.
-- ``dropkit bench`` — the kernel benchmark (:mod:`dropkit.bench`): dropkit's fused dropout
-  against torch eager, ``torch.compile`` and ``x.clone()``; prints its table.
+- ``dropkit bench`` — the kernel benchmark (``benchmarks/bench_kernels.py``, or ``dropkit.bench``
+  where the package ships it): dropkit's fused dropout against torch eager, ``torch.compile`` and
+  ``x.clone()``; prints its table. Arguments after ``bench`` go to the benchmark (``--quick``).
 - ``dropkit tune-worker`` — joins a shared rate search (:mod:`dropkit.worker`).
 
 Bad input (a missing or empty file, an unknown label column, non-numeric features, NaNs, a data
@@ -179,16 +180,64 @@ def _study(args: argparse.Namespace, argv: Sequence[str]) -> int:
         return _error("study", err)
     finally:
         torch.set_num_threads(threads)
-    print(study.format_summary(result.numbers, os.path.relpath(out_dir)))
+    print(study.format_summary(result.numbers, args.out))
     return 0
+
+
+def _bench_main():
+    """The kernel benchmark's ``main``: ``dropkit.bench`` if the package ships it, else the
+    source checkout's ``benchmarks/bench_kernels.py`` (next to ``src/`` or in the working folder)."""
+    import importlib
+    import importlib.util
+
+    try:
+        return importlib.import_module("dropkit.bench").main
+    except ModuleNotFoundError as err:
+        if err.name != "dropkit.bench":
+            raise
+    here = os.path.dirname(os.path.abspath(__file__))
+    candidates = [
+        os.path.join(here, "..", "..", "benchmarks", "bench_kernels.py"),
+        os.path.join(os.getcwd(), "benchmarks", "bench_kernels.py"),
+    ]
+    for path in candidates:
+        if os.path.isfile(path):
+            spec = importlib.util.spec_from_file_location("dropkit_bench_kernels", path)
+            module = importlib.util.module_from_spec(spec)
+            sys.modules[spec.name] = module  # dataclasses and pickling look the module up
+            spec.loader.exec_module(module)
+            return module.main
+    raise FileNotFoundError(
+        "the kernel benchmark benchmarks/bench_kernels.py is not in this installation; run "
+        "`dropkit bench` from a dropkit source checkout (pip install -e .)"
+    )
 
 
 def _bench(args: argparse.Namespace) -> int:
     try:
-        from dropkit import bench
-    except ImportError as err:
-        return _error("bench", f"the kernel benchmark is not available: {err}")
-    return int(bench.main(list(args.args)) or 0)
+        bench_main = _bench_main()
+    except (FileNotFoundError, ImportError) as err:
+        return _error("bench", err)
+    argv = [a for a in args.args if a != "--"]
+    saved = sys.argv
+    # The benchmark script parses sys.argv; give it its own name and the arguments after `bench`.
+    sys.argv = ["dropkit bench", *argv]
+    try:
+        status = bench_main(argv) if _takes_argv(bench_main) else bench_main()
+    except SystemExit as exit_:
+        status = exit_.code
+    finally:
+        sys.argv = saved
+    return int(status or 0)
+
+
+def _takes_argv(fn) -> bool:
+    import inspect
+
+    try:
+        return len(inspect.signature(fn).parameters) >= 1
+    except (TypeError, ValueError):
+        return False
 
 
 def _tune_worker(args: argparse.Namespace) -> int:
@@ -205,6 +254,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         2
     """
     argv = list(sys.argv[1:] if argv is None else argv)
+    # `bench` and `tune-worker` hand every later argument (--help included) to their own parser.
+    if argv and argv[0] == "bench":
+        return _bench(argparse.Namespace(args=argv[1:]))
+    if argv and argv[0] == "tune-worker":
+        return _tune_worker(argparse.Namespace(args=argv[1:]))
     parser = build_parser()
     try:
         args = parser.parse_args(argv)

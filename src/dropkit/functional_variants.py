@@ -69,6 +69,21 @@ def _check_bool(value: object, name: str) -> bool:
     return value
 
 
+def _apply_kept(
+    x: torch.Tensor, kept: torch.Tensor, scale: float | torch.Tensor, inplace: bool = False
+) -> torch.Tensor:
+    """y = x · scale where ``kept`` (broadcast), else exactly 0, even where x is inf or NaN (as the
+    fused kernels and :func:`dropkit.functional.dropout`): ∂y/∂x = kept · scale."""
+    if isinstance(scale, torch.Tensor):
+        scale = scale.to(x.dtype)
+    unit = isinstance(scale, float) and scale == 1.0
+    if inplace:
+        x.masked_fill_(~kept, 0.0)
+        return x if unit else x.mul_(scale)
+    y = torch.where(kept, x, x.new_zeros(()))
+    return y if unit else y * scale
+
+
 def _check_min_rank(x: torch.Tensor, minimum: int, what: str) -> None:
     if x.dim() < minimum:
         raise ValueError(
@@ -180,18 +195,17 @@ def _drop_block(
     # Dilating the seeds by the block (max-pool, stride 1) marks every unit some block covers.
     pool = TF.max_pool2d if spatial_dims == 2 else TF.max_pool3d
     dropped = pool(TF.pad(seeds, pad), kernel_size=block, stride=1)
-    keep = 1.0 - dropped
+    keep = dropped == 0
     # Alg. 1, last step: A × count(M)/count_ones(M), over the whole batch or per sample.
     if normalize == "sample" and keep.dim() == spatial_dims + 2:
         reduce_dims = tuple(range(1, keep.dim()))
         count = float(math.prod(keep.shape[1:]))
-        kept = keep.sum(dim=reduce_dims, keepdim=True)
+        kept = keep.sum(dim=reduce_dims, keepdim=True, dtype=torch.float32)
     else:
         count = float(keep.numel())
-        kept = keep.sum()
-    # A fully dropped mask has keep == 0 everywhere, so clamping only avoids 0/0.
-    factor = (keep * (count / kept.clamp_min(1.0))).to(input.dtype)
-    return input.mul_(factor) if inplace else input * factor
+        kept = keep.sum(dtype=torch.float32)
+    # A fully dropped mask keeps nothing, so clamping only avoids 0/0.
+    return _apply_kept(input, keep, count / kept.clamp_min(1.0), inplace)
 
 
 def drop_block2d(
@@ -347,8 +361,8 @@ def drop_path(
     ndim = input.dim()
     mask_shape = ((input.shape[0],) if mode == "row" else (1,)) + (1,) * (ndim - 1)
     scale = F.train_scale(p, scaling) if scale_by_keep else 1.0
-    factor = ops.keep_mask(mask_shape, p, input.device, generator=generator).to(input.dtype) * scale
-    return input.mul_(factor) if inplace else input * factor
+    kept = ops.keep_mask(mask_shape, p, input.device, generator=generator)
+    return _apply_kept(input, kept, scale, inplace)
 
 
 # --------------------------------------------------------------------------------------------
@@ -403,13 +417,13 @@ def drop_head(
     if not training or p == 0.0:
         return input
     n, heads = input.shape[:2]
-    keep = ops.keep_mask((n, heads, 1, 1), p, input.device, generator=generator).to(input.dtype)
+    keep = ops.keep_mask((n, heads, 1, 1), p, input.device, generator=generator)
     if normalize == "heads":
-        kept = keep.sum(dim=1, keepdim=True)
-        factor = keep * (heads / kept.clamp_min(1.0))
+        kept = keep.sum(dim=1, keepdim=True, dtype=torch.float32)
+        scale: float | torch.Tensor = heads / kept.clamp_min(1.0)
     else:
-        factor = keep * F.train_scale(p, "inverted")
-    return input.mul_(factor) if inplace else input * factor
+        scale = F.train_scale(p, "inverted")
+    return _apply_kept(input, keep, scale, inplace)
 
 
 def attention_dropout(
@@ -468,13 +482,12 @@ def attention_dropout(
                 input, p, F.train_scale(p, "inverted"), generator=generator, inplace=inplace
             )
         mask_shape = tuple(input.shape[:-2]) + (1, input.shape[-1])
-        factor = ops.keep_mask(mask_shape, p, input.device, generator=generator).to(input.dtype)
-        factor = factor * F.train_scale(p, "inverted")
-        return input.mul_(factor) if inplace else input * factor
+        keep = ops.keep_mask(mask_shape, p, input.device, generator=generator)
+        return _apply_kept(input, keep, F.train_scale(p, "inverted"), inplace)
     mask_shape = (
         tuple(input.shape) if mode == "element" else tuple(input.shape[:-2]) + (1, input.shape[-1])
     )
-    kept = input * ops.keep_mask(mask_shape, p, input.device, generator=generator).to(input.dtype)
+    kept = _apply_kept(input, ops.keep_mask(mask_shape, p, input.device, generator=generator), 1.0)
     total = kept.sum(dim=-1, keepdim=True)
     return kept / torch.where(total == 0, torch.ones_like(total), total)
 
@@ -536,8 +549,7 @@ def drop_connect(
     shape = (batch_size,) + tuple(weight.shape)
     if p == 0.0:
         return weight.expand(shape)
-    mask = ops.keep_mask(shape, p, weight.device, generator=generator).to(weight.dtype)
-    return weight * (mask * scale)
+    return _apply_kept(weight, ops.keep_mask(shape, p, weight.device, generator=generator), scale)
 
 
 def _check_drop_connect_args(
@@ -890,10 +902,9 @@ def locked_dropout(
         batch_sizes = input.batch_sizes
         n = int(batch_sizes[0])
         mask = ops.keep_mask((n, data.shape[1]), p, data.device, generator=generator)
-        mask = mask.to(data.dtype) * F.train_scale(p, scaling)
         # Packed step t holds sequences 0 … batch_sizes[t] − 1 (in sorted order).
         rows = torch.cat([torch.arange(int(b)) for b in batch_sizes]).to(data.device)
-        return input._replace(data=data * mask[rows])
+        return input._replace(data=_apply_kept(data, mask[rows], F.train_scale(p, scaling)))
     check_float_tensor(input)
     check_rank(input, (2, 3), "locked_dropout (T, N, C)")
     if input.dim() == 2:
@@ -971,5 +982,4 @@ def embedding_dropout(
     if p == 0.0:
         return out
     rows = ops.keep_mask((weight.shape[0],), p, weight.device, generator=generator)
-    row_factor = rows.to(weight.dtype) * F.train_scale(p, scaling)
-    return out * row_factor[input].unsqueeze(-1)
+    return _apply_kept(out, rows[input].unsqueeze(-1), F.train_scale(p, scaling))

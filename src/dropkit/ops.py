@@ -43,14 +43,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from types import ModuleType
 
 import numpy as np
 import torch
 
 from dropkit import rng
 from dropkit._validate import check_float_tensor, check_generator, check_probability
-from dropkit.kernels import fallback as _fallback
+from dropkit import kernels
 
 __all__ = [
     "THRESHOLD_RANGE",
@@ -63,7 +62,6 @@ __all__ = [
     "bias_dropout_add",
     "attention_dropout",
     "scaled_dot_product_attention_with_dropout",
-    "kernels_for",
 ]
 
 #: The keep threshold's resolution: a drop rate is represented as threshold / 65536.
@@ -105,7 +103,7 @@ def keep_probability(p: float) -> float:
     Example:
         >>> from dropkit import ops
         >>> ops.keep_probability(0.5), ops.keep_probability(0.1)
-        (0.5, 0.9000091552734375)
+        (0.5, 0.899993896484375)
     """
     return 1.0 - threshold(p) / THRESHOLD_RANGE
 
@@ -125,36 +123,6 @@ def dropout_scale(p: float) -> float:
 # ------------------------------------------------------------------------------------------------
 # Kernels per device, and the layout rule (mask over the logical row-major index)
 # ------------------------------------------------------------------------------------------------
-_KERNELS: dict[str, ModuleType] = {}
-
-
-def kernels_for(device: torch.device | str) -> ModuleType:
-    """The kernel module for a device: numba on CPU, Triton on CUDA, torch ops otherwise.
-
-    A missing optional dependency (numba, triton) falls back to :mod:`dropkit.kernels.fallback`,
-    which gives the same bits.
-
-    Example:
-        >>> import torch
-        >>> from dropkit import ops
-        >>> ops.kernels_for("meta").__name__
-        'dropkit.kernels.fallback'
-    """
-    kind = torch.device(device).type
-    module = _KERNELS.get(kind)
-    if module is None:
-        module = _fallback
-        try:
-            if kind == "cpu":
-                from dropkit.kernels import cpu as module  # type: ignore[no-redef]
-            elif kind == "cuda":
-                from dropkit.kernels import gpu as module  # type: ignore[no-redef]
-        except ImportError:
-            module = _fallback
-        _KERNELS[kind] = module
-    return module
-
-
 class _SmallCPU:
     """Direct calls into the numba CPU kernels' serial loops for small contiguous tensors.
 
@@ -251,7 +219,6 @@ def _apply(x: torch.Tensor, seed: int, offset: int, thresh: int, scale: float) -
     small = _small_cpu(x)
     if small is not None:
         return small.run(x, None, seed, offset, thresh, scale)
-    kernels = kernels_for(x.device)
     if x.is_contiguous():
         return kernels.dropout_forward(x, seed, offset, thresh, scale)
     dense = kernels.dropout_forward(x.contiguous(), seed, offset, thresh, scale)
@@ -262,13 +229,11 @@ def _apply(x: torch.Tensor, seed: int, offset: int, thresh: int, scale: float) -
 def _apply_(x: torch.Tensor, seed: int, offset: int, thresh: int, scale: float) -> torch.Tensor:
     """In-place dropout of x (same bits as :func:`_apply`)."""
     small = _small_cpu(x)
-    kernels = kernels_for(x.device)
-    write_out = getattr(kernels, "dropout_forward_out", None)
-    if small is not None or (write_out is not None and x.is_contiguous()):
+    if small is not None or x.is_contiguous():
         if small is not None:
             small.run(x, x, seed, offset, thresh, scale)
         else:
-            write_out(x, x, seed, offset, thresh, scale)
+            kernels.dropout_forward_out(x, x, seed, offset, thresh, scale)
         # The kernel wrote through a raw pointer: tell autograd x changed, as x.mul_ would.
         torch.autograd.graph.increment_version(x)
         return x
@@ -346,17 +311,16 @@ def _bias_dropout_add_impl(
     thresh: int,
     scale: float,
 ) -> torch.Tensor:
-    kernels = kernels_for(x.device)
-    fused = getattr(kernels, "bias_dropout_add", None)
     if (
-        fused is not None
-        and bias is not None
+        bias is not None
         and x.dim() >= 1
         and bias.shape == x.shape[-1:]
         and residual.shape == x.shape
         and x.dtype == bias.dtype == residual.dtype
     ):
-        return fused(x.contiguous(), bias.contiguous(), residual.contiguous(), seed, 0, thresh, scale)
+        return kernels.bias_dropout_add(
+            x.contiguous(), bias.contiguous(), residual.contiguous(), seed, 0, thresh, scale
+        )
     # Any other broadcast: the same bits, unfused (the mask follows the shape of x + bias).
     h = x if bias is None else x + bias
     return residual + _apply(h, seed, 0, thresh, scale)
@@ -457,7 +421,7 @@ _bias_dropout_add_op.register_autograd(_bda_backward, setup_context=_bda_setup)
 def _keep_mask_op(shape: list[int], seed: torch.Tensor, threshold: int, device: torch.device) -> torch.Tensor:
     """A bool keep mask of ``shape`` from (seed, offset 0)."""
     n = math.prod(shape)
-    return kernels_for(device).keep_mask(n, _seed_int(seed), 0, threshold, device).view(shape)
+    return kernels.keep_mask(n, _seed_int(seed), 0, threshold, device).view(shape)
 
 
 @_keep_mask_op.register_fake
@@ -564,7 +528,7 @@ def keep_mask(
     if _use_custom_ops(None, generator):
         return _keep_mask_op(shape, _traced_seed(), thresh, device)
     seed = rng.draw_seed(generator)
-    return kernels_for(device).keep_mask(math.prod(shape), seed, 0, thresh, device).view(shape)
+    return kernels.keep_mask(math.prod(shape), seed, 0, thresh, device).view(shape)
 
 
 def dropout_with_seed(

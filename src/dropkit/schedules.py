@@ -299,6 +299,10 @@ class DropoutScheduler:
         """The rate each scheduled module gets at step ``t`` (without applying it)."""
         value = float(self.schedule(_check_step(t)))
         if self.relative:
+            if not math.isfinite(value) or value < 0.0:
+                raise ValueError(
+                    f"schedule({t}) must be a finite multiplier >= 0 with relative=True, got {value!r}"
+                )
             return {name: min(1.0, max(0.0, base * value)) for name, base in self.base_p.items()}
         value = check_probability(value, f"schedule({t})")
         return dict.fromkeys(self.modules, value)

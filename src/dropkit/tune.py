@@ -712,15 +712,15 @@ def _result_from_study(study: optuna.Study) -> SearchResult:
     )
     records = []
     for t in study.get_trials(deepcopy=False):
-        rates = {k[len("p:") :]: v for k, v in t.params.items() if k.startswith("p:")}
-        if "p" in t.params:
-            rates = dict(t.user_attrs.get("rates", {})) or rates
+        rates = dict(t.user_attrs.get("rates", {})) or {
+            k[len("p:") :]: v for k, v in t.params.items() if k.startswith("p:")
+        }
         row = {
             "trial": t.number,
             "state": t.state.name,
             "value": t.value if t.state == TrialState.COMPLETE else None,
             "p": t.params.get("p"),
-            "rates": rates or dict(t.user_attrs.get("rates", {})),
+            "rates": rates,
             "epochs_reported": len(t.intermediate_values),
             "intermediate": [t.intermediate_values[k] for k in sorted(t.intermediate_values)],
             "error": t.user_attrs.get("error"),
@@ -943,11 +943,7 @@ class RateSearch:
         self.seed = int(seed)
         self.n_startup_trials = check_positive_int(n_startup_trials, "n_startup_trials", minimum=0)
         # Build one model now: the paths are checked before any trial runs.
-        torch.manual_seed(self.seed)
-        probe = build_model()
-        if not isinstance(probe, nn.Module):
-            raise TypeError(f"build_model() must return an nn.Module, got {type(probe).__name__}")
-        available = list(dropout_layers(probe))
+        available = list(_built_rates(build_model, self.seed))
         if not available:
             raise ValueError("the model built by build_model() holds no dropout module to tune")
         if layers is None:
@@ -1273,6 +1269,20 @@ def builtin_search(
 # --------------------------------------------------------------------------------------------
 
 
+def _built_rates(build_model: Callable[[], nn.Module], seed: int) -> dict[str, float]:
+    """The rates ``build_model()`` gives each dropout module (torch's RNG state left untouched)."""
+    if not callable(build_model):
+        raise TypeError(
+            f"build_model must be a callable returning an nn.Module, got {build_model!r}"
+        )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = build_model()
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"build_model() must return an nn.Module, got {type(model).__name__}")
+    return {path: float(m.p) for path, m in dropout_layers(model).items()}
+
+
 def _check_seeds(seeds: Iterable[int]) -> list[int]:
     seeds = list(seeds)
     if not seeds:
@@ -1346,8 +1356,7 @@ def ablation(
         task,
         metric,
     )
-    torch.manual_seed(seeds[0])
-    built = {path: float(m.p) for path, m in dropout_layers(build_model()).items()}
+    built = _built_rates(build_model, seeds[0])
     if not built:
         raise ValueError("the model built by build_model() holds no dropout module")
     active = [path for path, p in built.items() if p > 0]
@@ -1428,8 +1437,7 @@ def sensitivity(
         task,
         metric,
     )
-    torch.manual_seed(seeds[0])
-    built = {path: float(m.p) for path, m in dropout_layers(build_model()).items()}
+    built = _built_rates(build_model, seeds[0])
     if not built:
         raise ValueError("the model built by build_model() holds no dropout module")
     layers = list(built) if layers is None else list(layers)

@@ -14,7 +14,9 @@ How it is fast:
 * The tensor is cut into chunks of ``CHUNK`` stream positions (aligned to the stream, so no Philox
   block is computed twice) handled in parallel with ``prange``; a chunk's random lanes live in a
   small buffer that stays in L1, so x is read once and y written once.
-* Below ``PARALLEL_MIN`` elements a serial twin of each kernel runs, avoiding the thread-pool launch.
+* Below ``PARALLEL_MIN`` elements a serial twin of each kernel runs, avoiding the thread-pool launch;
+  above, the faster of the two twins as measured at run time (see ``_PathChooser``: on an
+  oversubscribed machine a parallel region can cost a whole scheduler time slice).
 * numba has no float16/bfloat16: those tensors are viewed as ``uint16`` and converted with bit
   operations (bfloat16 <-> float32 is a 16-bit shift with round-to-nearest-even; float16 uses the
   branch-free conversions of the FP16 library that torch's ``c10::Half`` uses), which are exact.
@@ -26,6 +28,11 @@ write into a given one, which may be the input itself for in-place dropout).
 """
 
 from __future__ import annotations
+
+import ctypes
+import math
+import sys
+import time
 
 import numba
 import numpy as np
@@ -411,6 +418,105 @@ def _bda_bf16_par(x, bias, res, out, offset, k0, k1, threshold, scale):
         _bda_bf16(x, bias, res, out, words.view(np.uint16), i0, i1, lane0, threshold, scale)
 
 
+@numba.njit(**_JIT)
+def _bda_float_ser(x, bias, res, out, offset, k0, k1, threshold, scale):
+    n = x.shape[0]
+    words = np.empty(4 * _BLOCKS_PER_CHUNK, dtype=np.uint32)
+    for c in range(_n_chunks(n, offset)):
+        i0, i1, first_block, n_blocks, lane0 = _chunk_span(c, n, offset)
+        _philox_fill(words, first_block, n_blocks, k0, k1)
+        _bda_float(x, bias, res, out, words.view(np.uint16), i0, i1, lane0, threshold, scale)
+
+
+@numba.njit(**_JIT)
+def _bda_f16_ser(x, bias, res, out, offset, k0, k1, threshold, scale):
+    n = x.shape[0]
+    words = np.empty(4 * _BLOCKS_PER_CHUNK, dtype=np.uint32)
+    for c in range(_n_chunks(n, offset)):
+        i0, i1, first_block, n_blocks, lane0 = _chunk_span(c, n, offset)
+        _philox_fill(words, first_block, n_blocks, k0, k1)
+        _bda_f16(x, bias, res, out, words.view(np.uint16), i0, i1, lane0, threshold, scale)
+
+
+@numba.njit(**_JIT)
+def _bda_bf16_ser(x, bias, res, out, offset, k0, k1, threshold, scale):
+    n = x.shape[0]
+    words = np.empty(4 * _BLOCKS_PER_CHUNK, dtype=np.uint32)
+    for c in range(_n_chunks(n, offset)):
+        i0, i1, first_block, n_blocks, lane0 = _chunk_span(c, n, offset)
+        _philox_fill(words, first_block, n_blocks, k0, k1)
+        _bda_bf16(x, bias, res, out, words.view(np.uint16), i0, i1, lane0, threshold, scale)
+
+
+# ----------------------------------------------------------------------------------------------
+# Serial or parallel: measured, not assumed
+# ----------------------------------------------------------------------------------------------
+class _PathChooser:
+    """Picks the serial or the parallel twin of a kernel for tensors of ``PARALLEL_MIN`` or more.
+
+    Both give the same bits, so the choice only affects speed. On an idle machine the parallel
+    kernel wins for large tensors; on an oversubscribed one (more runnable threads than cores) a
+    parallel region waits for a descheduled worker thread and can take a full scheduler time slice
+    (measured: 14 ms instead of 0.1 ms for 2^18 floats on a 2-core machine at load 10). So each
+    size class (power of two of the element count) keeps an exponential moving average of the
+    seconds per element of each path, uses the faster one, and re-measures the other now and then,
+    with exponential back-off while the choice keeps being confirmed.
+    """
+
+    PROBE_MIN = 8
+    PROBE_MAX = 512
+
+    def __init__(self) -> None:
+        # size class -> [ema serial, ema parallel, calls until next probe, probe interval]
+        self.stats: dict[int, list[float]] = {}
+
+    def pick(self, n: int) -> tuple[bool, int]:
+        """(use_parallel, size class) for a call on n >= PARALLEL_MIN elements."""
+        size_class = n.bit_length()
+        st = self.stats.get(size_class)
+        if st is None:
+            st = self.stats[size_class] = [math.nan, math.nan, 0.0, float(self.PROBE_MIN)]
+        serial_time, parallel_time = st[0], st[1]
+        if math.isnan(parallel_time):
+            return True, size_class
+        if math.isnan(serial_time):
+            return False, size_class
+        best_parallel = parallel_time <= serial_time
+        st[2] -= 1
+        if st[2] <= 0:  # probe the other path
+            return not best_parallel, size_class
+        return best_parallel, size_class
+
+    def record(self, size_class: int, parallel: bool, seconds_per_element: float) -> None:
+        st = self.stats[size_class]
+        index = 1 if parallel else 0
+        was_best_parallel = st[1] <= st[0]
+        old = st[index]
+        st[index] = (
+            seconds_per_element if math.isnan(old) else 0.75 * old + 0.25 * seconds_per_element
+        )
+        if st[2] <= 0:  # this was a probe: back off if the choice held, else look again soon
+            holds = (st[1] <= st[0]) == was_best_parallel
+            st[3] = min(st[3] * 2, self.PROBE_MAX) if holds else float(self.PROBE_MIN)
+            st[2] = st[3]
+
+
+_CHOOSER = _PathChooser()
+
+
+def _run_sized(
+    parallel, serial, n: int, arrays: tuple, offset: int, seed: int, threshold: int, *scale
+) -> None:
+    """Runs the serial twin below ``PARALLEL_MIN`` elements, else the faster twin as measured."""
+    if n < PARALLEL_MIN:
+        _run(serial, arrays, offset, seed, threshold, *scale)
+        return
+    use_parallel, size_class = _CHOOSER.pick(n)
+    start = time.perf_counter()
+    _run(parallel if use_parallel else serial, arrays, offset, seed, threshold, *scale)
+    _CHOOSER.record(size_class, use_parallel, (time.perf_counter() - start) / n)
+
+
 # ----------------------------------------------------------------------------------------------
 # torch-facing wrappers
 # ----------------------------------------------------------------------------------------------
@@ -433,11 +539,11 @@ def _check_tensor(t: torch.Tensor, name: str, dtype: torch.dtype | None = None) 
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
     if t.device.type != "cpu":
-        raise ValueError(f"{name} must be a CPU tensor for the numba kernels, got device {t.device}")
-    if t.dtype not in _SUPPORTED:
-        raise TypeError(
-            f"{name} must be float16, bfloat16, float32 or float64, got {t.dtype}"
+        raise ValueError(
+            f"{name} must be a CPU tensor for the numba kernels, got device {t.device}"
         )
+    if t.dtype not in _SUPPORTED:
+        raise TypeError(f"{name} must be float16, bfloat16, float32 or float64, got {t.dtype}")
     if dtype is not None and t.dtype != dtype:
         raise TypeError(f"{name} must have dtype {dtype}, got {t.dtype}")
     if not t.is_contiguous():
@@ -479,6 +585,45 @@ def _run(driver, arrays: tuple, offset: int, seed: int, threshold: int, *scale) 
             break
 
 
+#: Outputs at least this large are allocated with transparent huge pages where the OS allows it.
+HUGE_PAGE_MIN_BYTES = 8 << 20
+_HUGE_PAGE = 2 << 20
+_MADV_HUGEPAGE = 14
+
+
+def _load_madvise():
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        madvise = libc.madvise
+    except (OSError, AttributeError):
+        return None
+    madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    madvise.restype = ctypes.c_int
+    return madvise
+
+
+_madvise = _load_madvise() if sys.platform.startswith("linux") else None
+
+
+def _empty_like(x: torch.Tensor) -> torch.Tensor:
+    """``torch.empty_like(x)``, asking Linux for transparent huge pages when it is large.
+
+    A fresh multi-megabyte tensor comes from ``mmap`` and costs one page fault per 4 KiB page at
+    first touch, as much CPU time as the dropout kernel itself at 2^25 floats; with
+    ``MADV_HUGEPAGE`` (honoured when /sys/kernel/mm/transparent_hugepage/enabled is ``always`` or
+    ``madvise``) it is one fault per 2 MiB. Only the advice changes: the tensor is an ordinary one.
+    """
+    out = torch.empty_like(x)
+    nbytes = out.numel() * out.element_size()
+    if _madvise is not None and nbytes >= HUGE_PAGE_MIN_BYTES:
+        ptr = out.data_ptr()
+        start = -(-ptr // _HUGE_PAGE) * _HUGE_PAGE
+        end = (ptr + nbytes) // _HUGE_PAGE * _HUGE_PAGE
+        if end > start:
+            _madvise(start, end - start, _MADV_HUGEPAGE)  # advice only: failure is harmless
+    return out
+
+
 def _scale_arg(dtype: torch.dtype, scale: float):
     # torch's opmath: a Python scalar multiplies reduced/single floats in float32, doubles in float64.
     return np.float64(scale) if dtype == torch.float64 else np.float32(scale)
@@ -495,10 +640,10 @@ _DROPOUT = {
     torch.bfloat16: (_dropout_bf16_par, _dropout_bf16_ser),
 }
 _BDA = {
-    torch.float32: _bda_float_par,
-    torch.float64: _bda_float_par,
-    torch.float16: _bda_f16_par,
-    torch.bfloat16: _bda_bf16_par,
+    torch.float32: (_bda_float_par, _bda_float_ser),
+    torch.float64: (_bda_float_par, _bda_float_ser),
+    torch.float16: (_bda_f16_par, _bda_f16_ser),
+    torch.bfloat16: (_bda_bf16_par, _bda_bf16_ser),
 }
 
 
@@ -542,8 +687,9 @@ def _dropout_into(
     parallel, serial = _DROPOUT[x.dtype]
     x_np = _as_numpy(x)
     out_np = x_np if out is x else _as_numpy(out)
-    driver = parallel if n >= PARALLEL_MIN else serial
-    _run(driver, (x_np, out_np), offset, seed, threshold, _scale_arg(x.dtype, scale))
+    _run_sized(
+        parallel, serial, n, (x_np, out_np), offset, seed, threshold, _scale_arg(x.dtype, scale)
+    )
     return out
 
 
@@ -574,7 +720,7 @@ def dropout_forward(
                 [2., 2., 2., 2.]])
     """
     _check_tensor(x, "x")
-    return _dropout_into(x, torch.empty_like(x), seed, offset, threshold, scale)
+    return _dropout_into(x, _empty_like(x), seed, offset, threshold, scale)
 
 
 def dropout_backward(
@@ -587,7 +733,7 @@ def dropout_backward(
         tensor([2., 0., 2., 2.])
     """
     _check_tensor(grad, "grad")
-    return _dropout_into(grad, torch.empty_like(grad), seed, offset, threshold, scale)
+    return _dropout_into(grad, _empty_like(grad), seed, offset, threshold, scale)
 
 
 def keep_mask(
@@ -607,7 +753,7 @@ def keep_mask(
     out = torch.empty(n, dtype=torch.bool)
     if n == 0:
         return out
-    _run(_mask_par if n >= PARALLEL_MIN else _mask_ser, (out.numpy(),), offset, seed, threshold)
+    _run_sized(_mask_par, _mask_ser, n, (out.numpy(),), offset, seed, threshold)
     return out
 
 
@@ -661,12 +807,15 @@ def bias_dropout_add(
             f"got {tuple(bias.shape)}"
         )
     if residual.shape != x.shape:
-        raise ValueError(f"residual must have x's shape {tuple(x.shape)}, got {tuple(residual.shape)}")
+        raise ValueError(
+            f"residual must have x's shape {tuple(x.shape)}, got {tuple(residual.shape)}"
+        )
     n = x.numel()
     _check_stream(n, seed, offset, threshold)
-    out = torch.empty_like(x)
+    out = _empty_like(x)
     if n == 0:
         return out
     arrays = (_as_numpy(x), _as_numpy(bias), _as_numpy(residual), _as_numpy(out))
-    _run(_BDA[x.dtype], arrays, offset, seed, threshold, _scale_arg(x.dtype, scale))
+    parallel, serial = _BDA[x.dtype]
+    _run_sized(parallel, serial, n, arrays, offset, seed, threshold, _scale_arg(x.dtype, scale))
     return out

@@ -207,7 +207,9 @@ def _bias_dropout_add_kernel(
     res = _load(res_ptr, k, inside, IS_BF16, SCALE_F64)
     # Round after each operation, as torch eager's residual + where(mask, (x + bias) * scale, 0).
     h = _widen(_round(x + b, out_ptr, IS_BF16), IS_BF16, SCALE_F64)
-    scaled = _widen(_round(h * _scale_value(scale_bits, SCALE_F64), out_ptr, IS_BF16), IS_BF16, SCALE_F64)
+    scaled = _widen(
+        _round(h * _scale_value(scale_bits, SCALE_F64), out_ptr, IS_BF16), IS_BF16, SCALE_F64
+    )
     dropped = tl.where(keep, scaled, 0.0)
     tl.store(out_ptr + k, _round(res + dropped, out_ptr, IS_BF16), mask=inside)
 

@@ -210,9 +210,11 @@ def render_html(
     if chosen:
         parts.append(
             f"<p>Grid search p* = {_fmt(chosen.get('grid_best_p'))} ({_e(chosen.get('metric'))} "
-            f"{_fmt(chosen.get('grid_best_value'))}). Per-layer TPE search, warm-started there: "
-            f"chosen rates ({_e(chosen.get('from'))}) {_e(_fmt(chosen.get('rates')))}, "
-            f"{_e(chosen.get('metric'))} {_fmt(chosen.get('val_value'))}.</p>"
+            f"{_fmt(chosen.get('grid_best_value'))}). Per-layer TPE search, warm-started there: best "
+            f"{_e(chosen.get('metric'))} {_fmt(chosen.get('per_layer_best_value'))}; it replaces the "
+            f"one-rate choice only when better by more than the noise "
+            f"({_fmt(chosen.get('noise'))}, one-standard-error rule). Chosen "
+            f"({_e(chosen.get('from'))}): {_e(_fmt(chosen.get('rates')))}.</p>"
         )
     per_layer = numbers.get("per_layer_search")
     if per_layer:

@@ -1,0 +1,129 @@
+"""MNIST-1D MLP training step with and without dropout: dropkit vs torch.nn.Dropout vs none.
+
+The model is the MNIST-1D paper's small MLP, 40 → 100 → 100 → 10 with ReLU, and a dropout layer
+after each hidden activation (two layers, p = 0.5 by default); batch 100, cross-entropy, Adam.
+One step = forward + backward + optimizer step on a batch drawn from the generated MNIST-1D
+training set. Each dropout layer sees a (100, 100) activation: 10^4 elements, where per-call
+overhead, not bandwidth, decides the cost.
+
+The variants are timed in interleaved rounds (none, torch, dropkit, none, torch, …) so that load
+from other processes hits them alike; the table gives each variant's median over rounds and its
+overhead over the no-dropout step measured in the same rounds.
+
+Run:
+    .venv/bin/python benchmarks/bench_training.py            # defaults: 15 rounds x 200 steps
+    .venv/bin/python benchmarks/bench_training.py --rounds 30 --steps 300 --threads 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import time
+
+import torch
+from torch import nn
+
+import dropkit
+from dropkit.data import load_mnist1d
+
+
+def make_model(dropout: str, p: float) -> nn.Sequential:
+    """The MLP with ``dropout`` in {"none", "torch", "dropkit"} after each hidden activation."""
+
+    def drop() -> nn.Module:
+        if dropout == "torch":
+            return nn.Dropout(p)
+        if dropout == "dropkit":
+            return dropkit.Dropout(p)
+        return nn.Identity()
+
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Linear(40, 100),
+        nn.ReLU(),
+        drop(),
+        nn.Linear(100, 100),
+        nn.ReLU(),
+        drop(),
+        nn.Linear(100, 10),
+    )
+
+
+class Trainer:
+    """One model, its optimizer and a cycling batch order over the training set."""
+
+    def __init__(self, dropout: str, p: float, x: torch.Tensor, y: torch.Tensor, batch: int) -> None:
+        self.model = make_model(dropout, p).train()
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=1e-2)
+        self.loss = nn.CrossEntropyLoss()
+        self.x, self.y, self.batch = x, y, batch
+        self.order = torch.randperm(len(x), generator=torch.Generator().manual_seed(1))
+        self.position = 0
+
+    def step(self) -> None:
+        if self.position + self.batch > len(self.order):
+            self.position = 0
+        idx = self.order[self.position : self.position + self.batch]
+        self.position += self.batch
+        self.optimizer.zero_grad(set_to_none=True)
+        self.loss(self.model(self.x[idx]), self.y[idx]).backward()
+        self.optimizer.step()
+
+    def time_steps(self, steps: int) -> float:
+        start = time.perf_counter()
+        for _ in range(steps):
+            self.step()
+        return (time.perf_counter() - start) / steps
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=15)
+    parser.add_argument("--steps", type=int, default=200, help="steps per variant per round")
+    parser.add_argument("--p", type=float, default=0.5)
+    parser.add_argument("--batch", type=int, default=100)
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    data = load_mnist1d()
+    variants = ["none", "torch", "dropkit"]
+    trainers = {v: Trainer(v, args.p, data.x_train, data.y_train, args.batch) for v in variants}
+    for trainer in trainers.values():  # warm-up: numba loading, allocator, Adam state
+        trainer.time_steps(50)
+
+    times: dict[str, list[float]] = {v: [] for v in variants}
+    overheads: dict[str, list[float]] = {v: [] for v in variants}
+    for _ in range(args.rounds):
+        this_round = {v: trainers[v].time_steps(args.steps) for v in variants}
+        for v in variants:
+            times[v].append(this_round[v])
+            overheads[v].append(this_round[v] / this_round["none"] - 1.0)
+
+    print(
+        f"machine: {platform.machine()} {platform.processor() or ''} {os.cpu_count()} CPUs, "
+        f"python {platform.python_version()}, torch {torch.__version__}, "
+        f"threads {torch.get_num_threads()}"
+    )
+    print(
+        f"MNIST-1D MLP 40-100-100-10, batch {args.batch}, Adam, two dropout layers p={args.p}; "
+        f"{args.rounds} interleaved rounds x {args.steps} steps; medians"
+    )
+    print(f"{'variant':<10} {'us/step':>9} {'vs none':>9} {'per dropout layer (fwd+bwd)':>29}")
+    base = statistics.median(times["none"])
+    for v in variants:
+        step = statistics.median(times[v])
+        overhead = statistics.median(overheads[v])
+        per_layer = (step - base) / 2 * 1e6
+        layer = f"{per_layer:8.1f} us" if v != "none" else ""
+        print(f"{v:<10} {step * 1e6:9.1f} {overhead * 100:+8.1f}% {layer:>29}")
+    ratio = statistics.median(times["torch"]) / statistics.median(times["dropkit"])
+    print(f"dropkit step is {ratio:.2f}x faster than torch.nn.Dropout's (target: dropout adds <= 10%)")
+
+
+if __name__ == "__main__":
+    main()
