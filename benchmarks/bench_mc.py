@@ -93,7 +93,9 @@ def main() -> None:
         "CNN (Sequential)": (SmallCNN(), (1, 40)),
         "CNN (custom, fx)": (ResidualCNN(), (1, 40)),
     }
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.processor() or platform.machine()}")
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.processor() or platform.machine()}"
+    )
     print(f"T = {args.T}; times are medians of {repeats} runs in ms\n")
     header = f"{'model':<20} {'N':>5} {'plan':>10} {'loop':>9} {'loop mode':>10} {'predict':>9} {'speed-up':>9} {'max |Δ|':>9}"
     print(header)
@@ -103,9 +105,20 @@ def main() -> None:
             x = torch.randn(n, *feature_shape)
             plan = mc_plan(model, x).strategy
             t_loop = median_ms(lambda model=model, x=x: plain_loop(model, x, args.T), repeats)
-            t_loop_mode = median_ms(lambda model=model, x=x: predict(model, x, args.T, seed=0, batched=False), repeats)
-            t_batched = median_ms(lambda model=model, x=x: predict(model, x, args.T, seed=0), repeats)
-            diff = (predict(model, x, args.T, seed=0) - predict(model, x, args.T, seed=0, batched=False)).abs().max()
+            t_loop_mode = median_ms(
+                lambda model=model, x=x: predict(model, x, args.T, seed=0, batched=False), repeats
+            )
+            t_batched = median_ms(
+                lambda model=model, x=x: predict(model, x, args.T, seed=0), repeats
+            )
+            diff = (
+                (
+                    predict(model, x, args.T, seed=0)
+                    - predict(model, x, args.T, seed=0, batched=False)
+                )
+                .abs()
+                .max()
+            )
             print(
                 f"{name:<20} {n:>5} {plan:>10} {t_loop:>9.1f} {t_loop_mode:>10.1f} {t_batched:>9.1f} "
                 f"{t_loop / t_batched:>8.1f}× {float(diff):>9.1e}"

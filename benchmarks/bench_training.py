@@ -7,12 +7,13 @@ training set. Each dropout layer sees a (100, 100) activation: 10^4 elements, wh
 overhead, not bandwidth, decides the cost.
 
 The variants are timed in interleaved rounds (none, torch, dropkit, none, torch, …) so that load
-from other processes hits them alike; the table gives each variant's median over rounds and its
-overhead over the no-dropout step measured in the same rounds.
+from other processes hits them alike, and every step is timed on its own: the table gives each
+variant's median step (robust to the preemptions of a shared machine) and its overhead over the
+median no-dropout step.
 
 Run:
     .venv/bin/python benchmarks/bench_training.py            # defaults: 15 rounds x 200 steps
-    .venv/bin/python benchmarks/bench_training.py --rounds 30 --steps 300 --threads 1
+    .venv/bin/python benchmarks/bench_training.py --threads 1 --clock cpu   # on a busy machine
 """
 
 from __future__ import annotations
@@ -72,11 +73,14 @@ class Trainer:
         self.loss(self.model(self.x[idx]), self.y[idx]).backward()
         self.optimizer.step()
 
-    def time_steps(self, steps: int) -> float:
-        start = time.perf_counter()
+    def time_steps(self, steps: int, clock=time.perf_counter) -> list[float]:
+        """Seconds taken by each of ``steps`` steps."""
+        times = []
         for _ in range(steps):
+            start = clock()
             self.step()
-        return (time.perf_counter() - start) / steps
+            times.append(clock() - start)
+        return times
 
 
 def main() -> None:
@@ -86,7 +90,15 @@ def main() -> None:
     parser.add_argument("--p", type=float, default=0.5)
     parser.add_argument("--batch", type=int, default=100)
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
+    parser.add_argument(
+        "--clock",
+        choices=("wall", "cpu"),
+        default="wall",
+        help="wall: perf_counter; cpu: this process's CPU time (steadier on a shared machine; "
+        "use with --threads 1)",
+    )
     args = parser.parse_args()
+    clock = time.perf_counter if args.clock == "wall" else time.process_time
     if args.threads:
         torch.set_num_threads(args.threads)
 
@@ -97,30 +109,26 @@ def main() -> None:
         trainer.time_steps(50)
 
     times: dict[str, list[float]] = {v: [] for v in variants}
-    overheads: dict[str, list[float]] = {v: [] for v in variants}
     for _ in range(args.rounds):
-        this_round = {v: trainers[v].time_steps(args.steps) for v in variants}
         for v in variants:
-            times[v].append(this_round[v])
-            overheads[v].append(this_round[v] / this_round["none"] - 1.0)
+            times[v].extend(trainers[v].time_steps(args.steps, clock))
 
     print(
         f"machine: {platform.machine()} {platform.processor() or ''} {os.cpu_count()} CPUs, "
         f"python {platform.python_version()}, torch {torch.__version__}, "
-        f"threads {torch.get_num_threads()}"
+        f"threads {torch.get_num_threads()}, {args.clock} clock"
     )
     print(
         f"MNIST-1D MLP 40-100-100-10, batch {args.batch}, Adam, two dropout layers p={args.p}; "
-        f"{args.rounds} interleaved rounds x {args.steps} steps; medians"
+        f"{args.rounds} interleaved rounds x {args.steps} steps; median step"
     )
     print(f"{'variant':<10} {'us/step':>9} {'vs none':>9} {'per dropout layer (fwd+bwd)':>29}")
     base = statistics.median(times["none"])
     for v in variants:
         step = statistics.median(times[v])
-        overhead = statistics.median(overheads[v])
         per_layer = (step - base) / 2 * 1e6
         layer = f"{per_layer:8.1f} us" if v != "none" else ""
-        print(f"{v:<10} {step * 1e6:9.1f} {overhead * 100:+8.1f}% {layer:>29}")
+        print(f"{v:<10} {step * 1e6:9.1f} {(step / base - 1) * 100:+8.1f}% {layer:>29}")
     ratio = statistics.median(times["torch"]) / statistics.median(times["dropkit"])
     print(f"dropkit step is {ratio:.2f}x faster than torch.nn.Dropout's (target: dropout adds <= 10%)")
 

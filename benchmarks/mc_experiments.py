@@ -117,7 +117,16 @@ def train_regressor(x, y, p: float, tau: float, epochs: int, seed: int) -> torch
     reg = LENGTH_SCALE**2 * (1 - p) / (2 * n * tau)
     torch.manual_seed(seed)
     net = dropkit.MLP([x.shape[1], HIDDEN, 1], p=[p, p])
-    fit(net, (x, y), epochs=epochs, lr=1e-3, batch_size=32, weight_decay=2 * reg, task="regression", seed=seed)
+    fit(
+        net,
+        (x, y),
+        epochs=epochs,
+        lr=1e-3,
+        batch_size=32,
+        weight_decay=2 * reg,
+        task="regression",
+        seed=seed,
+    )
     return net
 
 
@@ -125,13 +134,17 @@ def mc_regression(net, x, T: int, seed: int) -> np.ndarray:
     return predict(net, x, T=T, seed=seed)[..., 0].numpy()
 
 
-def regression(splits: int, T: int, epochs: int, p_grid: list[float], tau_grid: list[float]) -> dict[str, list]:
+def regression(
+    splits: int, T: int, epochs: int, p_grid: list[float], tau_grid: list[float]
+) -> dict[str, list]:
     rows: dict[str, list] = {}
     for split in range(splits):
         data = load_diabetes(test_fraction=0.1, seed=split)
         y_mean, y_std = float(data.y_train.mean()), float(data.y_train.std())
         norm = lambda y, m=y_mean, s=y_std: (y - m) / s  # noqa: E731
-        x_tr, y_tr, x_val, y_val = split_train_val(data.x_train, data.y_train, val_fraction=0.2, seed=split)
+        x_tr, y_tr, x_val, y_val = split_train_val(
+            data.x_train, data.y_train, val_fraction=0.2, seed=split
+        )
         best = None
         for p in p_grid:
             for tau in tau_grid:
@@ -149,7 +162,9 @@ def regression(splits: int, T: int, epochs: int, p_grid: list[float], tau_grid: 
         rows.setdefault("rmse_mc", []).append(U.rmse(samples.mean(0), y_test))
         rows.setdefault("rmse_ws", []).append(U.rmse(ws, y_test))
         # τ is a precision of the standardised target: in the target's units it is τ / std².
-        rows.setdefault("ll_mc", []).append(U.gaussian_log_likelihood(samples, y_test, tau / y_std**2))
+        rows.setdefault("ll_mc", []).append(
+            U.gaussian_log_likelihood(samples, y_test, tau / y_std**2)
+        )
         rows.setdefault("chosen", []).append((p, tau))
         print(
             f"  split {split}: p = {p}, τ = {tau}: RMSE MC {rows['rmse_mc'][-1]:.2f}, "

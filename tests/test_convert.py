@@ -19,7 +19,9 @@ class UserNet(nn.Module):
             nn.Conv2d(1, 4, 3, padding=1), nn.Dropout2d(0.1), nn.Conv2d(4, 4, 3, padding=1)
         )
         self.blocks = nn.ModuleList([nn.Dropout3d(0.2), nn.FeatureAlphaDropout(0.05)])
-        self.heads = nn.ModuleDict({"a": nn.AlphaDropout(0.15, inplace=True), "b": nn.Dropout1d(0.25)})
+        self.heads = nn.ModuleDict(
+            {"a": nn.AlphaDropout(0.15, inplace=True), "b": nn.Dropout1d(0.25)}
+        )
         self.drop = nn.Dropout(0.3, inplace=True)
         self.fc = nn.Linear(4 * 5 * 5, 3)
 

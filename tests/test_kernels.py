@@ -172,16 +172,83 @@ def test_numba_forward_equals_reference_float32(seed, offset, n):
     assert _same_bits(y, torch.from_numpy(expected))
 
 
-def test_numba_parallel_and_serial_paths_give_the_same_bits():
+@pytest.mark.parametrize("dtype", ALL_DTYPES)
+def test_numba_parallel_and_serial_twins_give_the_same_bits(dtype):
     n = cpu.PARALLEL_MIN + 12345
-    x = torch.randn(n)
+    x = _special_values(dtype, n, 9)
     seed, offset, threshold = 314159, 2**32 - 100, 20000
-    y = cpu.dropout_forward(x, seed, offset, threshold, _scale(threshold))
-    pieces = []
-    for start in range(0, n, cpu.PARALLEL_MIN - 5):  # pieces below the parallel size
-        part = x[start : start + cpu.PARALLEL_MIN - 5]
-        pieces.append(cpu.dropout_forward(part, seed, offset + start, threshold, _scale(threshold)))
-    assert torch.equal(y, torch.cat(pieces))
+    x_np = cpu._as_numpy(x)
+    scale = cpu._scale_arg(dtype, _scale(threshold))
+    outputs = []
+    for twin in cpu._DROPOUT[dtype]:
+        out = torch.empty_like(x)
+        cpu._run(twin, (x_np, cpu._as_numpy(out)), offset, seed, threshold, scale)
+        outputs.append(out)
+    keep = ref.keep_mask_from_threshold(n, seed, offset, threshold)
+    assert _same_bits(outputs[0], _torch_dropout_oracle(x, keep, _scale(threshold)))
+    assert torch.equal(outputs[0].view(torch.uint8), outputs[1].view(torch.uint8))
+
+
+@pytest.mark.parametrize("dtype", ALL_DTYPES)
+def test_bias_dropout_add_parallel_and_serial_twins_give_the_same_bits(dtype):
+    g = torch.Generator().manual_seed(10)
+    x = torch.randn(70, 1001, generator=g).to(dtype)  # above PARALLEL_MIN, rows cross chunks
+    bias = torch.randn(1001, generator=g).to(dtype)
+    res = torch.randn(70, 1001, generator=g).to(dtype)
+    seed, offset, threshold = 5, 2**40 + 3, 30000
+    arrays = tuple(cpu._as_numpy(t) for t in (x, bias, res))
+    scale = cpu._scale_arg(dtype, _scale(threshold))
+    outputs = []
+    for twin in cpu._BDA[dtype]:
+        out = torch.empty_like(x)
+        cpu._run(twin, (*arrays, cpu._as_numpy(out)), offset, seed, threshold, scale)
+        outputs.append(out)
+    keep = ref.keep_mask_from_threshold(x.numel(), seed, offset, threshold)
+    assert _same_bits(outputs[0], res + _torch_dropout_oracle(x + bias, keep, _scale(threshold)))
+    assert torch.equal(outputs[0].view(torch.uint8), outputs[1].view(torch.uint8))
+
+
+def test_mask_parallel_and_serial_twins_agree():
+    n = cpu.PARALLEL_MIN + 5
+    outs = []
+    for twin in (cpu._mask_par, cpu._mask_ser):
+        out = np.empty(n, dtype=np.bool_)
+        cpu._run(twin, (out,), 2**33 + 1, 77, 12345)
+        outs.append(out)
+    assert np.array_equal(outs[0], outs[1])
+    assert np.array_equal(outs[0], ref.keep_mask_from_threshold(n, 77, 2**33 + 1, 12345))
+
+
+def test_path_chooser_prefers_the_measured_faster_twin_and_backs_off_probing():
+    chooser = cpu._PathChooser()
+    n = 1 << 20
+    assert chooser.pick(n) == (True, 21)  # nothing measured: try parallel first
+    chooser.record(21, True, 10e-9)
+    assert chooser.pick(n) == (False, 21)  # then serial
+    chooser.record(21, False, 1e-9)
+    picks = []
+    for _ in range(3 * cpu._PathChooser.PROBE_MIN):
+        parallel, size_class = chooser.pick(n)
+        picks.append(parallel)
+        chooser.record(size_class, parallel, 10e-9 if parallel else 1e-9)
+    # serial is 10x faster: parallel only as a probe, the first after PROBE_MIN calls, the next
+    # after twice as many (the choice held).
+    first = picks.index(True)
+    assert first == cpu._PathChooser.PROBE_MIN - 1
+    assert picks.count(True) == 2
+    assert picks.index(True, first + 1) == first + 2 * cpu._PathChooser.PROBE_MIN
+
+
+def test_path_chooser_switches_when_a_probe_wins():
+    chooser = cpu._PathChooser()
+    chooser.record(chooser.pick(1 << 20)[1], True, 10e-9)
+    chooser.record(chooser.pick(1 << 20)[1], False, 1e-9)
+    for _ in range(cpu._PathChooser.PROBE_MIN - 1):
+        assert chooser.pick(1 << 20)[0] is False
+    assert chooser.pick(1 << 20)[0] is True  # the probe
+    for _ in range(10):  # parallel is now much faster: after a few probes it becomes the choice
+        chooser.record(21, True, 0.1e-9)
+    assert chooser.pick(1 << 20)[0] is True
 
 
 @settings(max_examples=60, deadline=None)

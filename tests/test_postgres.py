@@ -173,7 +173,7 @@ def _worker(url: str, study: str, markers: Path, hang_at: int | None = None) -> 
         "--heartbeat-interval",
         "1",
         "--grace-period",
-        "3",
+        "4",
     ]
     return subprocess.Popen(
         cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
@@ -192,19 +192,26 @@ def test_two_workers_share_a_study_and_a_killed_workers_trial_is_failed_and_reru
 
     n_trials = 8
     SLOW_SEARCH.create_study(
-        resolve_storage(postgres_url, heartbeat_interval=1, grace_period=3), "pg-kill", n_trials
+        resolve_storage(postgres_url, heartbeat_interval=1, grace_period=4), "pg-kill", n_trials
     )
     markers = tmp_path / "markers"
     markers.mkdir()
     victim = _worker(postgres_url, "pg-kill", markers, hang_at=2)
-    survivor = _worker(postgres_url, "pg-kill", markers)
-    try:
-        # The victim hangs inside its second trial (it has finished one): kill it there.
+    survivor = None
+
+    def wait_for_markers(count: int) -> None:
         deadline = time.monotonic() + 60
-        while len(_markers_of(markers, victim.pid)) < 2:
+        while len(_markers_of(markers, victim.pid)) < count:
             assert victim.poll() is None, victim.stdout.read()
             assert time.monotonic() < deadline, "the worker never entered a trial"
             time.sleep(0.05)
+
+    try:
+        # The survivor starts once the victim is in its first trial, so both share the study
+        # whatever the machine's load; the victim hangs inside its second trial: kill it there.
+        wait_for_markers(1)
+        survivor = _worker(postgres_url, "pg-kill", markers)
+        wait_for_markers(2)
         victim.send_signal(signal.SIGKILL)
         victim.wait(timeout=10)
         snapshot = load_search(postgres_url, "pg-kill")
@@ -212,7 +219,7 @@ def test_two_workers_share_a_study_and_a_killed_workers_trial_is_failed_and_reru
         assert survivor.returncode == 0, out
     finally:
         for proc in (victim, survivor):
-            if proc.poll() is None:
+            if proc is not None and proc.poll() is None:
                 proc.kill()
                 proc.wait()
     result = load_search(postgres_url, "pg-kill")

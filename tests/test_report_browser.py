@@ -35,7 +35,9 @@ FLAGS = [
 def _find() -> tuple[str | None, str | None]:
     browser = shutil.which("chromium") or shutil.which("chromium-browser")
     driver = shutil.which("chromedriver") or (
-        "/usr/lib/chromium/chromedriver" if os.path.exists("/usr/lib/chromium/chromedriver") else None
+        "/usr/lib/chromium/chromedriver"
+        if os.path.exists("/usr/lib/chromium/chromedriver")
+        else None
     )
     return browser, driver
 
@@ -50,13 +52,26 @@ def _install() -> str | None:
     try:
         proc = subprocess.run(
             ["apt-get", "install", "-y", "--no-install-recommends", "chromium", "chromium-driver"],
-            capture_output=True, text=True, timeout=900, env=env,
+            capture_output=True,
+            text=True,
+            timeout=900,
+            env=env,
         )
         if proc.returncode != 0:
             subprocess.run(["apt-get", "update"], capture_output=True, timeout=300, env=env)
             proc = subprocess.run(
-                ["apt-get", "install", "-y", "--no-install-recommends", "chromium", "chromium-driver"],
-                capture_output=True, text=True, timeout=900, env=env,
+                [
+                    "apt-get",
+                    "install",
+                    "-y",
+                    "--no-install-recommends",
+                    "chromium",
+                    "chromium-driver",
+                ],
+                capture_output=True,
+                text=True,
+                timeout=900,
+                env=env,
             )
     except (OSError, subprocess.TimeoutExpired) as err:
         return f"apt-get install chromium failed: {err}"
@@ -68,7 +83,9 @@ def _install() -> str | None:
 
 @pytest.fixture(scope="module")
 def browser():
-    webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed (pip install -e '.[dev]')")
+    webdriver = pytest.importorskip(
+        "selenium.webdriver", reason="selenium is not installed (pip install -e '.[dev]')"
+    )
     from selenium.webdriver.chrome.service import Service
 
     chromium, chromedriver = _find()
@@ -126,14 +143,32 @@ def study_report(tmp_path_factory) -> str:
     lines = [",".join([f"px{i}" for i in range(64)] + ["digit"])]
     lines += [
         ",".join([f"{v:g}" for v in x] + [str(int(y))])
-        for x, y in zip(bunch.data[:300], bunch.target[:300])
+        for x, y in zip(bunch.data[:300], bunch.target[:300], strict=True)
     ]
     (folder / "digits.csv").write_text("\n".join(lines) + "\n")
     out = folder / "report"
     status = cli.main(
-        ["study", "--no-progress", "--quick", "--data", str(folder / "digits.csv"), "--label", "digit",
-         "--hidden", "32", "--epochs", "4", "--trials", "2", "--seeds", "2", "--mc-samples", "8",
-         "--out", str(out)]
+        [
+            "study",
+            "--no-progress",
+            "--quick",
+            "--data",
+            str(folder / "digits.csv"),
+            "--label",
+            "digit",
+            "--hidden",
+            "32",
+            "--epochs",
+            "4",
+            "--trials",
+            "2",
+            "--seeds",
+            "2",
+            "--mc-samples",
+            "8",
+            "--out",
+            str(out),
+        ]
     )
     assert status == 0
     return str(out / "index.html")
@@ -146,9 +181,13 @@ def test_report_renders_with_every_image_loaded_and_a_clean_console(browser, stu
     assert state["h1"].startswith("dropkit study: digits")
     assert state["height"] > 1500  # the page laid out its tables and figures
     names = [img["alt"] for img in state["images"]]
-    for expected in ("Learning curves with and without dropout", "Gap per dropout rate",
-                     "Sensitivity to the dropout rate", "Reliability diagram",
-                     "Uncertainty of right and wrong predictions"):
+    for expected in (
+        "Learning curves with and without dropout",
+        "Gap per dropout rate",
+        "Sensitivity to the dropout rate",
+        "Reliability diagram",
+        "Uncertainty of right and wrong predictions",
+    ):
         assert expected in names
     broken = [img for img in state["images"] if not img["complete"] or img["width"] == 0]
     assert not broken, f"images that did not load: {broken}"
@@ -167,4 +206,6 @@ def test_the_check_catches_a_broken_image_and_a_console_error(browser, tmp_path)
     )
     state = _load(browser, str(page))
     assert [img["width"] for img in state["images"]] == [0]
-    assert any("boom" in entry["message"] and entry["level"] == "SEVERE" for entry in state["console"])
+    assert any(
+        "boom" in entry["message"] and entry["level"] == "SEVERE" for entry in state["console"]
+    )

@@ -25,7 +25,7 @@ def digits_csv(tmp_path_factory) -> str:
     header = ",".join([f"px{i}" for i in range(64)] + ["digit"])
     rows = [
         ",".join([f"{v:g}" for v in x] + [str(int(y))])
-        for x, y in zip(bunch.data[:360], bunch.target[:360])
+        for x, y in zip(bunch.data[:360], bunch.target[:360], strict=True)
     ]
     path.write_text(header + "\n" + "\n".join(rows) + "\n")
     return str(path)
@@ -33,8 +33,20 @@ def digits_csv(tmp_path_factory) -> str:
 
 def _study(out, data, *extra: str, seed: int = 0) -> int:
     return cli.main(
-        ["study", "--no-progress", "--data", data, "--label", "digit", "--seed", str(seed),
-         "--out", str(out), *FAST, *extra]
+        [
+            "study",
+            "--no-progress",
+            "--data",
+            data,
+            "--label",
+            "digit",
+            "--seed",
+            str(seed),
+            "--out",
+            str(out),
+            *FAST,
+            *extra,
+        ]
     )
 
 
@@ -66,31 +78,64 @@ def test_report_folder_holds_page_json_figures_and_search(quick_report):
 
 def test_report_json_holds_every_step(quick_report):
     numbers = _numbers(quick_report)
-    for key in ("baseline", "grid_search", "sensitivity", "per_layer_search", "chosen",
-                "ablation", "final", "mc_dropout", "checks", "data", "config"):
+    for key in (
+        "baseline",
+        "grid_search",
+        "sensitivity",
+        "per_layer_search",
+        "chosen",
+        "ablation",
+        "final",
+        "mc_dropout",
+        "checks",
+        "data",
+        "config",
+    ):
         assert key in numbers, key
     assert numbers["data"] == {
-        "name": "digits", "source": numbers["config"]["data"], "n_train": 288, "n_fit": 230,
-        "n_val": 58, "n_test": 72, "n_features": 64, "n_classes": 10,
+        "name": "digits",
+        "source": numbers["config"]["data"],
+        "n_train": 288,
+        "n_fit": 230,
+        "n_val": 58,
+        "n_test": 72,
+        "n_features": 64,
+        "n_classes": 10,
     }
     grid = numbers["grid_search"]
     assert sorted(r["p"] for r in grid["records"]) == [0.1, 0.2, 0.3, 0.4, 0.5]
     assert grid["best_p"] in (0.1, 0.2, 0.3, 0.4, 0.5)
-    per_layer = numbers["per_layer_search"]
-    assert len(per_layer["records"]) == 3
-    assert set(per_layer["best_rates"]) == {"input_dropout", "dropout1"}
-    # The per-layer search starts at the grid's optimum, so it can only match or beat it.
-    assert per_layer["records"][0]["rates"]["dropout1"] == grid["best_p"]
-    assert per_layer["best_value"] >= grid["best_value"]
     sens_ps = sorted({r["p"] for r in numbers["sensitivity"]["records"]})
     assert sens_ps == [0.0, 0.1, 0.2, 0.3, 0.4, 0.5]
     assert all(s["n"] == 2 for s in numbers["sensitivity"]["val_acc"])  # two seeds per rate
+    # The grid search is the sensitivity analysis's first seed.
+    first_seed = {r["p"]: r["val_acc"] for r in numbers["sensitivity"]["records"] if r["seed"] == 0}
+    assert all(first_seed[r["p"]] == r["val_acc"] for r in grid["records"])
+    chosen = numbers["chosen"]
+    means = {s["p"]: s["mean"] for s in numbers["sensitivity"]["val_acc"] if s["p"] > 0}
+    assert means[chosen["p_best"]] == max(means.values())
+    assert chosen["p_one_se"] >= chosen["p_best"]
+    assert means[chosen["p_best"]] - means[chosen["p_one_se"]] <= chosen["noise"]
+    per_layer = numbers["per_layer_search"]
+    assert len(per_layer["records"]) == 3
+    assert set(per_layer["best_rates"]) == {"input_dropout", "dropout1"}
+    # The per-layer search starts at the one-rate choice, so its best can only match or beat it.
+    assert per_layer["records"][0]["rates"] == {
+        "input_dropout": 0.0,
+        "dropout1": chosen["p_one_se"],
+    }
+    assert per_layer["best_value"] >= chosen["one_rate_value"]
+    if chosen["from"] == "per_layer":
+        assert per_layer["best_value"] - chosen["one_rate_value"] > chosen["noise"]
+    else:
+        assert chosen["rates"] == per_layer["records"][0]["rates"]
     configs = [s["config"] for s in numbers["ablation"]["val_acc"]]
     assert configs[:2] == ["all", "none"]
     final = numbers["final"]
     assert final["baseline"]["rates"] == {"input_dropout": 0.0, "dropout1": 0.0}
     assert final["dropout"]["rates"] == numbers["chosen"]["rates"]
     for model in final.values():
+        assert model["seeds"] == [0]  # --quick: one seed for the final models
         assert model["gap"] == pytest.approx(model["train_acc"] - model["test_acc"])
         assert len(model["curve"]) == 4
     mc = numbers["mc_dropout"]
@@ -99,10 +144,34 @@ def test_report_json_holds_every_step(quick_report):
 
 
 def test_the_summary_table_is_printed(tmp_path, digits_csv, capsys):
-    assert _study(tmp_path / "r", digits_csv) == 0
+    assert _study(tmp_path / "r", digits_csv, "--final-seeds", "2") == 0
     out = capsys.readouterr().out
     assert "baseline, no dropout" in out and "train" in out and "test" in out and "gap" in out
-    assert "index.html" in out
+    assert "mean over seeds 0, 1" in out and "MC dropout, T=8" in out
+    assert str(tmp_path / "r" / "index.html") in out
+    numbers = _numbers(str(tmp_path / "r"))
+    for model in numbers["final"].values():
+        assert [r["seed"] for r in model["runs"]] == [0, 1]
+        assert model["test_acc"] == pytest.approx(np.mean([r["test_acc"] for r in model["runs"]]))
+
+
+@pytest.mark.parametrize(
+    ("rows", "metric", "expected"),
+    [
+        # accuracy: 0.2 is within the binomial SE (about 0.017 at n_val = 800) of 0.1; 0.3 is not
+        ([(0.1, 0.656), (0.2, 0.646), (0.3, 0.634)], "val_acc", (0.1, 0.2)),
+        # a clear winner keeps its rate
+        ([(0.1, 0.60), (0.2, 0.70), (0.3, 0.60)], "val_acc", (0.2, 0.2)),
+        # loss: lower is better; 0.4 is within one sem (0.05) of the best at 0.3
+        ([(0.2, 1.20), (0.3, 1.00), (0.4, 1.04), (0.5, 1.10)], "val_loss", (0.3, 0.4)),
+    ],
+)
+def test_one_standard_error_rule_takes_the_largest_rate_within_one_se(rows, metric, expected):
+    summary = [
+        {"p": p, "mean": m, "sem": 0.05 if metric == "val_loss" else 0.0, "n": 2} for p, m in rows
+    ]
+    p_best, p_chosen, _ = study.one_standard_error_rate(summary, metric, 800)
+    assert (p_best, p_chosen) == expected
 
 
 def test_same_seed_gives_identical_numbers(tmp_path, digits_csv, quick_report):
@@ -120,6 +189,7 @@ def test_an_interrupted_run_leaves_no_report_and_keeps_the_old_one(
     tmp_path, digits_csv, quick_report, monkeypatch, capsys
 ):
     target = tmp_path / "report"
+
     # No report before: an interrupt leaves nothing at all.
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
@@ -155,14 +225,16 @@ def test_a_rerun_replaces_the_previous_report(tmp_path):
 
 
 def test_report_json_is_strict_json_without_nan(tmp_path):
-    report.write_report(tmp_path / "r", study._clean({"x": float("nan"), "y": (1.5, np.float32(2))}), {})
+    report.write_report(
+        tmp_path / "r", study._clean({"x": float("nan"), "y": (1.5, np.float32(2))}), {}
+    )
     assert json.load(open(tmp_path / "r" / "report.json")) == {"x": None, "y": [1.5, 2.0]}
 
 
 def test_html_page_references_no_external_url(quick_report):
     page = open(os.path.join(quick_report, "index.html"), encoding="utf-8").read()
     assert page.count('src="data:image/png;base64,') >= 5
-    for needle in ("http://", "https://", "//cdn", "<script", "src=\"/", "href=\"http"):
+    for needle in ("http://", "https://", "//cdn", "<script", 'src="/', 'href="http'):
         assert needle not in page, needle
 
 
@@ -208,8 +280,21 @@ def test_load_table_rejects_a_continuous_label(tmp_path):
 def test_mnist1d_study_shows_the_gap_and_writes_a_report(tmp_path, capsys):
     out = tmp_path / "report"
     status = cli.main(
-        ["study", "--no-progress", "--quick", "--epochs", "6", "--trials", "2", "--seeds", "1",
-         "--mc-samples", "10", "--out", str(out)]
+        [
+            "study",
+            "--no-progress",
+            "--quick",
+            "--epochs",
+            "6",
+            "--trials",
+            "2",
+            "--seeds",
+            "1",
+            "--mc-samples",
+            "10",
+            "--out",
+            str(out),
+        ]
     )
     assert status == 0
     numbers = _numbers(str(out))

@@ -142,7 +142,9 @@ def test_reliability_diagram_and_histogram_write_pngs_and_accept_an_axes(tmp_pat
     rng = np.random.default_rng(5)
     probs, labels = rng.dirichlet(np.ones(3), 200), rng.integers(0, 3, 200)
     path = tmp_path / "sub" / "reliability.png"
-    fig = U.reliability_diagram({"a": probs, "b": probs**2 / (probs**2).sum(1, keepdims=True)}, labels, path=path)
+    fig = U.reliability_diagram(
+        {"a": probs, "b": probs**2 / (probs**2).sum(1, keepdims=True)}, labels, path=path
+    )
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "ECE" in fig.axes[0].get_legend().get_texts()[1].get_text()
     own = Figure()

@@ -80,21 +80,35 @@ def build_parser() -> argparse.ArgumentParser:
         "--quick", action="store_true", help="fewer epochs, trials and samples (under a minute)"
     )
     study.add_argument(
-        "--out", default="dropkit-report", metavar="DIR", help="report folder (default ./dropkit-report)"
+        "--out",
+        default="dropkit-report",
+        metavar="DIR",
+        help="report folder (default ./dropkit-report)",
     )
     study.add_argument("--epochs", type=int, help="epochs per model (default 100, --quick 15)")
     study.add_argument("--trials", type=int, help="per-layer TPE trials (default 10, --quick 4)")
     study.add_argument("--seeds", type=int, help="seeds of the sensitivity analysis (default 2)")
     study.add_argument(
+        "--final-seeds", type=int, help="seeds of the final models (default 3, --quick 1)"
+    )
+    study.add_argument(
         "--mc-samples", type=int, metavar="T", help="MC dropout passes (default 100, --quick 30)"
     )
     study.add_argument(
-        "--hidden", type=_int_list, default=(100, 100), metavar="W,W", help="hidden widths (default 100,100)"
+        "--hidden",
+        type=_int_list,
+        default=(100, 100),
+        metavar="W,W",
+        help="hidden widths (default 100,100)",
     )
     study.add_argument("--lr", type=float, default=1e-2, help="Adam learning rate (default 0.01)")
     study.add_argument("--batch-size", type=int, default=100, help="batch size (default 100)")
     study.add_argument(
-        "--grid", type=_rate_list, default=None, metavar="P,P", help="one-rate grid (default 0.1,...,0.5)"
+        "--grid",
+        type=_rate_list,
+        default=None,
+        metavar="P,P",
+        help="one-rate grid (default 0.1,...,0.5)",
     )
     study.add_argument(
         "--metric",
@@ -103,7 +117,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="validation metric that chooses the rates (default val_acc)",
     )
     study.add_argument(
-        "--threads", type=int, default=1, help="torch CPU threads (default 1: small models run faster)"
+        "--threads",
+        type=int,
+        default=1,
+        help="torch CPU threads (default 1: small models run faster)",
     )
     study.add_argument("--no-progress", action="store_true", help="no progress bars")
 
@@ -149,6 +166,7 @@ def _study(args: argparse.Namespace, argv: Sequence[str]) -> int:
         grid=args.grid if args.grid is not None else tune.DEFAULT_GRID,
         trials=args.trials,
         seeds=args.seeds,
+        final_seeds=args.final_seeds,
         mc_samples=args.mc_samples,
         metric=args.metric,
         progress=not args.no_progress,

@@ -81,7 +81,8 @@ def _apply_kept(
         x.masked_fill_(~kept, 0.0)
         return x if unit else x.mul_(scale)
     y = torch.where(kept, x, x.new_zeros(()))
-    return y if unit else y * scale
+    # In place on where's fresh output: one allocation, and where's backward needs only ``kept``.
+    return y if unit else y.mul_(scale)
 
 
 def _check_min_rank(x: torch.Tensor, minimum: int, what: str) -> None:

@@ -199,20 +199,32 @@ def _elementwise_scale(module: nn.Module) -> float | None:
     return None
 
 
-def _functional_rule(module: nn.Module) -> Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None:
+def _functional_rule(
+    module: nn.Module,
+) -> Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None:
     """dropkit's functional form of a dropkit module, taking an explicit generator."""
     kind = type(module)
     if kind is Dropout:
         return lambda x, g: F.dropout(
-            x, module.p, True, False, scaling=module.scaling, noise_shape=module.noise_shape, generator=g
+            x,
+            module.p,
+            True,
+            False,
+            scaling=module.scaling,
+            noise_shape=module.noise_shape,
+            generator=g,
         )
     channel = {Dropout1d: F.dropout1d, Dropout2d: F.dropout2d, Dropout3d: F.dropout3d}.get(kind)
     if channel is not None:
         return lambda x, g: channel(x, module.p, True, False, scaling=module.scaling, generator=g)
     if kind is AlphaDropout:
-        return lambda x, g: F.alpha_dropout(x, module.p, True, False, noise_shape=module.noise_shape, generator=g)
+        return lambda x, g: F.alpha_dropout(
+            x, module.p, True, False, noise_shape=module.noise_shape, generator=g
+        )
     if kind is GaussianDropout:
-        return lambda x, g: F.gaussian_dropout(x, module.p, True, noise_shape=module.noise_shape, generator=g)
+        return lambda x, g: F.gaussian_dropout(
+            x, module.p, True, noise_shape=module.noise_shape, generator=g
+        )
     return None
 
 
@@ -249,7 +261,11 @@ def _mc_forward(module: nn.Module, sampler: _Sampler) -> Callable[[torch.Tensor]
             # One counter-based stream per dropout call; sample t owns positions [t·M, (t+1)·M).
             per_sample = blocks[0].numel()
             return ops.dropout_with_seed(
-                input, float(module.p), rng.mix_seed(sampler.seed, call), sampler.first * per_sample, scale
+                input,
+                float(module.p),
+                rng.mix_seed(sampler.seed, call),
+                sampler.first * per_sample,
+                scale,
             )
         outputs = []
         for i, block in enumerate(blocks):
@@ -295,7 +311,11 @@ def _repeat(value: torch.Tensor, count: int) -> torch.Tensor:
     # Sample-major: rows [t·N, (t+1)·N) are copy t.
     if count == 1:
         return value
-    return value.unsqueeze(0).expand(count, *value.shape).reshape(count * value.shape[0], *value.shape[1:])
+    return (
+        value.unsqueeze(0)
+        .expand(count, *value.shape)
+        .reshape(count * value.shape[0], *value.shape[1:])
+    )
 
 
 @dataclass
@@ -330,7 +350,8 @@ def _flatten_sequential(module: nn.Module, prefix: str) -> list[tuple[str, nn.Mo
 def _sequential_plan(model: nn.Sequential, x: torch.Tensor) -> MCPlan:
     layers = _flatten_sequential(model, "")
     split = next(
-        (i for i, (_, m) in enumerate(layers) if any(_is_active(s) for s in m.modules())), len(layers)
+        (i for i, (_, m) in enumerate(layers) if any(_is_active(s) for s in m.modules())),
+        len(layers),
     )
     trunk, rest = layers[:split], layers[split:]
     h = x
@@ -395,7 +416,9 @@ def _fx_plan(model: nn.Module, x: torch.Tensor) -> MCPlan:
             env[n] = n.args[0]
         else:
             return MCPlan("repeat", reason=f"forward needs a second input ({n.name})")
-    trunk_nodes = [n for n in nodes if n not in downstream and n.op not in ("placeholder", "output")]
+    trunk_nodes = [
+        n for n in nodes if n not in downstream and n.op not in ("placeholder", "output")
+    ]
     for n in trunk_nodes:
         env[n] = execute(n, env)
     rest = [n for n in nodes if n in downstream and n.op != "output"]
@@ -442,7 +465,9 @@ def _repeat_plan(model: nn.Module, x: torch.Tensor, reason: str) -> MCPlan:
     def run(count: int) -> tuple[torch.Tensor, int]:
         sizes = [0]
         hooks = [
-            m.register_forward_hook(lambda _m, _i, out: sizes.__setitem__(0, sizes[0] + _tensor_bytes(out)))
+            m.register_forward_hook(
+                lambda _m, _i, out: sizes.__setitem__(0, sizes[0] + _tensor_bytes(out))
+            )
             for m in model.modules()
             if not list(m.children())
         ]
@@ -475,7 +500,9 @@ def _check_input(x: object) -> torch.Tensor:
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
     if x.dim() == 0 or x.shape[0] == 0:
-        raise ValueError(f"x must have a batch dim 0 with at least one row, got shape {tuple(x.shape)}")
+        raise ValueError(
+            f"x must have a batch dim 0 with at least one row, got shape {tuple(x.shape)}"
+        )
     return x
 
 
@@ -483,7 +510,9 @@ def _check_seed(seed: object) -> int:
     if seed is None:
         return rng.draw_seed()
     if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
-        raise TypeError(f"seed must be an int in [0, 2**64) or None, got {seed!r} of type {type(seed).__name__}")
+        raise TypeError(
+            f"seed must be an int in [0, 2**64) or None, got {seed!r} of type {type(seed).__name__}"
+        )
     if not 0 <= int(seed) <= _MASK64:
         raise ValueError(f"seed must be an int in [0, 2**64) or None, got {seed!r}")
     return int(seed)

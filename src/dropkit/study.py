@@ -8,14 +8,18 @@ One call runs the seeds' whole practical story on a real data set and writes a r
    (:class:`dropkit.tune.RateSearch`, grid mode, stored in a SQLite file in the report).
 3. **Sensitivity.** The validation metric and the gap against p, with error bars over seeds
    (:func:`dropkit.tune.sensitivity`, the grid search's seed added as one more seed).
+   The one rate chosen is the largest p whose mean validation metric is within one standard
+   error of the best (Breiman's one-standard-error rule: the most regularised model the
+   validation data cannot tell apart from the best).
 4. **Per layer.** One rate per dropout module (input and each hidden layer) with TPE and a
-   median pruner, warm-started at the grid's best rate. Its rates are chosen over the one-rate
-   p* only when they beat it on validation by more than the run-to-run noise (Breiman's
-   one-standard-error rule: with a handful of trials the best of many noisy scores is biased up).
+   median pruner, warm-started at the one-rate choice. Its rates replace the one rate only when
+   they beat it on validation by more than that standard error (the best of several noisy trials
+   is biased upwards).
 5. **Ablation.** The chosen rates with and without dropout, and one layer at a time
    (:func:`dropkit.tune.ablation`).
-6. **Final models.** Baseline and chosen dropout retrained on the whole training set, tested once
-   on the test set (train/test curves recorded for the report, never used for a choice).
+6. **Final models.** Baseline and chosen dropout retrained on the whole training set for a few
+   seeds, each tested once on the test set; the report gives the mean and std over seeds
+   (train/test curves are recorded for the report, never used for a choice).
 7. **MC dropout.** T stochastic passes of the dropout model (:func:`dropkit.mc.predict`) against
    weight-scaling inference: NLL, Brier score, ECE and AUROC of the uncertainty for spotting
    errors (:mod:`dropkit.uncertainty`).
@@ -31,9 +35,10 @@ import io
 import math
 import os
 import platform
+import statistics
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, TextIO
 
@@ -47,7 +52,14 @@ from dropkit._validate import check_positive_int
 from dropkit.models import MLP
 from dropkit.train import History, fit
 
-__all__ = ["StudyConfig", "StudyResult", "run_study", "load_study_data", "format_summary"]
+__all__ = [
+    "StudyConfig",
+    "StudyResult",
+    "run_study",
+    "load_study_data",
+    "one_standard_error_rate",
+    "format_summary",
+]
 
 #: The MNIST-1D paper's MLP test accuracy (Greydanus 2020, table 1), the baseline's reference.
 PAPER_MLP_TEST_ACC = 0.68
@@ -73,6 +85,7 @@ class StudyConfig:
         grid: the rates of the one-rate search (the seeds' grid).
         trials: per-layer TPE trials (default 10, quick 4).
         seeds: seeds of the sensitivity analysis, the grid search's included (default 2, quick 2).
+        final_seeds: seeds of the final models; test numbers are their mean (default 3, quick 1).
         mc_samples: T, the number of MC dropout passes (default 100, quick 30).
         metric: the validation metric that chooses rates: ``"val_acc"`` (maximised) or
             ``"val_loss"`` (minimised, the seeds' p* = argmin L_val(p)).
@@ -92,6 +105,7 @@ class StudyConfig:
     grid: tuple[float, ...] = tune.DEFAULT_GRID
     trials: int | None = None
     seeds: int | None = None
+    final_seeds: int | None = None
     mc_samples: int | None = None
     metric: str = "val_acc"
     epsilon: float = 0.05
@@ -107,8 +121,9 @@ class StudyConfig:
         out.trials = check_positive_int(
             self.trials if self.trials is not None else (4 if quick else 10), "trials"
         )
-        out.seeds = check_positive_int(
-            self.seeds if self.seeds is not None else 2, "seeds"
+        out.seeds = check_positive_int(self.seeds if self.seeds is not None else 2, "seeds")
+        out.final_seeds = check_positive_int(
+            self.final_seeds if self.final_seeds is not None else (1 if quick else 3), "final_seeds"
         )
         out.mc_samples = check_positive_int(
             self.mc_samples if self.mc_samples is not None else (30 if quick else 100), "mc_samples"
@@ -225,7 +240,7 @@ def _search_dict(result: tune.SearchResult) -> dict[str, Any]:
     return out
 
 
-def _final_metrics(history: History, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict:
+def _final_metrics(history: History, model: nn.Module) -> dict:
     train_acc, test_acc = history.train_acc[-1], history.val_acc[-1]
     return {
         "train_loss": history.train_loss[-1],
@@ -233,7 +248,6 @@ def _final_metrics(history: History, model: nn.Module, x: torch.Tensor, y: torch
         "test_loss": history.val_loss[-1],
         "test_acc": test_acc,
         "gap": train_acc - test_acc,
-        "best_test_acc_seen": max(history.val_acc),
         "rates": {k: float(m.p) for k, m in tune.dropout_layers(model).items()},
         "curve": [
             {
@@ -246,6 +260,45 @@ def _final_metrics(history: History, model: nn.Module, x: torch.Tensor, y: torch
             for r in history.as_records()
         ],
     }
+
+
+def one_standard_error_rate(
+    summary: Sequence[Mapping[str, Any]], metric: str, n_val: int
+) -> tuple[float, float, float]:
+    r"""Breiman's one-standard-error rule for a dropout rate: (p_best, p_chosen, standard error).
+
+    p_best has the best mean validation metric over seeds; the chosen p is the *largest* rate
+    whose mean is within one standard error of p_best's — the most regularised model that the
+    validation data cannot tell apart from the best. The standard error is the seeds' sem at
+    p_best and, for accuracy, at least the binomial sqrt(a(1 − a)/n_val) of one validation score.
+
+    Args:
+        summary: rows of :func:`dropkit.tune.summarize` by ``"p"`` (``p``, ``mean``, ``sem``, ``n``).
+        metric: ``"val_acc"`` (higher is better) or ``"val_loss"`` (lower is better).
+        n_val: validation examples.
+
+    Example:
+        >>> rows = [{"p": 0.1, "mean": 0.656, "sem": 0.003, "n": 2},
+        ...         {"p": 0.2, "mean": 0.646, "sem": 0.007, "n": 2},
+        ...         {"p": 0.3, "mean": 0.634, "sem": 0.008, "n": 2}]
+        >>> p_best, p_chosen, se = one_standard_error_rate(rows, "val_acc", 800)
+        >>> p_best, p_chosen, round(se, 4)
+        (0.1, 0.2, 0.0168)
+    """
+    if metric not in ("val_acc", "val_loss"):
+        raise ValueError(f"metric must be 'val_acc' or 'val_loss', got {metric!r}")
+    rows = {float(r["p"]): r for r in summary if r.get("mean") is not None}
+    if not rows:
+        raise ValueError("summary holds no rate with a mean; run the sensitivity analysis first")
+    sign = 1.0 if metric == "val_acc" else -1.0
+    p_best = max(rows, key=lambda p: (sign * rows[p]["mean"], -p))
+    best = rows[p_best]
+    noise = float(best.get("sem") or 0.0) if best.get("n", 1) > 1 else 0.0
+    if metric == "val_acc":
+        acc = float(best["mean"])
+        noise = max(noise, math.sqrt(max(acc * (1.0 - acc), 0.0) / max(int(n_val), 1)))
+    p_chosen = max(p for p in rows if sign * (best["mean"] - rows[p]["mean"]) <= noise)
+    return p_best, p_chosen, noise
 
 
 # --------------------------------------------------------------------------------------------
@@ -305,7 +358,6 @@ def run_study(
     n_classes = int(max(ds.n_classes, int(ds.y_train.max()) + 1, int(ds.y_test.max()) + 1))
     sizes = [ds.n_features, *cfg.hidden, n_classes]
     direction = "maximize" if cfg.metric == "val_acc" else "minimize"
-    better = (lambda a, b: a > b) if direction == "maximize" else (lambda a, b: a < b)
     train_kw = dict(epochs=cfg.epochs, lr=cfg.lr, batch_size=cfg.batch_size)
     # One SQLite file holds both searches; opened once (creating its tables is the slow part).
     storage = tune.resolve_storage(os.path.abspath(os.path.join(os.fspath(workdir), "search.db")))
@@ -437,7 +489,17 @@ def run_study(
     }
     timing["sensitivity_s"] = time.perf_counter() - t0
 
-    # 4. Per-layer rates with TPE, warm-started at the grid's best ----------------------------
+    # The one rate: Breiman's one-standard-error rule on the sensitivity means (every seed).
+    sign = 1.0 if direction == "maximize" else -1.0
+    p_best, p_one_se, noise = one_standard_error_rate(
+        [s for s in numbers["sensitivity"][cfg.metric] if s["p"] in cfg.grid],
+        cfg.metric,
+        int(x_val.shape[0]),
+    )
+    one_rate = {name: (p_one_se if name in hidden_layers else 0.0) for name in all_layers}
+    say(f"one rate: p_best = {p_best}, one-SE p = {p_one_se} (noise {noise:.4f})")
+
+    # 4. Per-layer rates with TPE, warm-started at the one-rate choice ------------------------
     t0 = time.perf_counter()
     per_layer_search = tune.RateSearch(
         build_model,
@@ -456,46 +518,44 @@ def run_study(
         n_startup_trials=max(1, min(5, cfg.trials // 3)),
     )
     study = per_layer_search.create_study(storage, "per-layer-tpe", cfg.trials)
-    # The grid's optimum is the first trial: TPE starts from it and can only beat it.
-    study.enqueue_trial({f"p:{name}": float(grid.best_rates.get(name, 0.0)) for name in all_layers})
+    # Trial 0 is the one-rate choice: TPE starts from it, and it is the bar to beat.
+    study.enqueue_trial({f"p:{name}": rate for name, rate in one_rate.items()})
     with _bar(cfg.trials, "4/7 per-layer TPE search", cfg.progress) as bar:
         per_layer = per_layer_search.run(
             cfg.trials, storage=storage, study_name="per-layer-tpe", progress=bar
         )
     numbers["per_layer_search"] = _search_dict(per_layer)
     timing["per_layer_search_s"] = time.perf_counter() - t0
-    # Breiman's one-standard-error rule: the per-layer rates replace the simpler one-rate choice
-    # only when they beat it on validation by more than the run-to-run noise at p*, measured as
-    # the std over seeds of the sensitivity analysis (at least the binomial standard error
-    # sqrt(a(1 − a)/n_val) for accuracy).
-    at_best = next(
-        (s for s in numbers["sensitivity"][cfg.metric] if s["p"] == grid.best_p), {"std": 0.0}
+    start_value = next(
+        (r["value"] for r in per_layer.records if r["trial"] == 0 and r["value"] is not None),
+        None,
     )
-    noise = float(at_best["std"])
-    if cfg.metric == "val_acc":
-        acc = float(grid.best_value)
-        noise = max(noise, math.sqrt(max(acc * (1.0 - acc), 0.0) / max(int(x_val.shape[0]), 1)))
-    if per_layer.best_value is not None and better(
-        per_layer.best_value, grid.best_value + (noise if direction == "maximize" else -noise)
+    # The per-layer rates replace the one rate only when they beat it (same seed, same data) by
+    # more than the noise: the best of several noisy trials is biased upwards.
+    if (
+        per_layer.best_value is not None
+        and start_value is not None
+        and sign * (per_layer.best_value - start_value) > noise
     ):
-        chosen_rates, chosen_from, chosen_value = (
-            dict(per_layer.best_rates),
-            "per_layer",
-            per_layer.best_value,
-        )
+        chosen_rates, chosen_from = dict(per_layer.best_rates), "per_layer"
     else:
-        chosen_rates = {name: float(grid.best_rates.get(name, 0.0)) for name in all_layers}
-        chosen_from, chosen_value = "grid", grid.best_value
+        chosen_rates, chosen_from = one_rate, "one_rate"
     numbers["chosen"] = {
         "rates": chosen_rates,
         "from": chosen_from,
         "metric": cfg.metric,
-        "val_value": chosen_value,
         "grid_best_p": grid.best_p,
         "grid_best_value": grid.best_value,
-        "per_layer_best_value": per_layer.best_value,
+        "p_best": p_best,
+        "p_one_se": p_one_se,
         "noise": noise,
-        "rule": "per-layer rates only if they beat the grid's p* by more than the noise (one-SE rule)",
+        "one_rate_value": start_value,
+        "per_layer_best_value": per_layer.best_value,
+        "rule": (
+            "one rate: the largest p whose mean validation metric over seeds is within one "
+            "standard error of the best (Breiman's one-SE rule); per-layer rates replace it "
+            "only when better than it on validation by more than that standard error"
+        ),
     }
     say(f"chosen rates ({chosen_from}): {chosen_rates}")
 
@@ -524,24 +584,46 @@ def run_study(
     }
     timing["ablation_s"] = time.perf_counter() - t0
 
-    # 6. Final models on the whole training set, tested once ---------------------------------
+    # 6. Final models on the whole training set, tested once per seed -----------------------
     t0 = time.perf_counter()
+    final_seeds = [cfg.seed + i for i in range(cfg.final_seeds)]
     final: dict[str, Any] = {}
     final_models: dict[str, nn.Module] = {}
-    with _bar(2 * cfg.epochs, "6/7 final models", cfg.progress) as bar:
-        for name, rates in (("baseline", dict.fromkeys(all_layers, 0.0)), ("dropout", chosen_rates)):
-            torch.manual_seed(cfg.seed)
-            model = tune.set_rates(build_model(), rates)
-            h = fit(
-                model,
-                (ds.x_train, ds.y_train),
-                (ds.x_test, ds.y_test),
-                **train_kw,
-                seed=cfg.seed,
-                progress=bar,
-            )
-            final[name] = _final_metrics(h, model, ds.x_test, ds.y_test)
-            final_models[name] = model
+    runs: dict[str, list[dict[str, Any]]] = {"baseline": [], "dropout": []}
+    with _bar(2 * cfg.epochs * len(final_seeds), "6/7 final models", cfg.progress) as bar:
+        for seed in final_seeds:
+            for name, rates in (
+                ("baseline", dict.fromkeys(all_layers, 0.0)),
+                ("dropout", chosen_rates),
+            ):
+                torch.manual_seed(seed)
+                model = tune.set_rates(build_model(), rates)
+                h = fit(
+                    model,
+                    (ds.x_train, ds.y_train),
+                    (ds.x_test, ds.y_test),
+                    **train_kw,
+                    seed=seed,
+                    progress=bar,
+                )
+                runs[name].append({"seed": seed, **_final_metrics(h, model)})
+                if seed == cfg.seed:
+                    final_models[name] = model
+    for name, rows in runs.items():
+        final[name] = {
+            "rates": rows[0]["rates"],
+            "seeds": final_seeds,
+            **{
+                key: statistics.fmean(r[key] for r in rows)
+                for key in ("train_acc", "test_acc", "gap", "train_loss", "test_loss")
+            },
+            **{
+                f"{key}_std": statistics.stdev(r[key] for r in rows) if len(rows) > 1 else 0.0
+                for key in ("train_acc", "test_acc", "gap")
+            },
+            "runs": rows,
+            "curve": rows[0]["curve"],
+        }
     numbers["final"] = final
     timing["final_s"] = time.perf_counter() - t0
 
@@ -554,11 +636,16 @@ def run_study(
 
     base, drop = final["baseline"], final["dropout"]
     numbers["checks"] = {
+        "seeds": final_seeds,
         "baseline_overfits": base["gap"] > cfg.epsilon,
         "dropout_shrinks_gap": drop["gap"] < base["gap"],
         "dropout_keeps_test_acc": drop["test_acc"] >= base["test_acc"],
         "gap_reduction": base["gap"] - drop["gap"],
         "test_acc_change": drop["test_acc"] - base["test_acc"],
+        "dropout_better_or_equal_per_seed": [
+            d["test_acc"] >= b["test_acc"]
+            for b, d in zip(runs["baseline"], runs["dropout"], strict=True)
+        ],
     }
     if ds.name == "mnist1d" and cfg.data is None:
         numbers["checks"]["paper_mlp_test_acc"] = PAPER_MLP_TEST_ACC
@@ -676,8 +763,8 @@ def _figures(
 
     figures["curves"] = (
         "Learning curves with and without dropout",
-        "Final models on the whole training set. Solid: training set (eval mode); dashed: test "
-        "set, recorded for this picture only (no choice looks at it).",
+        f"Final models on the whole training set, seed {cfg.seed}. Solid: training set (eval "
+        "mode); dashed: test set, recorded for this picture only (no choice looks at it).",
         _png(curves, (11.0, 4.2)),
     )
 
@@ -699,11 +786,18 @@ def _figures(
         acc_ax, loss_ax = fig.subplots(1, 2)
         tune.plot_sensitivity(sens_rows, metric="val_acc", ax=acc_ax)
         tune.plot_sensitivity(sens_rows, metric="val_loss", ax=loss_ax)
-        best_p = numbers["chosen"]["grid_best_p"]
-        if best_p is not None:
-            for ax in (acc_ax, loss_ax):
-                ax.axvline(best_p, color="C3", linestyle=":", label=f"grid p* = {best_p:g}")
-                ax.legend(fontsize="small")
+        chosen = numbers["chosen"]
+        for ax in (acc_ax, loss_ax):
+            ax.axvline(
+                chosen["p_best"], color="C7", linestyle=":", label=f"best p = {chosen['p_best']:g}"
+            )
+            ax.axvline(
+                chosen["p_one_se"],
+                color="C3",
+                linestyle="--",
+                label=f"one-SE p = {chosen['p_one_se']:g}",
+            )
+            ax.legend(fontsize="small")
 
     figures["sensitivity"] = (
         "Sensitivity to the dropout rate",
@@ -724,7 +818,9 @@ def _figures(
             "Validation accuracy of the chosen rates ('all'), no dropout ('none') and each layer's "
             "dropout removed in turn.",
             _png(
-                lambda fig: tune.plot_ablation(ablation_rows, metric="val_acc", ax=fig.add_subplot()),
+                lambda fig: tune.plot_ablation(
+                    ablation_rows, metric="val_acc", ax=fig.add_subplot()
+                ),
                 (7.0, 4.2),
             ),
         )
@@ -761,7 +857,11 @@ def _figures(
                 (mi_ax, "bald", "mutual information, BALD (nats)"),
             ):
                 uncertainty.uncertainty_histogram(
-                    mc_arrays[key], mc_arrays["correct"], ax=ax, xlabel=label, title=label.split(" (")[0]
+                    mc_arrays[key],
+                    mc_arrays["correct"],
+                    ax=ax,
+                    xlabel=label,
+                    title=label.split(" (")[0],
                 )
 
         figures["uncertainty"] = (
@@ -796,36 +896,44 @@ def format_summary(numbers: dict[str, Any], report_dir: str | None = None) -> st
         ...            "final": {k: {"rates": {"input_dropout": 0.0, "dropout1": r}, "train_acc": 1.0,
         ...                          "test_acc": 0.8, "gap": 0.2, "test_loss": 0.5}
         ...                      for k, r in (("baseline", 0.0), ("dropout", 0.2))},
-        ...            "chosen": {"from": "grid", "grid_best_p": 0.2}, "mc_dropout": {}}
+        ...            "chosen": {"from": "one_rate"}, "mc_dropout": {}}
         >>> print(format_summary(numbers).splitlines()[0])
         dropkit study: toy, 80 train (64 fit / 16 validation) / 20 test, 4 features, 2 classes, seed 0
     """
     d, final = numbers["data"], numbers["final"]
+    seeds = final["baseline"].get("seeds")
     lines = [
         f"dropkit study: {d['name']}, {d['n_train']} train ({d['n_fit']} fit / {d['n_val']} "
         f"validation) / {d['n_test']} test, {d['n_features']} features, {d['n_classes']} classes, "
         f"seed {numbers['config']['seed']}",
         "",
-        f"{'model':<30} {'rates (in/h…)':<16} {'train':>7} {'test':>7} {'gap':>7} {'test NLL':>9} {'ECE':>7}",
+        f"{'model':<24} {'rates (in/h…)':<16} {'train':>7} {'test':>7} {'± std':>6} {'gap':>6} "
+        f"{'test NLL':>9}",
     ]
-    mc = numbers.get("mc_dropout", {})
     rows = [
-        ("baseline, no dropout", final["baseline"], None),
-        (f"dropout ({numbers['chosen']['from']} search)", final["dropout"], mc.get("weight_scaling")),
+        ("baseline, no dropout", final["baseline"]),
+        (f"dropout ({numbers['chosen']['from'].replace('_', ' ')})", final["dropout"]),
     ]
-    for label, row, extra in rows:
-        nll = extra["nll"] if extra else row["test_loss"]
-        ece = f"{100 * extra['ece']:6.2f}%" if extra else "     —"
+    for label, row in rows:
+        std = row.get("test_acc_std")
         lines.append(
-            f"{label:<30} {_rates(row['rates']):<16} {_pct(row['train_acc']):>7} "
-            f"{_pct(row['test_acc']):>7} {100 * row['gap']:6.1f}  {nll:9.3f} {ece:>7}"
+            f"{label:<24} {_rates(row['rates']):<16} {_pct(row['train_acc']):>7} "
+            f"{_pct(row['test_acc']):>7} {'' if std is None else f'{100 * std:5.1f}':>6} "
+            f"{100 * row['gap']:6.1f} {row['test_loss']:9.3f}"
         )
+    if seeds and len(seeds) > 1:
+        lines.append(f"(train, test, gap and NLL: mean over seeds {', '.join(map(str, seeds))})")
+    mc = numbers.get("mc_dropout", {})
     if mc.get("mc"):
-        m = mc["mc"]
-        lines.append(
-            f"{'  + MC dropout, T=' + str(mc['T']):<30} {'':<16} {'':>7} {_pct(m['acc']):>7} "
-            f"{'':>7} {m['nll']:9.3f} {100 * m['ece']:6.2f}%"
-        )
+        ws, m = mc["weight_scaling"], mc["mc"]
+        lines += [
+            "",
+            f"{'dropout model, seed ' + str(mc['seed']):<24} {'test':>7} {'NLL':>7} {'Brier':>7} {'ECE':>7}",
+            f"{'  weight scaling':<24} {_pct(ws['acc']):>7} {ws['nll']:7.3f} {ws['brier']:7.3f} "
+            f"{_pct(ws['ece']):>7}",
+            f"{'  MC dropout, T=' + str(mc['T']):<24} {_pct(m['acc']):>7} {m['nll']:7.3f} "
+            f"{m['brier']:7.3f} {_pct(m['ece']):>7}",
+        ]
     lines.append("")
     checks = numbers.get("checks", {})
     if checks:
@@ -834,11 +942,12 @@ def format_summary(numbers: dict[str, Any], report_dir: str | None = None) -> st
             f"test accuracy {100 * final['baseline']['test_acc']:.1f}% → "
             f"{100 * final['dropout']['test_acc']:.1f}%"
         )
-    if "grid_search" in numbers:
+    chosen = numbers.get("chosen", {})
+    if "p_one_se" in chosen:
         lines.append(
-            f"one-rate grid p* = {numbers['chosen']['grid_best_p']:g}; "
-            f"chosen ({numbers['chosen']['from']}): "
-            + ", ".join(f"{k}={v:.3f}" for k, v in numbers["chosen"]["rates"].items())
+            f"one rate: best p = {chosen['p_best']:g}, one-SE p = {chosen['p_one_se']:g}; chosen "
+            f"({chosen['from'].replace('_', ' ')}): "
+            + ", ".join(f"{k}={v:.3g}" for k, v in chosen["rates"].items())
         )
     if mc.get("auroc_entropy") is not None:
         lines.append(

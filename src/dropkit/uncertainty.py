@@ -79,7 +79,9 @@ def _array(value: object, name: str) -> np.ndarray:
         if isinstance(value, (list, tuple)):
             value = np.asarray(value)
         else:
-            raise TypeError(f"{name} must be a torch.Tensor or a NumPy array, got {type(value).__name__}")
+            raise TypeError(
+                f"{name} must be a torch.Tensor or a NumPy array, got {type(value).__name__}"
+            )
     if value.dtype == object or not (np.issubdtype(value.dtype, np.number) or value.dtype == bool):
         raise TypeError(f"{name} must hold numbers, got dtype {value.dtype}")
     return value
@@ -95,7 +97,9 @@ def _samples(samples: object, logits: bool, name: str = "samples") -> np.ndarray
         arr = np.exp(arr)
         arr /= arr.sum(axis=-1, keepdims=True)
     elif arr.min() < -1e-6 or np.abs(arr.sum(-1) - 1).max() > 1e-4:
-        raise ValueError(f"{name} must be probabilities summing to 1 over the last dim (pass logits=True for logits)")
+        raise ValueError(
+            f"{name} must be probabilities summing to 1 over the last dim (pass logits=True for logits)"
+        )
     return arr
 
 
@@ -111,18 +115,27 @@ def _probs(probs: object, name: str = "probs") -> np.ndarray:
 def _labels(labels: object, n: int, n_classes: int | None = None) -> np.ndarray:
     arr = _array(labels, "labels")
     if arr.ndim != 1 or arr.shape[0] != n:
-        raise ValueError(f"labels must have shape ({n},) to match the predictions' N = {n}, got {arr.shape}")
+        raise ValueError(
+            f"labels must have shape ({n},) to match the predictions' N = {n}, got {arr.shape}"
+        )
     if not np.issubdtype(arr.dtype, np.integer):
         if not np.all(np.mod(arr, 1) == 0):
             raise TypeError("labels must be integer class indices")
         arr = arr.astype(np.int64)
     if n_classes is not None and (arr.min() < 0 or arr.max() >= n_classes):
-        raise ValueError(f"labels must be in [0, {n_classes}), got values in [{arr.min()}, {arr.max()}]")
+        raise ValueError(
+            f"labels must be in [0, {n_classes}), got values in [{arr.min()}, {arr.max()}]"
+        )
     return arr
 
 
 def _positive(value: object, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or value <= 0:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, numbers.Real)
+        or not math.isfinite(value)
+        or value <= 0
+    ):
         raise ValueError(f"{name} must be a positive finite number, got {value!r}")
     return float(value)
 
@@ -228,7 +241,9 @@ class ClassificationUncertainty:
     class_variance: np.ndarray
 
 
-def classification_uncertainty(samples: object, *, logits: bool = True) -> ClassificationUncertainty:
+def classification_uncertainty(
+    samples: object, *, logits: bool = True
+) -> ClassificationUncertainty:
     """All classification summaries at once (one softmax, one pass over the samples).
 
     Args:
@@ -351,7 +366,9 @@ def gaussian_log_likelihood(
     if arr.ndim == 3 and y.ndim == 1 and arr.shape[-1] == 1:
         y = y[:, None]
     if y.shape != arr.shape[1:]:
-        raise ValueError(f"targets must have shape {arr.shape[1:]} to match samples {arr.shape}, got {y.shape}")
+        raise ValueError(
+            f"targets must have shape {arr.shape[1:]} to match samples {arr.shape}, got {y.shape}"
+        )
     tau = _positive(tau, "tau")
     if reduction not in ("mean", "none"):
         raise ValueError(f"reduction must be 'mean' or 'none', got {reduction!r}")
@@ -363,7 +380,12 @@ def gaussian_log_likelihood(
     a = -0.5 * tau * sq  # (T, N)
     top = a.max(0)
     lse = top + np.log(np.exp(a - top).sum(0))
-    ll = lse - math.log(arr.shape[0]) - 0.5 * dims * math.log(2 * math.pi) + 0.5 * dims * math.log(tau)
+    ll = (
+        lse
+        - math.log(arr.shape[0])
+        - 0.5 * dims * math.log(2 * math.pi)
+        + 0.5 * dims * math.log(tau)
+    )
     return float(ll.mean()) if reduction == "mean" else ll
 
 
@@ -571,7 +593,9 @@ def uncertainty_histogram(
     u = _array(uncertainty, "uncertainty").astype(np.float64)
     ok = _array(correct, "correct").astype(bool)
     if u.ndim != 1 or ok.shape != u.shape:
-        raise ValueError(f"uncertainty and correct must both have shape (N,), got {u.shape} and {ok.shape}")
+        raise ValueError(
+            f"uncertainty and correct must both have shape (N,), got {u.shape} and {ok.shape}"
+        )
     fig, ax = _figure_for(ax, (5.5, 3.5))
     edges = np.histogram_bin_edges(u, bins=bins)
     ax.hist(u[ok], bins=edges, alpha=0.6, density=True, label=f"right ({ok.sum()})")
@@ -601,7 +625,9 @@ def misclassification_auroc(uncertainty: object, correct: object) -> float:
     u = _array(uncertainty, "uncertainty").astype(np.float64)
     ok = _array(correct, "correct").astype(bool)
     if u.ndim != 1 or ok.shape != u.shape:
-        raise ValueError(f"uncertainty and correct must both have shape (N,), got {u.shape} and {ok.shape}")
+        raise ValueError(
+            f"uncertainty and correct must both have shape (N,), got {u.shape} and {ok.shape}"
+        )
     if ok.all() or (~ok).all():
         raise ValueError("misclassification AUROC needs both right and wrong predictions")
     return float(roc_auc_score(~ok, u))
@@ -710,15 +736,21 @@ def evaluate_mc_classifier(
     ws_correct = ws_probs.argmax(-1) == labels
     ws_entropy = _entropy(ws_probs)
 
-    def with_auroc(metrics: dict[str, float], score: np.ndarray, right: np.ndarray) -> dict[str, float]:
+    def with_auroc(
+        metrics: dict[str, float], score: np.ndarray, right: np.ndarray
+    ) -> dict[str, float]:
         metrics["auroc_entropy"] = (
-            misclassification_auroc(score, right) if right.any() and (~right).any() else float("nan")
+            misclassification_auroc(score, right)
+            if right.any() and (~right).any()
+            else float("nan")
         )
         return metrics
 
     return {
         "mc": with_auroc(classification_metrics(u.mean, labels, n_bins), u.entropy, correct),
-        "weight_scaling": with_auroc(classification_metrics(ws_probs, labels, n_bins), ws_entropy, ws_correct),
+        "weight_scaling": with_auroc(
+            classification_metrics(ws_probs, labels, n_bins), ws_entropy, ws_correct
+        ),
         "gap": weight_scaling_gap(logits, ws_logits),
         "mc_probs": u.mean,
         "ws_probs": ws_probs,

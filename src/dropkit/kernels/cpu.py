@@ -475,7 +475,7 @@ class _PathChooser:
         size_class = n.bit_length()
         st = self.stats.get(size_class)
         if st is None:
-            st = self.stats[size_class] = [math.nan, math.nan, 0.0, float(self.PROBE_MIN)]
+            st = self.stats[size_class] = [math.nan, math.nan, self.PROBE_MIN, self.PROBE_MIN]
         serial_time, parallel_time = st[0], st[1]
         if math.isnan(parallel_time):
             return True, size_class

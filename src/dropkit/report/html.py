@@ -127,7 +127,8 @@ def render_html(
                     label,
                     _fmt(row.get("rates")),
                     _fmt(row.get("train_acc"), "pct"),
-                    _fmt(row.get("test_acc"), "pct"),
+                    _fmt(row.get("test_acc"), "pct")
+                    + (f" ± {_fmt(row['test_acc_std'], 'pts')}" if row.get("test_acc_std") else ""),
                     _fmt(row.get("gap"), "pts"),
                     _fmt(row.get("test_loss")),
                     _fmt(extra.get("ece"), "pct") if extra else "—",
@@ -152,6 +153,29 @@ def render_html(
                 left=2,
             )
         )
+        seeds = final.get("baseline", {}).get("seeds") or []
+        if len(seeds) > 1:
+            parts.append(
+                f"<p>Train, test, gap and NLL are means over seeds {_e(', '.join(map(str, seeds)))} "
+                f"(± one standard deviation); ECE and the MC dropout row are for seed {seeds[0]}.</p>"
+            )
+            per_seed = []
+            for key in ("baseline", "dropout"):
+                for run in final.get(key, {}).get("runs", []):
+                    per_seed.append(
+                        [
+                            key,
+                            run["seed"],
+                            _fmt(run["train_acc"], "pct"),
+                            _fmt(run["test_acc"], "pct"),
+                            _fmt(run["gap"], "pts"),
+                        ]
+                    )
+            parts.append(
+                "<details><summary>Final models per seed</summary>"
+                + _table(["model", "seed", "train acc", "test acc", "gap (points)"], per_seed)
+                + "</details>"
+            )
     if checks:
         items = [
             _check(checks.get("baseline_overfits"), "the baseline overfits (train − test gap > ε)"),
@@ -209,12 +233,16 @@ def render_html(
     chosen = numbers.get("chosen")
     if chosen:
         parts.append(
-            f"<p>Grid search p* = {_fmt(chosen.get('grid_best_p'))} ({_e(chosen.get('metric'))} "
-            f"{_fmt(chosen.get('grid_best_value'))}). Per-layer TPE search, warm-started there: best "
-            f"{_e(chosen.get('metric'))} {_fmt(chosen.get('per_layer_best_value'))}; it replaces the "
-            f"one-rate choice only when better by more than the noise "
-            f"({_fmt(chosen.get('noise'))}, one-standard-error rule). Chosen "
-            f"({_e(chosen.get('from'))}): {_e(_fmt(chosen.get('rates')))}.</p>"
+            f"<p>Optuna grid search (seed {_e(cfg.get('seed'))}): p* = "
+            f"{_fmt(chosen.get('grid_best_p'))} ({_e(chosen.get('metric'))} "
+            f"{_fmt(chosen.get('grid_best_value'))}). Over all seeds the best mean is at p = "
+            f"{_fmt(chosen.get('p_best'))}; the one-standard-error rule (standard error "
+            f"{_fmt(chosen.get('noise'))}) takes the largest rate within one standard error of it: "
+            f"<b>p = {_fmt(chosen.get('p_one_se'))}</b>. The per-layer TPE search starts there "
+            f"({_fmt(chosen.get('one_rate_value'))}) and finds {_fmt(chosen.get('per_layer_best_value'))}; "
+            f"it replaces the one rate only when better by more than the standard error. Chosen "
+            f"({_e(str(chosen.get('from', '')).replace('_', ' '))}): "
+            f"{_e(_fmt(chosen.get('rates')))}.</p>"
         )
     per_layer = numbers.get("per_layer_search")
     if per_layer:
