@@ -228,7 +228,15 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--repeats", type=int, default=None, help="timed batches per measurement")
     parser.add_argument("--no-compile", action="store_true", help="skip torch.compile")
+    parser.add_argument(
+        "--threads", type=int, default=None, help="threads for torch and numba (default: all cores)"
+    )
     args = parser.parse_args()
+    if args.threads:
+        import numba
+
+        torch.set_num_threads(args.threads)
+        numba.set_num_threads(args.threads)
     device = args.device
     exps = [12, 16, 20, 25] if args.quick else [12, 14, 16, 18, 20, 22, 24, 25]
     repeats = args.repeats or (3 if args.quick else 7)

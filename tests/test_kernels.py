@@ -636,21 +636,31 @@ def test_triton_interpreted_kernels_equal_reference_and_numba(triton_results):
             assert _same_bits(got, cpu.bias_dropout_add(*args))
 
 
-def test_gpu_module_refuses_cpu_tensors_when_not_interpreted():
-    pytest.importorskip("triton")
-    code = (
-        "import torch\nfrom dropkit.kernels import gpu\n"
-        "try:\n    gpu.dropout_forward(torch.ones(3), 0, 0, 0, 1.0)\n"
-        "except ValueError as e:\n    print(e)\n"
+def test_dropkit_imports_without_triton_and_gpu_kernels_refuse_cpu_tensors():
+    """One fresh process: importing dropkit leaves triton unimported; gpu.py refuses CPU tensors."""
+    code = textwrap.dedent(
+        """
+        import sys
+        import torch
+        import dropkit, dropkit.kernels, dropkit.ops
+        print("triton imported:", "triton" in sys.modules)
+        try:
+            from dropkit.kernels import gpu
+        except ImportError:
+            print("no triton")
+        else:
+            try:
+                gpu.dropout_forward(torch.ones(3), 0, 0, 0, 1.0)
+            except ValueError as e:
+                print(e)
+        """
     )
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     done = subprocess.run(
         [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120
     )
-    assert "x must be a CUDA tensor for the Triton kernels" in done.stdout, done.stderr[-2000:]
-
-
-def test_importing_dropkit_does_not_import_triton():
-    code = "import sys, dropkit, dropkit.kernels, dropkit.ops\nprint('triton' in sys.modules)"
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert done.stdout.strip() == "False", done.stderr[-2000:]
+    assert "triton imported: False" in done.stdout, done.stderr[-2000:]
+    assert (
+        "no triton" in done.stdout
+        or "x must be a CUDA tensor for the Triton kernels" in done.stdout
+    ), done.stderr[-2000:]

@@ -105,6 +105,7 @@ def test_every_dtype_gives_the_kernel_wrappers_bits(dtype, n):
 
     x = torch.randn(n, generator=torch.Generator().manual_seed(1)).to(dtype)
     t, scale = ops.threshold(0.2), ops.dropout_scale(0.2)
+    assert ops._SMALL.accepts(x) == (n < cpu.PARALLEL_MIN)  # both eager paths are exercised
     y = ops.dropout_with_seed(x, 0.2, seed=99, offset=3)
     assert y.dtype == dtype
     assert torch.equal(y, cpu.dropout_forward(x, 99, 3, t, scale))
@@ -405,3 +406,28 @@ def test_opcheck_passes_for_the_registered_ops():
     bda_args = (x, torch.randn(4, requires_grad=True), torch.randn(3, 4), seed, 20000, 1.5)
     torch.library.opcheck(torch.ops.dropkit.bias_dropout_add.default, bda_args)
     torch.library.opcheck(torch.ops.dropkit.keep_mask.default, ([2, 3], seed, 20000, torch.device("cpu")))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_cuda_gives_the_cpu_bits_for_every_op(dtype):
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 3, 8, 9, generator=gen).to(dtype)
+    assert torch.equal(ops.dropout_with_seed(x.cuda(), 0.3, 5, 2**33).cpu(), ops.dropout_with_seed(x, 0.3, 5, 2**33))
+    torch.manual_seed(1)
+    on_cpu = ops.dropout_elementwise(x, 0.3, ops.dropout_scale(0.3))
+    torch.manual_seed(1)  # the seed comes from the CPU generator whatever the device
+    assert torch.equal(ops.dropout_elementwise(x.cuda(), 0.3, ops.dropout_scale(0.3)).cpu(), on_cpu)
+    last = x.contiguous(memory_format=torch.channels_last)
+    y = ops.dropout_with_seed(last.cuda(), 0.3, 5)
+    assert y.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(y.cpu(), ops.dropout_with_seed(x, 0.3, 5))
+    b, r = torch.randn(9, generator=gen).to(dtype), torch.randn(2, 3, 8, 9, generator=gen).to(dtype)
+    torch.manual_seed(2)
+    fused_cpu = ops.bias_dropout_add(x, b, r, 0.2)
+    torch.manual_seed(2)
+    assert torch.equal(ops.bias_dropout_add(x.cuda(), b.cuda(), r.cuda(), 0.2).cpu(), fused_cpu)
+    torch.manual_seed(3)
+    mask_cpu = ops.keep_mask((7, 5), 0.5, "cpu")
+    torch.manual_seed(3)
+    assert torch.equal(ops.keep_mask((7, 5), 0.5, "cuda").cpu(), mask_cpu)

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -51,10 +54,17 @@ def _study(out, data, *extra: str, seed: int = 0) -> int:
 
 
 @pytest.fixture(scope="module")
-def quick_report(tmp_path_factory, digits_csv) -> str:
+def quick_run(tmp_path_factory, digits_csv) -> tuple[str, str]:
     out = tmp_path_factory.mktemp("run") / "report"
-    assert _study(out, digits_csv) == 0
-    return str(out)
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        assert _study(out, digits_csv, "--final-seeds", "2") == 0
+    return str(out), printed.getvalue()
+
+
+@pytest.fixture(scope="module")
+def quick_report(quick_run) -> str:
+    return quick_run[0]
 
 
 def _numbers(folder: str) -> dict:
@@ -135,24 +145,27 @@ def test_report_json_holds_every_step(quick_report):
     assert final["baseline"]["rates"] == {"input_dropout": 0.0, "dropout1": 0.0}
     assert final["dropout"]["rates"] == numbers["chosen"]["rates"]
     for model in final.values():
-        assert model["seeds"] == [0]  # --quick: one seed for the final models
-        assert model["gap"] == pytest.approx(model["train_acc"] - model["test_acc"])
+        assert model["seeds"] == [0, 1]
         assert len(model["curve"]) == 4
     mc = numbers["mc_dropout"]
     if "skipped" not in mc:
         assert mc["T"] == 8 and 0.0 <= mc["mc"]["ece"] <= 1.0 and mc["mc"]["nll"] > 0
 
 
-def test_the_summary_table_is_printed(tmp_path, digits_csv, capsys):
-    assert _study(tmp_path / "r", digits_csv, "--final-seeds", "2") == 0
-    out = capsys.readouterr().out
+def test_the_summary_table_is_printed(quick_run):
+    folder, out = quick_run
     assert "baseline, no dropout" in out and "train" in out and "test" in out and "gap" in out
     assert "mean over seeds 0, 1" in out and "MC dropout, T=8" in out
-    assert str(tmp_path / "r" / "index.html") in out
-    numbers = _numbers(str(tmp_path / "r"))
-    for model in numbers["final"].values():
-        assert [r["seed"] for r in model["runs"]] == [0, 1]
-        assert model["test_acc"] == pytest.approx(np.mean([r["test_acc"] for r in model["runs"]]))
+    assert os.path.join(folder, "index.html") in out
+
+
+def test_final_numbers_are_means_over_seeds_that_differ(quick_report):
+    for model in _numbers(quick_report)["final"].values():
+        runs = model["runs"]
+        assert [r["seed"] for r in runs] == [0, 1]
+        assert model["test_acc"] == pytest.approx(np.mean([r["test_acc"] for r in runs]))
+        assert model["gap"] == pytest.approx(model["train_acc"] - model["test_acc"])
+        assert runs[0]["curve"] != runs[1]["curve"]  # the seed reaches the training
 
 
 @pytest.mark.parametrize(
@@ -175,33 +188,26 @@ def test_one_standard_error_rule_takes_the_largest_rate_within_one_se(rows, metr
 
 
 def test_same_seed_gives_identical_numbers(tmp_path, digits_csv, quick_report):
-    assert _study(tmp_path / "again", digits_csv) == 0
+    assert _study(tmp_path / "again", digits_csv, "--final-seeds", "2") == 0
     assert _numbers(str(tmp_path / "again")) == _numbers(quick_report)
-
-
-def test_another_seed_gives_other_numbers(tmp_path, digits_csv, quick_report):
-    assert _study(tmp_path / "other", digits_csv, seed=1) == 0
-    a, b = _numbers(str(tmp_path / "other")), _numbers(quick_report)
-    assert a["baseline"]["curve"] != b["baseline"]["curve"]
 
 
 def test_an_interrupted_run_leaves_no_report_and_keeps_the_old_one(
     tmp_path, digits_csv, quick_report, monkeypatch, capsys
 ):
+    numbers = json.load(open(os.path.join(quick_report, "report.json")))
+    # The pipeline is stubbed (its own tests run it); this checks what the CLI writes around it.
+    monkeypatch.setattr(study, "run_study", lambda *a, **k: study.StudyResult(numbers, {}))
     target = tmp_path / "report"
 
-    # No report before: an interrupt leaves nothing at all.
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(report, "write_files", interrupted)
     assert _study(target, digits_csv) == cli.EXIT_INTERRUPTED
     assert "no report written" in capsys.readouterr().err
-    assert os.listdir(tmp_path) == []
-    # A previous report survives an interrupted rerun untouched.
-    monkeypatch.undo()
-    import shutil
-
+    assert os.listdir(tmp_path) == []  # no report, no temporary folder
+    # A previous report survives an interrupted rerun untouched, even one interrupted mid-write.
     shutil.copytree(quick_report, target)
     before = open(target / "report.json").read()
 
@@ -214,6 +220,15 @@ def test_an_interrupted_run_leaves_no_report_and_keeps_the_old_one(
     assert os.listdir(tmp_path) == ["report"]
     assert open(target / "report.json").read() == before
     assert "half" not in open(target / "index.html").read()
+    # The same run, not interrupted, replaces it.
+    monkeypatch.setattr(report, "write_files", _real_write_files)
+    numbers["data"]["name"] = "replaced"
+    assert _study(target, digits_csv) == 0
+    assert json.load(open(target / "report.json"))["data"]["name"] == "replaced"
+    assert os.listdir(tmp_path) == ["report"]
+
+
+_real_write_files = report.write_files
 
 
 def test_a_rerun_replaces_the_previous_report(tmp_path):

@@ -539,7 +539,7 @@ def sparse_variational_linear(
     """
     weight = _check_linear(input, weight, bias, "sparse_variational_linear")
     threshold = _check_threshold(threshold)
-    log_alpha = sparse_variational_log_alpha(weight, log_sigma2)
+    log_alpha = sparse_variational_log_alpha(weight, log_sigma2)  # also checks log_sigma2's shape
     if not training:
         return F.linear(input, weight * (log_alpha < threshold).to(weight.dtype), bias)
     mean = F.linear(input, weight, bias)

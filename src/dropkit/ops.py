@@ -126,20 +126,20 @@ def dropout_scale(p: float) -> float:
 class _SmallCPU:
     """Direct calls into the numba CPU kernels' serial loops for small contiguous tensors.
 
-    The public wrappers of :mod:`dropkit.kernels.cpu` check every argument, convert every tensor
-    and go through numba's type dispatch: about 12 µs per call, more than the kernel itself for
-    the 10^4-element activations of a small MLP. Here the arguments were checked by the caller
-    (they come from :func:`threshold` and :func:`dropkit.rng.draw_seed`) and the compiled loop
-    is entered through its resolved entry point (no type dispatch), about 2 µs per call. Same
-    compiled loop, same argument types (the entry point converts Python numbers to the compiled
-    signature's int32/uint64/float32 exactly as ``np.int32(...)`` etc. would), so the same bits;
-    the tests compare it with the public wrapper. Used only if the kernels module exposes those
-    loops; anything else goes through the public API.
+    The public wrappers of :mod:`dropkit.kernels` check every argument, convert every tensor and
+    go through numba's type dispatch: about 12 µs per call, more than the kernel itself for the
+    10^4-element activations of a small MLP. Here the arguments were checked by the caller (they
+    come from :func:`threshold` and :func:`dropkit.rng.draw_seed`) and the compiled loop is
+    entered through its resolved entry point (no type dispatch): about 3 µs per call plus the
+    kernel. Same compiled loop, same argument types (the entry point converts Python numbers to
+    the compiled signature's int32/uint64/float32 exactly as ``np.int32(...)`` etc. would), so the
+    same bits; the tests compare it with the public wrapper. If the kernels module does not expose
+    those loops, everything goes through the public API.
     """
 
     def __init__(self) -> None:
         self.loops: dict[torch.dtype, object] = {}
-        self.entry: dict[torch.dtype, object] = {}
+        self.entries: dict[torch.dtype, object] = {}
         self.limit = 0
         try:
             from dropkit.kernels import cpu
@@ -150,75 +150,51 @@ class _SmallCPU:
         except (ImportError, AttributeError, TypeError, IndexError):
             self.loops = {}
 
-    @staticmethod
-    def _numpy(t: torch.Tensor) -> np.ndarray:
-        if t.requires_grad:
-            t = t.detach()
-        if t.dtype in (torch.float16, torch.bfloat16):
-            return t.view(torch.int16).numpy().view(np.uint16)
-        return t.numpy()
+    def accepts(self, x: torch.Tensor) -> bool:
+        return (
+            x.is_cpu and 0 < x.numel() < self.limit and x.dtype in self.loops and x.is_contiguous()
+        )
 
-    def _entry_point(self, dtype: torch.dtype, flat: np.ndarray):
+    def _entry_point(self, dtype: torch.dtype):
         loop = self.loops[dtype]
-        # Compile (or load from numba's disk cache) through the public dispatcher once, then
-        # keep the overload whose signature the dispatcher picked for these argument types.
-        args = (flat[:1], flat[:1].copy(), np.int64(0), np.uint64(0), np.uint64(0), np.int32(0))
-        loop(*args, self.scale_arg(dtype, 1.0))
-        chosen = loop.typeof_pyval
-        types = tuple(chosen(a) for a in (*args, self.scale_arg(dtype, 1.0)))
+        # Compile (or load from numba's disk cache) through the public dispatcher once, with the
+        # argument types the public wrapper passes, then keep the overload the dispatcher chose.
+        sample = self._flat(torch.zeros(1, dtype=dtype))
+        args = (sample, sample.copy(), np.int64(0), np.uint64(0), np.uint64(0), np.int32(0))
+        args = (*args, self.scale_arg(dtype, 1.0))
+        loop(*args)
+        types = tuple(loop.typeof_pyval(a) for a in args)
+        entry = loop
         for signature, compiled in loop.overloads.items():
             if tuple(signature) == types:
-                self.entry[dtype] = compiled.entry_point
-                return compiled.entry_point
-        self.entry[dtype] = loop  # no exact overload found: the dispatcher itself (still right)
-        return loop
+                entry = compiled.entry_point
+        self.entries[dtype] = entry
+        return entry
+
+    @staticmethod
+    def _flat(t: torch.Tensor) -> np.ndarray:
+        if t.dtype in (torch.float16, torch.bfloat16):  # numba sees their bits as uint16
+            return t.detach().view(torch.int16).numpy().view(np.uint16).reshape(-1)
+        return t.detach().numpy().reshape(-1)
 
     def run(
-        self,
-        x: torch.Tensor,
-        out: torch.Tensor | None,
-        seed: int,
-        offset: int,
-        thresh: int,
-        scale: float,
+        self, x: torch.Tensor, out: torch.Tensor, seed: int, offset: int, thresh: int, scale: float
     ) -> torch.Tensor:
-        flat = self._numpy(x)
-        if flat.ndim != 1:
-            flat = flat.reshape(-1)
-        if out is x:
-            out_flat = flat
-        else:
-            if out is None:
-                out = torch.empty_like(x)
-            out_flat = self._numpy(out)
-            if out_flat.ndim != 1:
-                out_flat = out_flat.reshape(-1)
-        entry = self.entry.get(x.dtype) or self._entry_point(x.dtype, flat)
-        # float64 scale for float64 tensors, float32 otherwise: the compiled signature casts it.
-        entry(flat, out_flat, offset, seed & 0xFFFFFFFF, seed >> 32, thresh, scale)
+        """Writes dropout of x into out (x itself for in place); both contiguous, x accepted."""
+        entry = self.entries.get(x.dtype) or self._entry_point(x.dtype)
+        flat = self._flat(x)
+        # The entry point casts scale to the signature's float32 (float64 for float64 tensors).
+        entry(flat, flat if out is x else self._flat(out), offset, seed & 0xFFFFFFFF, seed >> 32, thresh, scale)
         return out
 
 
-_SMALL_CPU: list[_SmallCPU] = []
-
-
-def _small_cpu(x: torch.Tensor) -> _SmallCPU | None:
-    """The direct path when x is a small contiguous CPU tensor (None otherwise)."""
-    if x.device.type != "cpu":
-        return None
-    if not _SMALL_CPU:
-        _SMALL_CPU.append(_SmallCPU())
-    small = _SMALL_CPU[0]
-    if 0 < x.numel() < small.limit and x.dtype in small.loops and x.is_contiguous():
-        return small
-    return None
+_SMALL = _SmallCPU()
 
 
 def _apply(x: torch.Tensor, seed: int, offset: int, thresh: int, scale: float) -> torch.Tensor:
     """A new tensor: dropout of x over its logical row-major index, in x's memory format."""
-    small = _small_cpu(x)
-    if small is not None:
-        return small.run(x, None, seed, offset, thresh, scale)
+    if _SMALL.accepts(x):
+        return _SMALL.run(x, torch.empty_like(x), seed, offset, thresh, scale)
     if x.is_contiguous():
         return kernels.dropout_forward(x, seed, offset, thresh, scale)
     dense = kernels.dropout_forward(x.contiguous(), seed, offset, thresh, scale)
@@ -228,10 +204,9 @@ def _apply(x: torch.Tensor, seed: int, offset: int, thresh: int, scale: float) -
 
 def _apply_(x: torch.Tensor, seed: int, offset: int, thresh: int, scale: float) -> torch.Tensor:
     """In-place dropout of x (same bits as :func:`_apply`)."""
-    small = _small_cpu(x)
-    if small is not None or x.is_contiguous():
-        if small is not None:
-            small.run(x, x, seed, offset, thresh, scale)
+    if _SMALL.accepts(x) or x.is_contiguous():
+        if _SMALL.accepts(x):
+            _SMALL.run(x, x, seed, offset, thresh, scale)
         else:
             kernels.dropout_forward_out(x, x, seed, offset, thresh, scale)
         # The kernel wrote through a raw pointer: tell autograd x changed, as x.mul_ would.
@@ -253,27 +228,29 @@ def _seed_int(seed: torch.Tensor) -> int:
 # Eager path: autograd.Function straight onto the kernel (low per-call overhead)
 # ------------------------------------------------------------------------------------------------
 class _DropoutFunction(torch.autograd.Function):
-    """y = m ⊙ x · scale; saves only (seed, offset, threshold, scale) as Python numbers."""
+    """y = m ⊙ x · scale; saves only the stream (seed, offset, threshold, scale) as Python numbers."""
 
     @staticmethod
-    def forward(ctx, x, seed, offset, thresh, scale, inplace):  # noqa: D102
-        ctx.stream = (seed, offset, thresh, scale)
+    def forward(ctx, x, stream, inplace):  # noqa: D102
+        ctx.stream = stream
         if inplace:
             ctx.mark_dirty(x)
-            return _apply_(x, seed, offset, thresh, scale)
-        return _apply(x, seed, offset, thresh, scale)
+            return _apply_(x, *stream)
+        return _apply(x, *stream)
 
     @staticmethod
     def backward(ctx, grad):  # noqa: D102
         # Regenerate the mask: ∂L/∂x = m · scale ⊙ ∂L/∂y (differentiable again for double backward).
-        return _dropout_stream(grad, *ctx.stream, False), None, None, None, None, None
+        if grad.requires_grad and torch.is_grad_enabled():
+            return _DropoutFunction.apply(grad, ctx.stream, False), None, None
+        return _apply(grad, *ctx.stream), None, None
 
 
 def _dropout_stream(
     x: torch.Tensor, seed: int, offset: int, thresh: int, scale: float, inplace: bool
 ) -> torch.Tensor:
     if x.requires_grad and torch.is_grad_enabled():
-        return _DropoutFunction.apply(x, seed, offset, thresh, scale, inplace)
+        return _DropoutFunction.apply(x, (seed, offset, thresh, scale), inplace)
     if inplace:
         return _apply_(x, seed, offset, thresh, scale)
     return _apply(x, seed, offset, thresh, scale)

@@ -8,9 +8,12 @@ is ``tl.randint4x(seed, b)`` (counter ``(b lo, b hi, 0, 0)``, key ``(seed lo, se
 Each program owns ``BLOCK`` stream positions aligned to the Philox blocks, viewed as a
 ``(BLOCK // 8, 8)`` tile: row ``b`` is one ``tl.randint4x`` call whose four words are broadcast
 along the row, so each Philox call is computed once and feeds eight contiguous elements (a
-coalesced load and store per row). ``x * scale`` is computed in float32 (float64 for float64) and
-rounded once to the dtype, round-to-nearest-even, with FMA contraction disabled so the fused
-bias + dropout + residual kernel rounds each operation as torch eager does.
+coalesced load and store per row; when ``offset % 8 == 0`` the kernel is specialised so these are
+128-bit vector accesses). ``x * scale`` is computed in float32 (float64 for float64) and rounded
+once to the dtype, round-to-nearest-even, with FMA contraction disabled so the fused
+bias + dropout + residual kernel rounds each operation as torch eager does. bfloat16 tensors are
+passed as int16 bits and converted in the kernel with the same exact bit operations as the CPU
+kernel (float32 -> bfloat16 round-to-nearest-even, NaN -> 0x7FC0).
 
 Importing this module needs triton; :mod:`dropkit.kernels` imports it only for CUDA tensors. The
 functions take contiguous CUDA tensors, or CPU tensors when ``TRITON_INTERPRET=1`` was set before
@@ -143,7 +146,13 @@ def _widen(stored, IS_BF16: tl.constexpr, COMPUTE_F64: tl.constexpr):
     return value
 
 
-@triton.jit
+# Triton turns an int argument equal to 1 into a compile-time constant (and specialises on
+# divisibility by 16): for the seed, the stream position and the threshold that would mean a
+# recompilation per value and a constexpr where ``.to`` is called, so they are not specialised.
+_RUNTIME_INTS = ["seed", "first_block", "lane_shift", "threshold", "scale_bits"]
+
+
+@triton.jit(do_not_specialize=_RUNTIME_INTS)
 def _dropout_kernel(
     x_ptr,
     out_ptr,
@@ -168,7 +177,7 @@ def _dropout_kernel(
     tl.store(out_ptr + k, _round(y, out_ptr, IS_BF16), mask=inside)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=_RUNTIME_INTS[:4])
 def _keep_mask_kernel(
     out_ptr, n, seed, first_block, lane_shift, threshold, BLOCK: tl.constexpr, ALIGNED: tl.constexpr
 ):
@@ -179,7 +188,7 @@ def _keep_mask_kernel(
     tl.store(out_ptr + k, r16 >= threshold.to(tl.uint32), mask=inside)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=_RUNTIME_INTS)
 def _bias_dropout_add_kernel(
     x_ptr,
     bias_ptr,
