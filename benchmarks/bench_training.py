@@ -56,7 +56,9 @@ def make_model(dropout: str, p: float) -> nn.Sequential:
 class Trainer:
     """One model, its optimizer and a cycling batch order over the training set."""
 
-    def __init__(self, dropout: str, p: float, x: torch.Tensor, y: torch.Tensor, batch: int) -> None:
+    def __init__(
+        self, dropout: str, p: float, x: torch.Tensor, y: torch.Tensor, batch: int
+    ) -> None:
         self.model = make_model(dropout, p).train()
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=1e-2)
         self.loss = nn.CrossEntropyLoss()
@@ -130,7 +132,9 @@ def main() -> None:
         layer = f"{per_layer:8.1f} us" if v != "none" else ""
         print(f"{v:<10} {step * 1e6:9.1f} {(step / base - 1) * 100:+8.1f}% {layer:>29}")
     ratio = statistics.median(times["torch"]) / statistics.median(times["dropkit"])
-    print(f"dropkit step is {ratio:.2f}x faster than torch.nn.Dropout's (target: dropout adds <= 10%)")
+    print(
+        f"dropkit step is {ratio:.2f}x faster than torch.nn.Dropout's (target: dropout adds <= 10%)"
+    )
 
 
 if __name__ == "__main__":

@@ -145,3 +145,15 @@ def test_installed_command_reports_bad_input_in_one_line(tmp_path):
     ]
     assert proc.stdout == ""
     assert os.listdir(tmp_path) == ["empty.csv"]
+
+
+def test_bench_runs_the_kernel_benchmark_script(capsys):
+    # --help is handed to the benchmark's own parser: proves the wiring without the long run.
+    assert cli.main(["bench", "--help"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: dropkit bench") and "--quick" in out and "--device" in out
+
+
+def test_bench_reports_bad_benchmark_arguments(capsys):
+    assert cli.main(["bench", "--device", "tpu"]) == 2
+    assert "invalid choice" in capsys.readouterr().err

@@ -55,7 +55,7 @@ def test_compiled_model_has_no_graph_break_and_matches_eager(backend):
     compiled_net = torch.compile(net, fullgraph=True, backend=backend)  # raises on a graph break
     compiled = _run(compiled_net, x)
     assert torch.equal(eager[0], compiled[0])
-    for g_eager, g_compiled in zip(eager[3], compiled[3]):
+    for g_eager, g_compiled in zip(eager[3], compiled[3], strict=True):
         torch.testing.assert_close(g_compiled, g_eager, rtol=1e-5, atol=1e-6)
     assert torch.equal(eager[4], compiled[4])  # the same number of draws from torch's generator
     a, b = compiled[1], compiled[2]

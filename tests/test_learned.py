@@ -112,6 +112,23 @@ def test_scheduler_skips_concrete_dropout() -> None:
     assert net[1].p == pytest.approx(0.2)
 
 
+def test_mc_dropout_samples_concrete_and_variational_dropout_reproducibly() -> None:
+    from dropkit import mc
+
+    torch.manual_seed(0)
+    net = nn.Sequential(
+        dropkit.ConcreteDropout(nn.Linear(4, 8), p=0.3),
+        nn.ReLU(),
+        dropkit.VariationalDropout(0.3),
+        nn.Linear(8, 2),
+    )
+    x = torch.randn(5, 4)
+    samples = mc.predict(net, x, 10, seed=0)
+    assert samples.shape == (10, 5, 2) and samples.std(0).min() > 0
+    torch.testing.assert_close(samples, mc.predict(net, x, 10, seed=0, batched=False))
+    torch.testing.assert_close(net.eval()(x), net[3](torch.relu(net[0].layer(x))))
+
+
 def test_concrete_rejects_bad_arguments() -> None:
     with pytest.raises(TypeError, match="layer must be an nn.Module"):
         dropkit.ConcreteDropout("linear")

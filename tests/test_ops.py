@@ -89,7 +89,9 @@ def test_explicit_seed_and_offset_are_checked():
 # Bits: reference == numba (small direct path and public wrapper) == torch fallback
 # ------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("n", [1, 13, 10_000, 70_001])
-@pytest.mark.parametrize("seed, offset", [(0, 0), (2**64 - 1, 5), (123456789, 2**32 - 3), (7, 2**40 + 1)])
+@pytest.mark.parametrize(
+    "seed, offset", [(0, 0), (2**64 - 1, 5), (123456789, 2**32 - 3), (7, 2**40 + 1)]
+)
 def test_dropout_with_seed_matches_the_numpy_reference(n, seed, offset):
     x = torch.randn(n, generator=torch.Generator().manual_seed(n))
     y = ops.dropout_with_seed(x, 0.3, seed, offset)
@@ -149,7 +151,9 @@ def test_a_permuted_view_gets_the_mask_of_its_contiguous_copy():
     x = torch.randn(4, 5, 6).permute(2, 0, 1)
     assert not x.is_contiguous()
     a = ops.dropout_elementwise(x, 0.5, 2.0, generator=torch.Generator().manual_seed(0))
-    b = ops.dropout_elementwise(x.contiguous(), 0.5, 2.0, generator=torch.Generator().manual_seed(0))
+    b = ops.dropout_elementwise(
+        x.contiguous(), 0.5, 2.0, generator=torch.Generator().manual_seed(0)
+    )
     assert torch.equal(a, b)
 
 
@@ -157,7 +161,9 @@ def test_channels_last_input_keeps_its_memory_format_and_the_logical_mask():
     x = torch.randn(2, 3, 4, 5).contiguous(memory_format=torch.channels_last)
     y = ops.dropout_elementwise(x, 0.5, 2.0, generator=torch.Generator().manual_seed(0))
     assert y.is_contiguous(memory_format=torch.channels_last)
-    expected = ops.dropout_elementwise(x.contiguous(), 0.5, 2.0, generator=torch.Generator().manual_seed(0))
+    expected = ops.dropout_elementwise(
+        x.contiguous(), 0.5, 2.0, generator=torch.Generator().manual_seed(0)
+    )
     assert torch.equal(y, expected)
 
 
@@ -166,7 +172,9 @@ def test_offsets_past_two_to_the_32_on_strided_views(offset):
     base = torch.randn(64, 64, dtype=torch.float64)
     view = base[::2, 1::3]  # strided, non-contiguous
     y = ops.dropout_with_seed(view, 0.5, seed=2**64 - 3, offset=offset)
-    expected = ref.dropout_forward_reference(view.contiguous().numpy(), 2**64 - 3, offset, 32768, 2.0)
+    expected = ref.dropout_forward_reference(
+        view.contiguous().numpy(), 2**64 - 3, offset, 32768, 2.0
+    )
     np.testing.assert_array_equal(y.numpy(), expected)
 
 
@@ -217,7 +225,12 @@ def test_bias_dropout_add_saves_o1_bytes():
     saved, _ = _bytes_saved_for_backward(lambda *t: ops.bias_dropout_add(*t, 0.1), x, b, r)
     seed = torch.ops.dropkit.draw_seed(torch.empty(0))
     saved_op, _ = _bytes_saved_for_backward(
-        lambda *t: torch.ops.dropkit.bias_dropout_add(*t, seed, ops.threshold(0.1), ops.dropout_scale(0.1)), x, b, r
+        lambda *t: torch.ops.dropkit.bias_dropout_add(
+            *t, seed, ops.threshold(0.1), ops.dropout_scale(0.1)
+        ),
+        x,
+        b,
+        r,
     )
     assert saved <= 16 and saved_op <= 16
 
@@ -228,7 +241,9 @@ def test_eager_path_and_custom_op_give_the_same_bits():
     eager = ops.dropout_elementwise(x, 0.25, ops.dropout_scale(0.25))
     torch.manual_seed(8)
     seed = torch.ops.dropkit.draw_seed(torch.empty(0))
-    op = torch.ops.dropkit.dropout_with_seed(x, seed, 0, ops.threshold(0.25), ops.dropout_scale(0.25))
+    op = torch.ops.dropkit.dropout_with_seed(
+        x, seed, 0, ops.threshold(0.25), ops.dropout_scale(0.25)
+    )
     assert torch.equal(eager, op)
     unsigned = int(seed) % 2**64
     assert torch.equal(op, ops.dropout_with_seed(x, 0.25, unsigned))
@@ -239,17 +254,25 @@ def test_inplace_writes_into_the_input_and_matches_out_of_place():
     expected = ops.dropout_elementwise(x, 0.5, 2.0, generator=torch.Generator().manual_seed(1))
     y = x.clone()
     version = y._version
-    out = ops.dropout_elementwise(y, 0.5, 2.0, generator=torch.Generator().manual_seed(1), inplace=True)
+    out = ops.dropout_elementwise(
+        y, 0.5, 2.0, generator=torch.Generator().manual_seed(1), inplace=True
+    )
     assert out is y and torch.equal(y, expected) and y._version > version
     z = x.t().clone().t()  # non-contiguous in-place
-    out = ops.dropout_elementwise(z, 0.5, 2.0, generator=torch.Generator().manual_seed(1), inplace=True)
-    assert out is z and torch.equal(z, ops.dropout_elementwise(x, 0.5, 2.0, generator=torch.Generator().manual_seed(1)))
+    out = ops.dropout_elementwise(
+        z, 0.5, 2.0, generator=torch.Generator().manual_seed(1), inplace=True
+    )
+    assert out is z and torch.equal(
+        z, ops.dropout_elementwise(x, 0.5, 2.0, generator=torch.Generator().manual_seed(1))
+    )
 
 
 def test_inplace_on_a_non_leaf_backpropagates_through_the_mask():
     leaf = torch.randn(20, 30, requires_grad=True)
     h = leaf * 1.0
-    y = ops.dropout_elementwise(h, 0.5, 2.0, generator=torch.Generator().manual_seed(2), inplace=True)
+    y = ops.dropout_elementwise(
+        h, 0.5, 2.0, generator=torch.Generator().manual_seed(2), inplace=True
+    )
     assert y is h
     y.sum().backward()
     assert torch.equal(leaf.grad, (y != 0) * 2.0)
@@ -287,7 +310,9 @@ def test_requires_grad_follows_the_input():
     assert not ops.dropout_elementwise(torch.randn(5), 0.5, 2.0).requires_grad
     assert ops.dropout_elementwise(torch.randn(5, requires_grad=True), 0.5, 2.0).requires_grad
     with torch.no_grad():
-        assert not ops.dropout_elementwise(torch.randn(5, requires_grad=True), 0.5, 2.0).requires_grad
+        assert not ops.dropout_elementwise(
+            torch.randn(5, requires_grad=True), 0.5, 2.0
+        ).requires_grad
 
 
 # ------------------------------------------------------------------------------------------------
@@ -320,7 +345,10 @@ def test_successive_calls_draw_different_masks():
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_bias_dropout_add_equals_the_unfused_composition(dtype):
     gen = torch.Generator().manual_seed(0)
-    x, r = torch.randn(2, 7, 16, generator=gen).to(dtype), torch.randn(2, 7, 16, generator=gen).to(dtype)
+    x, r = (
+        torch.randn(2, 7, 16, generator=gen).to(dtype),
+        torch.randn(2, 7, 16, generator=gen).to(dtype),
+    )
     b = torch.randn(16, generator=gen).to(dtype)
     y = ops.bias_dropout_add(x, b, r, 0.3, generator=torch.Generator().manual_seed(9))
     seed = rng.draw_seed(torch.Generator().manual_seed(9))
@@ -330,14 +358,17 @@ def test_bias_dropout_add_equals_the_unfused_composition(dtype):
 
 def test_bias_dropout_add_gradients_match_autograd_of_the_composition():
     gen = torch.Generator().manual_seed(1)
-    leaves = [torch.randn(*s, generator=gen, dtype=torch.float64, requires_grad=True) for s in [(4, 8), (8,), (4, 8)]]
+    leaves = [
+        torch.randn(*s, generator=gen, dtype=torch.float64, requires_grad=True)
+        for s in [(4, 8), (8,), (4, 8)]
+    ]
     x, b, r = leaves
     y = ops.bias_dropout_add(x, b, r, 0.5, generator=torch.Generator().manual_seed(3))
     upstream = torch.randn(4, 8, generator=gen, dtype=torch.float64)
     grads = torch.autograd.grad(y, leaves, upstream)
     seed = rng.draw_seed(torch.Generator().manual_seed(3))
     expected = torch.autograd.grad(r + ops.dropout_with_seed(x + b, 0.5, seed), leaves, upstream)
-    for got, want in zip(grads, expected):
+    for got, want in zip(grads, expected, strict=True):
         torch.testing.assert_close(got, want, rtol=0, atol=1e-12)
 
 
@@ -357,33 +388,49 @@ def test_bias_dropout_add_without_bias_in_eval_and_bad_shapes():
 def test_attention_dropout_is_elementwise_dropout_of_the_probabilities():
     probs = torch.softmax(torch.randn(2, 3, 5, 5), -1)
     a = ops.attention_dropout(probs, 0.2, generator=torch.Generator().manual_seed(0))
-    b = ops.dropout_elementwise(probs, 0.2, ops.dropout_scale(0.2), generator=torch.Generator().manual_seed(0))
+    b = ops.dropout_elementwise(
+        probs, 0.2, ops.dropout_scale(0.2), generator=torch.Generator().manual_seed(0)
+    )
     assert torch.equal(a, b)
     assert ops.attention_dropout(probs, 0.2, training=False) is probs
 
 
 @pytest.mark.parametrize("causal", [False, True])
 def test_reference_attention_matches_sdpa_without_dropout(causal):
-    q, k, v = (torch.randn(2, 3, 6, 8, generator=torch.Generator().manual_seed(i)) for i in range(3))
+    q, k, v = (
+        torch.randn(2, 3, 6, 8, generator=torch.Generator().manual_seed(i)) for i in range(3)
+    )
     got = ops.scaled_dot_product_attention_with_dropout(q, k, v, 0.0, is_causal=causal)
     want = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=causal)
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
     mask = torch.rand(6, 6, generator=torch.Generator().manual_seed(5)) > 0.3
     mask[:, 0] = True
     got = ops.scaled_dot_product_attention_with_dropout(q, k, v, attn_mask=mask)
-    torch.testing.assert_close(got, torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(
+        got,
+        torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask),
+        rtol=1e-5,
+        atol=1e-5,
+    )
 
 
 def test_reference_attention_with_dropout_drops_probabilities_and_backpropagates():
-    q, k, v = (torch.randn(2, 4, 8, generator=torch.Generator().manual_seed(i), requires_grad=True) for i in range(3))
-    out = ops.scaled_dot_product_attention_with_dropout(q, k, v, 0.5, generator=torch.Generator().manual_seed(7))
+    q, k, v = (
+        torch.randn(2, 4, 8, generator=torch.Generator().manual_seed(i), requires_grad=True)
+        for i in range(3)
+    )
+    out = ops.scaled_dot_product_attention_with_dropout(
+        q, k, v, 0.5, generator=torch.Generator().manual_seed(7)
+    )
     probs = torch.softmax(q @ k.transpose(-2, -1) / math.sqrt(8), -1)
     dropped = ops.dropout_elementwise(probs, 0.5, 2.0, generator=torch.Generator().manual_seed(7))
     torch.testing.assert_close(out, dropped @ v)
     out.sum().backward()
     assert all(t.grad is not None and torch.isfinite(t.grad).all() for t in (q, k, v))
     with pytest.raises(ValueError, match="is_causal"):
-        ops.scaled_dot_product_attention_with_dropout(q, k, v, is_causal=True, attn_mask=torch.ones(4, 4, dtype=torch.bool))
+        ops.scaled_dot_product_attention_with_dropout(
+            q, k, v, is_causal=True, attn_mask=torch.ones(4, 4, dtype=torch.bool)
+        )
     with pytest.raises(ValueError, match="query"):
         ops.scaled_dot_product_attention_with_dropout(q, k[..., :3], v)
 
@@ -394,7 +441,9 @@ def test_reference_attention_with_dropout_drops_probabilities_and_backpropagates
 def test_seed_drawing_ops_carry_the_nondeterministic_seeded_tag():
     assert torch.Tag.nondeterministic_seeded in torch.ops.dropkit.draw_seed.default.tags
     for name in ("dropout_with_seed", "bias_dropout_add", "keep_mask"):  # pure given the seed
-        assert torch.Tag.nondeterministic_seeded not in getattr(torch.ops.dropkit, name).default.tags
+        assert (
+            torch.Tag.nondeterministic_seeded not in getattr(torch.ops.dropkit, name).default.tags
+        )
 
 
 def test_opcheck_passes_for_the_registered_ops():
@@ -405,7 +454,9 @@ def test_opcheck_passes_for_the_registered_ops():
     torch.library.opcheck(torch.ops.dropkit.draw_seed.default, (torch.empty(0),), test_utils=checks)
     bda_args = (x, torch.randn(4, requires_grad=True), torch.randn(3, 4), seed, 20000, 1.5)
     torch.library.opcheck(torch.ops.dropkit.bias_dropout_add.default, bda_args)
-    torch.library.opcheck(torch.ops.dropkit.keep_mask.default, ([2, 3], seed, 20000, torch.device("cpu")))
+    torch.library.opcheck(
+        torch.ops.dropkit.keep_mask.default, ([2, 3], seed, 20000, torch.device("cpu"))
+    )
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -413,7 +464,10 @@ def test_opcheck_passes_for_the_registered_ops():
 def test_cuda_gives_the_cpu_bits_for_every_op(dtype):
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(2, 3, 8, 9, generator=gen).to(dtype)
-    assert torch.equal(ops.dropout_with_seed(x.cuda(), 0.3, 5, 2**33).cpu(), ops.dropout_with_seed(x, 0.3, 5, 2**33))
+    assert torch.equal(
+        ops.dropout_with_seed(x.cuda(), 0.3, 5, 2**33).cpu(),
+        ops.dropout_with_seed(x, 0.3, 5, 2**33),
+    )
     torch.manual_seed(1)
     on_cpu = ops.dropout_elementwise(x, 0.3, ops.dropout_scale(0.3))
     torch.manual_seed(1)  # the seed comes from the CPU generator whatever the device

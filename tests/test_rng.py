@@ -17,7 +17,7 @@ def test_manual_seed_reproduces_a_sequence_of_masks():
     first = [ops.dropout_elementwise(x, 0.5, 2.0) for _ in range(3)]
     torch.manual_seed(123)
     second = [ops.dropout_elementwise(x, 0.5, 2.0) for _ in range(3)]
-    assert all(torch.equal(a, b) for a, b in zip(first, second))
+    assert all(torch.equal(a, b) for a, b in zip(first, second, strict=True))
     assert not torch.equal(first[0], first[1])  # each call advances the generator: a new mask
 
 
@@ -80,8 +80,10 @@ def test_checkpoint_recomputes_exactly_the_same_masks(use_reentrant):
         return result
 
     plain = grads(block)
-    checkpointed = grads(lambda t: checkpoint_utils.checkpoint(block, t, use_reentrant=use_reentrant))
-    for a, b in zip(plain, checkpointed):
+    checkpointed = grads(
+        lambda t: checkpoint_utils.checkpoint(block, t, use_reentrant=use_reentrant)
+    )
+    for a, b in zip(plain, checkpointed, strict=True):
         assert torch.equal(a, b)
 
 
@@ -110,7 +112,9 @@ def test_mix_seed_is_a_bijection_per_salt_and_separates_salts():
 def test_without_distributed_the_raw_draw_is_used():
     assert rng.current_salt() is None
     g = torch.Generator().manual_seed(9)
-    raw = torch.empty((), dtype=torch.int64).random_(-(2**63), None, generator=torch.Generator().manual_seed(9))
+    raw = torch.empty((), dtype=torch.int64).random_(
+        -(2**63), None, generator=torch.Generator().manual_seed(9)
+    )
     assert rng.draw_seed(g) == raw.item() % 2**64
 
 

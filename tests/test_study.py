@@ -16,7 +16,7 @@ from dropkit import cli, report, study
 from dropkit.data import load_table
 
 # A small but real classification table: scikit-learn's digits (first 360 images), 64 features.
-FAST = ["--quick", "--hidden", "32", "--epochs", "4", "--trials", "3", "--mc-samples", "8"]
+FAST = ["--quick", "--hidden", "32", "--epochs", "4", "--trials", "3", "--seeds", "2", "--mc-samples", "8"]
 
 
 @pytest.fixture(scope="module")

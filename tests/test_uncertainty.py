@@ -220,17 +220,3 @@ def test_evaluate_mc_classifier_returns_plain_floats() -> None:
         assert all(isinstance(v, float) for v in report[part].values()), part
     assert report["mc_probs"].shape == (60, 3) and report["correct"].dtype == bool
     assert net.training  # mode restored
-
-
-@pytest.mark.slow
-def test_mc_dropout_is_better_calibrated_than_weight_scaling_on_digits() -> None:
-    from dropkit.data import load_digits
-    from dropkit.train import fit
-
-    data = load_digits()
-    torch.manual_seed(0)
-    net = dropkit.MLP([64, 256, 256, 10], p=[0.1, 0.5, 0.5])
-    fit(net, (data.x_train, data.y_train), epochs=30, batch_size=100, seed=0)
-    report = U.evaluate_mc_classifier(net, data.x_test, data.y_test, T=50, seed=0)
-    assert report["mc"]["nll"] <= report["weight_scaling"]["nll"]
-    assert report["mc"]["ece"] <= report["weight_scaling"]["ece"]

@@ -85,9 +85,11 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="DIR",
         help="report folder (default ./dropkit-report)",
     )
-    study.add_argument("--epochs", type=int, help="epochs per model (default 100, --quick 15)")
-    study.add_argument("--trials", type=int, help="per-layer TPE trials (default 10, --quick 4)")
-    study.add_argument("--seeds", type=int, help="seeds of the sensitivity analysis (default 2)")
+    study.add_argument("--epochs", type=int, help="epochs per model (default 100, --quick 25)")
+    study.add_argument("--trials", type=int, help="per-layer TPE trials (default 10, --quick 3)")
+    study.add_argument(
+        "--seeds", type=int, help="seeds of the sensitivity analysis (default 2, --quick 1)"
+    )
     study.add_argument(
         "--final-seeds", type=int, help="seeds of the final models (default 3, --quick 1)"
     )

@@ -471,6 +471,14 @@ def variational_dropout_kl(log_alpha: torch.Tensor) -> torch.Tensor:
 # Sparse variational dropout, Molchanov et al. 2017
 
 
+def _check_log_sigma2(log_sigma2: object, weight: torch.Tensor) -> None:
+    _check_log_alpha(log_sigma2, "log_sigma2")
+    if log_sigma2.shape != weight.shape:
+        raise ValueError(
+            f"log_sigma2 must have weight's shape {tuple(weight.shape)}, got {tuple(log_sigma2.shape)}"
+        )
+
+
 def sparse_variational_log_alpha(weight: torch.Tensor, log_sigma2: torch.Tensor) -> torch.Tensor:
     r"""log α = log σ² − log θ² per weight (Molchanov et al. 2017, sec. 4.1), clamped to [−10, 10].
 
@@ -484,11 +492,7 @@ def sparse_variational_log_alpha(weight: torch.Tensor, log_sigma2: torch.Tensor)
         tensor([-4.6050, -0.0000])
     """
     weight = check_float_tensor(weight, "weight")
-    log_sigma2 = _check_log_alpha(log_sigma2, "log_sigma2")
-    if log_sigma2.shape != weight.shape:
-        raise ValueError(
-            f"log_sigma2 must have weight's shape {tuple(weight.shape)}, got {tuple(log_sigma2.shape)}"
-        )
+    _check_log_sigma2(log_sigma2, weight)
     log_alpha = log_sigma2 - torch.log(weight * weight + 1e-8)
     return log_alpha.clamp(-LOG_ALPHA_CLAMP, LOG_ALPHA_CLAMP)
 
@@ -539,8 +543,9 @@ def sparse_variational_linear(
     """
     weight = _check_linear(input, weight, bias, "sparse_variational_linear")
     threshold = _check_threshold(threshold)
-    log_alpha = sparse_variational_log_alpha(weight, log_sigma2)  # also checks log_sigma2's shape
+    _check_log_sigma2(log_sigma2, weight)
     if not training:
+        log_alpha = sparse_variational_log_alpha(weight, log_sigma2)
         return F.linear(input, weight * (log_alpha < threshold).to(weight.dtype), bias)
     mean = F.linear(input, weight, bias)
     var = F.linear(input * input, torch.exp(log_sigma2))
@@ -597,9 +602,10 @@ def sparse_variational_conv2d(
             f"sparse_variational_conv2d expects input of rank 3-D or 4-D, got a {input.dim()}-D tensor of shape {tuple(input.shape)}"
         )
     threshold = _check_threshold(threshold)
-    log_alpha = sparse_variational_log_alpha(weight, log_sigma2)
+    _check_log_sigma2(log_sigma2, weight)
     conv = lambda x, w, b: F.conv2d(x, w, b, stride, padding, dilation, groups)  # noqa: E731
     if not training:
+        log_alpha = sparse_variational_log_alpha(weight, log_sigma2)
         return conv(input, weight * (log_alpha < threshold).to(weight.dtype), bias)
     mean = conv(input, weight, bias)
     var = conv(input * input, torch.exp(log_sigma2), None)

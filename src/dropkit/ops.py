@@ -29,14 +29,14 @@ Fused ops for transformer blocks: :func:`bias_dropout_add`, :func:`attention_dro
 :func:`scaled_dot_product_attention_with_dropout`; explicit seeds: :func:`dropout_with_seed`.
 
 torch integration: the ops are registered with ``torch.library`` in the ``dropkit`` namespace
-(``torch.ops.dropkit.dropout``, ``dropout_with_seed``, ``bias_dropout_add``, ``keep_mask``) with
+(``torch.ops.dropkit.draw_seed``, ``dropout_with_seed``, ``bias_dropout_add``, ``keep_mask``) with
 autograd formulas and fake (meta) implementations, so ``torch.compile(fullgraph=True)`` traces
-them without a graph break. The ops that draw a seed carry ``torch.Tag.nondeterministic_seeded``
-and draw it *inside* the op at run time, from the same generator in the same order as eager, so
-the compiler never merges two dropout calls and a compiled model drops the same units as in eager
-mode for the same ``torch.manual_seed``. In eager mode a lighter path (an
-``autograd.Function`` calling the kernel) skips the dispatcher's overhead for small tensors; it
-produces the same bits.
+them without a graph break. ``draw_seed`` carries ``torch.Tag.nondeterministic_seeded`` and draws
+the seed *inside* the op at run time, from the same generator in the same order as eager mode, so
+the compiler never merges, reorders or re-draws a dropout and a compiled model drops the same units
+as eager mode for the same ``torch.manual_seed`` (see ``docs/integration.md``). In eager mode a
+lighter path (an ``autograd.Function`` calling the kernel) skips the dispatcher's overhead for small
+tensors; it produces the same bits.
 """
 
 from __future__ import annotations
@@ -47,9 +47,8 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from dropkit import rng
+from dropkit import kernels, rng
 from dropkit._validate import check_float_tensor, check_generator, check_probability
-from dropkit import kernels
 
 __all__ = [
     "THRESHOLD_RANGE",
@@ -184,7 +183,15 @@ class _SmallCPU:
         entry = self.entries.get(x.dtype) or self._entry_point(x.dtype)
         flat = self._flat(x)
         # The entry point casts scale to the signature's float32 (float64 for float64 tensors).
-        entry(flat, flat if out is x else self._flat(out), offset, seed & 0xFFFFFFFF, seed >> 32, thresh, scale)
+        entry(
+            flat,
+            flat if out is x else self._flat(out),
+            offset,
+            seed & 0xFFFFFFFF,
+            seed >> 32,
+            thresh,
+            scale,
+        )
         return out
 
 
@@ -242,15 +249,31 @@ class _DropoutFunction(torch.autograd.Function):
     def backward(ctx, grad):  # noqa: D102
         # Regenerate the mask: ∂L/∂x = m · scale ⊙ ∂L/∂y (differentiable again for double backward).
         if grad.requires_grad and torch.is_grad_enabled():
-            return _DropoutFunction.apply(grad, ctx.stream, False), None, None
+            return _differentiable(grad, ctx.stream, False), None, None
         return _apply(grad, *ctx.stream), None, None
+
+
+try:
+    # autograd.Function.apply minus its Python prologue (default-argument binding, which this
+    # Function has none of, and unwrapping functorch wrappers, done below only under functorch):
+    # about 2 µs of the per-call cost on a 10^4-element tensor.
+    _RAW_APPLY = torch._C._FunctionBase.__dict__["apply"].__get__(None, _DropoutFunction)
+    _functorch_active = torch._C._are_functorch_transforms_active
+except (AttributeError, KeyError, TypeError):  # pragma: no cover - other torch builds
+    _RAW_APPLY = None
+
+
+def _differentiable(x: torch.Tensor, stream: tuple, inplace: bool) -> torch.Tensor:
+    if _RAW_APPLY is None or type(x) is not torch.Tensor or _functorch_active():
+        return _DropoutFunction.apply(x, stream, inplace)
+    return _RAW_APPLY(x, stream, inplace)
 
 
 def _dropout_stream(
     x: torch.Tensor, seed: int, offset: int, thresh: int, scale: float, inplace: bool
 ) -> torch.Tensor:
     if x.requires_grad and torch.is_grad_enabled():
-        return _DropoutFunction.apply(x, (seed, offset, thresh, scale), inplace)
+        return _differentiable(x, (seed, offset, thresh, scale), inplace)
     if inplace:
         return _apply_(x, seed, offset, thresh, scale)
     return _apply(x, seed, offset, thresh, scale)
@@ -388,14 +411,23 @@ def _bda_backward(ctx, grad):
     x_shape, bias_shape, residual_shape = ctx.shapes
     grad_h = torch.ops.dropkit.dropout_with_seed(grad, seed, 0, ctx.threshold, ctx.scale)
     grad_bias = None if bias_shape is None else grad_h.sum_to_size(bias_shape)
-    return grad_h.sum_to_size(x_shape), grad_bias, grad.sum_to_size(residual_shape), None, None, None
+    return (
+        grad_h.sum_to_size(x_shape),
+        grad_bias,
+        grad.sum_to_size(residual_shape),
+        None,
+        None,
+        None,
+    )
 
 
 _bias_dropout_add_op.register_autograd(_bda_backward, setup_context=_bda_setup)
 
 
 @torch.library.custom_op("dropkit::keep_mask", mutates_args=())
-def _keep_mask_op(shape: list[int], seed: torch.Tensor, threshold: int, device: torch.device) -> torch.Tensor:
+def _keep_mask_op(
+    shape: list[int], seed: torch.Tensor, threshold: int, device: torch.device
+) -> torch.Tensor:
     """A bool keep mask of ``shape`` from (seed, offset 0)."""
     n = math.prod(shape)
     return kernels.keep_mask(n, _seed_int(seed), 0, threshold, device).view(shape)
@@ -424,7 +456,9 @@ def _use_custom_ops(x: torch.Tensor | None, generator: torch.Generator | None) -
 # ------------------------------------------------------------------------------------------------
 def _check_scale(scale: object) -> float:
     if isinstance(scale, bool) or not isinstance(scale, (int, float)):
-        raise TypeError(f"scale must be a real number, got {scale!r} of type {type(scale).__name__}")
+        raise TypeError(
+            f"scale must be a real number, got {scale!r} of type {type(scale).__name__}"
+        )
     if not math.isfinite(scale):
         raise ValueError(f"scale must be a finite number, got {scale!r}")
     return float(scale)
@@ -464,8 +498,10 @@ def dropout_elementwise(
     """
     check_float_tensor(x)
     thresh = threshold(p)
-    scale = _check_scale(scale)
-    check_generator(generator)
+    if type(scale) is not float or not math.isfinite(scale):
+        scale = _check_scale(scale)
+    if generator is not None:
+        check_generator(generator)
     if _use_custom_ops(x, generator):
         y = _dropout_with_seed_op(x, _traced_seed(), 0, thresh, scale)
         return x.copy_(y) if inplace else y
@@ -593,7 +629,9 @@ def bias_dropout_add(
     thresh = threshold(p)
     check_generator(generator)
     try:
-        out_shape = torch.broadcast_shapes(x.shape, () if bias is None else bias.shape, residual.shape)
+        out_shape = torch.broadcast_shapes(
+            x.shape, () if bias is None else bias.shape, residual.shape
+        )
     except RuntimeError:
         out_shape = None
     if out_shape != x.shape:

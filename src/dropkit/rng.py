@@ -163,7 +163,12 @@ def draw_seed(generator: torch.Generator | None = None) -> int:
         >>> s == rng.draw_seed(torch.Generator().manual_seed(3))
         True
     """
-    seed = _raw_draw(generator)
+    if generator is None:
+        seed = _CONTEXT.cpu_scratch.random_(-(1 << 63), None).item() & MASK64
+    else:
+        seed = _raw_draw(generator)
+    if not _CONTEXT.salts and not _dist_initialized():  # the common case: no salt
+        return seed
     salt = current_salt()
     return seed if salt is None else mix_seed(seed, salt)
 
@@ -198,7 +203,9 @@ def model_parallel_region(group: object | None = None) -> contextlib.AbstractCon
     """
     first_rank = 0
     if _dist_initialized():
-        first_rank = min(torch.distributed.get_process_group_ranks(group or torch.distributed.group.WORLD))
+        first_rank = min(
+            torch.distributed.get_process_group_ranks(group or torch.distributed.group.WORLD)
+        )
     return _salted(_REGION_TAG | first_rank)
 
 
@@ -243,7 +250,9 @@ class RNGStatesTracker:
         if isinstance(seed, bool) or not isinstance(seed, int):
             raise TypeError(f"seed must be an int, got {seed!r} of type {type(seed).__name__}")
         if name in self._states:
-            raise ValueError(f"RNG state {name!r} already exists; registered names: {sorted(self._states)}")
+            raise ValueError(
+                f"RNG state {name!r} already exists; registered names: {sorted(self._states)}"
+            )
         if seed in self._states.values():
             raise ValueError(f"seed {seed} is already used by another RNG state")
         self._states[name] = seed
@@ -251,7 +260,9 @@ class RNGStatesTracker:
     def fork(self, name: str = "model-parallel-rng") -> contextlib.AbstractContextManager[None]:
         """Context manager: dropkit draws inside use state ``name``."""
         if name not in self._states:
-            raise ValueError(f"RNG state {name!r} is not registered; registered names: {sorted(self._states)}")
+            raise ValueError(
+                f"RNG state {name!r} is not registered; registered names: {sorted(self._states)}"
+            )
         return _salted(_TRACKER_TAG ^ _splitmix64(self._states[name] & MASK64))
 
 

@@ -20,8 +20,12 @@ How it is fast:
 * numba has no float16/bfloat16: those tensors are viewed as ``uint16`` and converted with bit
   operations (bfloat16 <-> float32 is a 16-bit shift with round-to-nearest-even; float16 uses the
   branch-free conversions of the FP16 library that torch's ``c10::Half`` uses), which are exact.
+* Outputs of ``HUGE_PAGE_MIN_BYTES`` or more are allocated with ``madvise(MADV_HUGEPAGE)``: the
+  page faults of a fresh 128 MiB tensor otherwise cost as much as the kernel itself.
 * Compiled lazily per dtype on first use and cached on disk (``cache=True``), so later processes
-  load machine code instead of compiling.
+  load machine code instead of compiling. No ``fastmath``: the only float operations are the
+  products and sums that must round exactly as torch's (contraction into FMAs or reassociation
+  would change bits), and the integer Philox code gains nothing from it.
 
 Every function takes contiguous CPU tensors and returns new contiguous tensors (``*_out`` variants
 write into a given one, which may be the input itself for in-place dropout).

@@ -77,7 +77,9 @@ def philox_uint16(n: int, seed: int, offset: int, device: torch.device | str) ->
     # Counters are below 2^61, so they fit int64; split into the two 32-bit counter words.
     blocks = torch.arange(last - first + 1, dtype=torch.int64, device=device) + first
     zeros = torch.zeros_like(blocks)
-    words = torch.stack(_philox4x32(blocks & _MASK32, (blocks >> 32) & _MASK32, zeros, zeros, seed), 1)
+    words = torch.stack(
+        _philox4x32(blocks & _MASK32, (blocks >> 32) & _MASK32, zeros, zeros, seed), 1
+    )
     halves = torch.stack((words & 0xFFFF, words >> 16), 2).reshape(-1)
     start = offset % WORDS_PER_COUNTER
     return halves[start : start + n].to(torch.int32)
@@ -90,19 +92,27 @@ def keep_mask(
     return philox_uint16(n, seed, offset, device) >= threshold
 
 
-def _scaled_mask(n: int, seed: int, offset: int, threshold: int, scale: float, like: torch.Tensor) -> torch.Tensor:
+def _scaled_mask(
+    n: int, seed: int, offset: int, threshold: int, scale: float, like: torch.Tensor
+) -> torch.Tensor:
     return keep_mask(n, seed, offset, threshold, like.device).to(like.dtype) * scale
 
 
-def dropout_forward(x: torch.Tensor, seed: int, offset: int, threshold: int, scale: float) -> torch.Tensor:
+def dropout_forward(
+    x: torch.Tensor, seed: int, offset: int, threshold: int, scale: float
+) -> torch.Tensor:
     """y = m ⊙ x · scale over x's row-major elements (x contiguous); m from :func:`keep_mask`."""
     flat = x.reshape(-1)
     # where (not multiply) so that a dropped inf or NaN gives 0, as the fused kernels do.
     keep = keep_mask(flat.numel(), seed, offset, threshold, x.device)
-    return torch.where(keep, flat * scale, torch.zeros((), dtype=x.dtype, device=x.device)).view_as(x)
+    return torch.where(keep, flat * scale, torch.zeros((), dtype=x.dtype, device=x.device)).view_as(
+        x
+    )
 
 
-def dropout_backward(grad: torch.Tensor, seed: int, offset: int, threshold: int, scale: float) -> torch.Tensor:
+def dropout_backward(
+    grad: torch.Tensor, seed: int, offset: int, threshold: int, scale: float
+) -> torch.Tensor:
     """∂L/∂x = m ⊙ ∂L/∂y · scale, the mask regenerated from ``(seed, offset)``."""
     return dropout_forward(grad, seed, offset, threshold, scale)
 

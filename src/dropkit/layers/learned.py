@@ -479,9 +479,8 @@ class Conv2dSVDO(_SVDOMixin, nn.Conv2d):
             raise ValueError(
                 f"Conv2dSVDO expects input of rank 3-D or 4-D, got a {input.dim()}-D tensor of shape {tuple(input.shape)}"
             )
-        log_alpha = self.log_alpha
         if not self.training:
-            kept = (log_alpha < self.threshold).to(self.weight.dtype)
+            kept = (self.log_alpha < self.threshold).to(self.weight.dtype)
             return self._conv_forward(input, self.weight * kept, self.bias)
         # Same maths as functional_learned.sparse_variational_conv2d, through _conv_forward so that
         # padding_mode (reflect, replicate, circular) applies to both convolutions.
