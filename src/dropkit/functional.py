@@ -469,3 +469,13 @@ def gaussian_dropout(
     shape = mask_shape if mask_shape is not None else tuple(input.shape)
     noise = torch.randn(shape, device=input.device, dtype=input.dtype, generator=generator)
     return input * noise.mul_(std).add_(1.0)
+
+
+# The structured, weight-level, sequence and learned variants live in files of their own; their
+# functional forms are re-exported here so that `dropkit.functional` is the one place to look.
+from dropkit.functional_learned import *  # noqa: E402, F401, F403
+from dropkit.functional_learned import __all__ as _learned_all  # noqa: E402
+from dropkit.functional_variants import *  # noqa: E402, F401, F403
+from dropkit.functional_variants import __all__ as _variants_all  # noqa: E402
+
+__all__ += _variants_all + _learned_all

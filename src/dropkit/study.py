@@ -371,7 +371,7 @@ def run_study(
     hidden_layers = [name for name in all_layers if name != "input_dropout"]
     seeds = [cfg.seed + i for i in range(cfg.seeds)]
     numbers: dict[str, Any] = {
-        "config": asdict(cfg),
+        "config": {k: v for k, v in asdict(cfg).items() if k != "progress"},
         "data": {
             "name": ds.name,
             "source": cfg.data or "MNIST-1D, generated locally (mnist1d.make_dataset, seed 42)",

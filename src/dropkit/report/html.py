@@ -202,7 +202,7 @@ def render_html(
         parts.append(
             f"<p>On the validation split the baseline reaches {_fmt(base.get('train_acc'), 'pct')} "
             f"training and {_fmt(base.get('val_acc'), 'pct')} validation accuracy: a gap of "
-            f"{_fmt(base.get('gap'), 'pts')} points against ε = {_fmt(base.get('epsilon'), 'pts')}"
+            f"{_fmt(base.get('gap'), 'pts')} points against ε = {_fmt(base.get('epsilon'), 'pts')} points"
             + (f", first passed at epoch {flagged}" if flagged else "")
             + ".</p>"
         )
