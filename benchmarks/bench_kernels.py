@@ -220,6 +220,53 @@ def bench_size(e: int, s: Setup) -> tuple[list[str], list[str], list[str]]:
     return fwd_row, bwd_row, mem_row
 
 
+def cpu_breakdown(e: int, repeats: int) -> None:
+    """CPU time (``time.process_time``, one thread) of the pieces of a 2^e float32 forward."""
+    import numba
+    import numpy as np
+
+    from dropkit.kernels import cpu
+
+    torch.set_num_threads(1)
+    numba.set_num_threads(1)
+    n = 1 << e
+    x = torch.randn(n)
+    out = torch.ones_like(x)  # already touched: no page faults
+    x_np, out_np = x.numpy(), out.numpy()
+    threshold = kernels.threshold_from_p(P)
+    scale = np.float32(kernels.scale_from_threshold(threshold))
+
+    def touch(t: torch.Tensor) -> torch.Tensor:
+        t.numpy()[:: 4096 // t.element_size()] = 0  # one write per 4 KiB page
+        return t
+
+    pieces = {
+        "dropkit forward (public, new output)": lambda: kernels.dropout_forward(
+            x, 1, 0, threshold, float(scale)
+        ),
+        "dropkit kernel into a touched buffer": lambda: cpu._run(
+            cpu._dropout_float_ser, (x_np, out_np), 0, 1, threshold, scale
+        ),
+        "dropkit mask only (1 byte/element)": lambda: kernels.keep_mask(n, 1, 0, threshold, "cpu"),
+        "new tensor + first touch, huge pages": lambda: touch(cpu._empty_like(x)),
+        "new tensor + first touch, 4 KiB pages": lambda: touch(torch.empty_like(x)),
+        "np.copyto into a touched buffer": lambda: np.copyto(out_np, x_np),
+        "x.clone()": lambda: x.clone(),
+        "torch eager F.dropout": lambda: F.dropout(x, P, training=True),
+    }
+    samples: dict[str, list[float]] = {name: [] for name in pieces}
+    for fn in pieces.values():
+        fn()
+    for _ in range(repeats):
+        for name, fn in pieces.items():
+            start = time.process_time()
+            fn()
+            samples[name].append(time.process_time() - start)
+    rows = [[name, fmt_time(statistics.median(t))] for name, t in samples.items()]
+    print(f"CPU time of the pieces of a 2^{e} float32 forward (one thread, median of {repeats})")
+    print(table(["piece", "CPU time"], rows))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -231,7 +278,17 @@ def main() -> None:
     parser.add_argument(
         "--threads", type=int, default=None, help="threads for torch and numba (default: all cores)"
     )
+    parser.add_argument(
+        "--cpu-breakdown",
+        action="store_true",
+        help="only print the CPU time of the pieces of a 2^25 forward (one thread)",
+    )
     args = parser.parse_args()
+    if args.cpu_breakdown:
+        print(machine_info("cpu"))
+        print(f"command: python {' '.join(sys.argv)}\n")
+        cpu_breakdown(25, args.repeats or 9)
+        return
     if args.threads:
         import numba
 

@@ -157,3 +157,13 @@ def test_bench_runs_the_kernel_benchmark_script(capsys):
 def test_bench_reports_bad_benchmark_arguments(capsys):
     assert cli.main(["bench", "--device", "tpu"]) == 2
     assert "invalid choice" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("grid", "needle"), [("0,0.2", "(0, 1)"), ("0.2,0.2", "repeat"), ("a,b", "0.1,0.2")]
+)
+def test_bad_grid_is_rejected_before_any_work(tmp_path, capsys, grid, needle):
+    out = tmp_path / "report"
+    assert cli.main(["study", "--no-progress", "--out", str(out), "--grid", grid]) == 2
+    assert needle in capsys.readouterr().err
+    assert os.listdir(tmp_path) == []

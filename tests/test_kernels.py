@@ -219,6 +219,28 @@ def test_mask_parallel_and_serial_twins_agree():
     assert np.array_equal(outs[0], ref.keep_mask_from_threshold(n, 77, 2**33 + 1, 12345))
 
 
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_forked_child_of_a_process_that_ran_parallel_kernels_still_works():
+    """GNU OpenMP kills a forked child that enters a parallel region: children use serial twins."""
+    n = cpu.PARALLEL_MIN + 1000
+    x = torch.randn(n)
+    out = torch.empty_like(x)
+    cpu._run(cpu._dropout_float_par, (x.numpy(), out.numpy()), 0, 3, 100, np.float32(1.0))
+    expected = cpu.dropout_forward(x, 3, 0, 100, 1.0)
+    pid = os.fork()
+    if pid == 0:  # child: must not touch pytest state; report through the exit code
+        code = 1
+        try:
+            ok = all(
+                torch.equal(cpu.dropout_forward(x, 3, 0, 100, 1.0), expected) for _ in range(3)
+            )
+            code = 0 if ok and cpu._FORKED_CHILD else 2
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, status
+
+
 def test_path_chooser_prefers_the_measured_faster_twin_and_backs_off_probing():
     chooser = cpu._PathChooser()
     n = 1 << 20
@@ -246,9 +268,18 @@ def test_path_chooser_switches_when_a_probe_wins():
     for _ in range(cpu._PathChooser.PROBE_MIN - 1):
         assert chooser.pick(1 << 20)[0] is False
     assert chooser.pick(1 << 20)[0] is True  # the probe
-    for _ in range(10):  # parallel is now much faster: after a few probes it becomes the choice
-        chooser.record(21, True, 0.1e-9)
+    chooser.record(21, True, 0.1e-9)  # parallel is now much faster: believed at once
     assert chooser.pick(1 << 20)[0] is True
+
+
+def test_path_chooser_forgets_a_slow_outlier_at_the_first_faster_time():
+    chooser = cpu._PathChooser()
+    chooser.record(chooser.pick(1 << 20)[1], True, 1e-3)  # e.g. the thread pool starting up
+    chooser.record(chooser.pick(1 << 20)[1], False, 2e-9)
+    chooser.stats[21][2] = 1  # next call probes parallel
+    assert chooser.pick(1 << 20)[0] is True
+    chooser.record(21, True, 1e-9)
+    assert chooser.stats[21][1] == 1e-9
 
 
 @settings(max_examples=60, deadline=None)
@@ -310,6 +341,16 @@ def test_numba_backward_is_grad_times_forward_mask_times_scale(dtype):
     keep = (y != 0).numpy()
     assert np.array_equal(keep, ref.keep_mask_from_threshold(n, seed, offset, threshold))
     assert _same_bits(grad_x, _torch_dropout_oracle(grad, keep, scale))
+
+
+def test_large_outputs_allocated_with_huge_page_advice_hold_the_right_bits():
+    n = cpu.HUGE_PAGE_MIN_BYTES // 4 + 1000  # float32 output above the huge-page threshold
+    x = torch.randn(n)
+    y = cpu.dropout_forward(x, 21, 2**32 + 5, 6554, _scale(6554))
+    keep = ref.keep_mask_from_threshold(n, 21, 2**32 + 5, 6554)
+    assert _same_bits(y, _torch_dropout_oracle(x, keep, _scale(6554)))
+    mask = cpu.keep_mask(cpu.HUGE_PAGE_MIN_BYTES + 3, 21, 0, 6554)
+    assert np.array_equal(mask.numpy(), ref.keep_mask_from_threshold(mask.numel(), 21, 0, 6554))
 
 
 def test_numba_forward_out_works_in_place():
@@ -583,15 +624,18 @@ def _triton_cases() -> list[dict]:
     for dtype in ALL_DTYPES:
         x = _special_values(dtype, 3000, 7)
         cases.append({"op": "forward", "args": (x, 5, 2**33 + 1, 6554, _scale(6554))})
-        cases.append({"op": "forward", "args": (x.reshape(30, 100), 6, 7, 65536, 0.0)})
+        # offset % 8 == 0 takes the kernel's aligned (vectorised) specialisation
+        cases.append({"op": "forward", "args": (x, 6, 2**35, 30000, _scale(30000))})
+        cases.append({"op": "forward", "args": (x.reshape(30, 100), 6, 8, 65536, 0.0)})
         cases.append({"op": "backward", "args": (x, 8, 2**40 + 3, 40000, _scale(40000))})
         g = torch.Generator().manual_seed(8)
         xb = torch.randn(7, 33, generator=g).to(dtype)
         bias = torch.randn(33, generator=g).to(dtype)
         res = torch.randn(7, 33, generator=g).to(dtype)
-        cases.append(
-            {"op": "bias_dropout_add", "args": (xb, bias, res, 9, 77, 20000, _scale(20000))}
-        )
+        for offset in (77, 2**32):
+            cases.append(
+                {"op": "bias_dropout_add", "args": (xb, bias, res, 9, offset, 20000, _scale(20000))}
+            )
     cases.append({"op": "forward_out", "args": (torch.randn(1000), 1, 2, 30000, _scale(30000))})
     return cases
 
@@ -634,6 +678,56 @@ def test_triton_interpreted_kernels_equal_reference_and_numba(triton_results):
             expected = res + _torch_dropout_oracle(x + bias, keep, scale)
             assert _same_bits(got, expected), (op, x.dtype)
             assert _same_bits(got, cpu.bias_dropout_add(*args))
+
+
+def test_triton_kernels_compile_for_sm90_with_vector_accesses_and_no_fma():
+    """GPU-only compile problems (e.g. Triton turning an int argument equal to 1 into a constexpr)
+    do not show under the interpreter: compile the kernels to PTX for an H100 without a device."""
+    triton = pytest.importorskip("triton")
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        pytest.skip("kernels are interpreted in this process")
+    from dropkit.kernels import gpu
+
+    def ptx(fn, signature, constexprs, aligned_args=()):
+        # What a launch specialises on its own: 16-byte-aligned pointers, sizes divisible by 16.
+        attrs = {(i,): [["tt.divisibility", 16]] for i in aligned_args}
+        source = ASTSource(fn=fn, signature=signature, constexprs=constexprs, attrs=attrs)
+        options = {"num_warps": 8, "enable_fp_fusion": False}
+        try:
+            return triton.compile(source, target=GPUTarget("cuda", 90, 32), options=options).asm[
+                "ptx"
+            ]
+        except (RuntimeError, FileNotFoundError) as error:  # no ptxas/CUDA toolchain
+            pytest.skip(f"cannot compile for sm_90 here: {error}")
+
+    ints = {"seed": "u64", "first_block": "i64", "lane_shift": "i32", "threshold": "i32"}
+    flags = {"BLOCK": 4096, "SCALE_F64": False, "IS_BF16": False, "ALIGNED": True}
+    forward = ptx(
+        gpu._dropout_kernel,
+        {"x_ptr": "*fp32", "out_ptr": "*fp32", "n": "i64", **ints, "scale_bits": "i32"}
+        | {k: "constexpr" for k in flags},
+        flags,
+        aligned_args=(0, 1, 2),
+    )
+    assert "ld.global.v4" in forward and "st.global.v4" in forward
+    flags_bf16 = flags | {"IS_BF16": True}
+    fused = ptx(
+        gpu._bias_dropout_add_kernel,
+        {"x_ptr": "*i16", "bias_ptr": "*i16", "res_ptr": "*i16", "out_ptr": "*i16", "n": "i64"}
+        | {"h_len": "constexpr", **ints, "scale_bits": "i32"}
+        | {k: "constexpr" for k in flags_bf16},
+        {"h_len": 1, **flags_bf16},
+    )
+    assert "fma." not in fused
+    mask = ptx(
+        gpu._keep_mask_kernel,
+        {"out_ptr": "*i1", "n": "constexpr", **ints, "BLOCK": "constexpr", "ALIGNED": "constexpr"},
+        {"n": 1, "BLOCK": 4096, "ALIGNED": False},
+    )
+    assert "mul.hi.u32" in mask
 
 
 def test_dropkit_imports_without_triton_and_gpu_kernels_refuse_cpu_tensors():

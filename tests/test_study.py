@@ -16,7 +16,19 @@ from dropkit import cli, report, study
 from dropkit.data import load_table
 
 # A small but real classification table: scikit-learn's digits (first 360 images), 64 features.
-FAST = ["--quick", "--hidden", "32", "--epochs", "4", "--trials", "3", "--seeds", "2", "--mc-samples", "8"]
+FAST = [
+    "--quick",
+    "--hidden",
+    "32",
+    "--epochs",
+    "4",
+    "--trials",
+    "3",
+    "--seeds",
+    "2",
+    "--mc-samples",
+    "8",
+]
 
 
 @pytest.fixture(scope="module")
@@ -318,3 +330,54 @@ def test_mnist1d_study_shows_the_gap_and_writes_a_report(tmp_path, capsys):
     assert numbers["final"]["baseline"]["gap"] > 0.05  # the baseline overfits after 6 epochs
     assert "baseline_within_3_points_of_paper" in numbers["checks"]
     assert "mnist1d" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_a_killed_run_leaves_no_report_and_no_temporary_folder(tmp_path, digits_csv):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    target = tmp_path / "report"
+    args = [
+        "study",
+        "--no-progress",
+        "--data",
+        digits_csv,
+        "--label",
+        "digit",
+        "--out",
+        str(target),
+    ]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dropkit.cli", *args, *FAST, "--epochs", "50"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 120
+    # Wait until the run is under way: its staging folder exists next to the target.
+    while not any(name.startswith(".report.tmp-") for name in os.listdir(tmp_path)):
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, "the run never started"
+        time.sleep(0.05)
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == cli.EXIT_INTERRUPTED, err
+    assert "no report written" in err
+    assert os.listdir(tmp_path) == []
+
+
+def test_the_seeds_val_loss_rule_chooses_by_minimum_validation_loss(tmp_path, digits_csv):
+    assert _study(tmp_path / "r", digits_csv, "--metric", "val_loss") == 0
+    numbers = _numbers(str(tmp_path / "r"))
+    assert numbers["grid_search"]["direction"] == "minimize"
+    assert numbers["per_layer_search"]["direction"] == "minimize"
+    chosen = numbers["chosen"]
+    means = {s["p"]: s["mean"] for s in numbers["sensitivity"]["val_loss"] if s["p"] > 0}
+    assert means[chosen["p_best"]] == min(means.values())
+    assert means[chosen["p_one_se"]] - means[chosen["p_best"]] <= chosen["noise"]
+    grid_losses = {r["p"]: r["val_loss"] for r in numbers["grid_search"]["records"]}
+    assert numbers["grid_search"]["best_p"] == min(grid_losses, key=grid_losses.get)

@@ -177,8 +177,10 @@ def _study(args: argparse.Namespace, argv: Sequence[str]) -> int:
     try:
         resolved = config.resolved()
         for i, p in enumerate(resolved.grid):
-            if not 0.0 <= p < 1.0:
-                raise ValueError(f"--grid rates must be in [0, 1), got {p!r} at position {i}")
+            if not 0.0 < p < 1.0:
+                raise ValueError(f"--grid rates must be in (0, 1), got {p!r} at position {i}")
+        if len(set(resolved.grid)) != len(resolved.grid):
+            raise ValueError(f"--grid must not repeat a rate, got {list(resolved.grid)}")
         if args.threads < 1:
             raise ValueError(f"--threads must be an int >= 1, got {args.threads}")
         out_dir = report.check_target(args.out)
@@ -189,6 +191,8 @@ def _study(args: argparse.Namespace, argv: Sequence[str]) -> int:
     threads = torch.get_num_threads()
     torch.set_num_threads(args.threads)
     command = "dropkit " + " ".join(shlex.quote(a) for a in argv)
+    # SIGTERM (a killed job, a CI timeout) unwinds like Ctrl-C, so the staging folder is removed.
+    previous = _on_sigterm(_raise_interrupt)
     try:
         with report.staging(out_dir) as tmp:
             result = study.run_study(config, tmp, dataset=dataset)
@@ -196,12 +200,27 @@ def _study(args: argparse.Namespace, argv: Sequence[str]) -> int:
     except KeyboardInterrupt:
         print("dropkit study: interrupted; no report written", file=sys.stderr)
         return EXIT_INTERRUPTED
-    except (ValueError, TypeError) as err:
+    except (ValueError, TypeError, FloatingPointError) as err:
         return _error("study", err)
     finally:
+        _on_sigterm(previous)
         torch.set_num_threads(threads)
     print(study.format_summary(result.numbers, args.out))
     return 0
+
+
+def _raise_interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
+
+
+def _on_sigterm(handler):
+    """Installs ``handler`` for SIGTERM (main thread only); returns the previous one."""
+    import signal
+    import threading
+
+    if handler is None or threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.signal(signal.SIGTERM, handler)
 
 
 def _bench_main():

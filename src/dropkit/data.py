@@ -348,7 +348,9 @@ def load_table(
     y, classes = _encode_labels(path, label, labels)
     train, test = _split_indices(n, test_fraction, seed)
     if len(train) == 0 or len(test) == 0:
-        raise ValueError(f"data file {path!r}: cannot split {n} rows with test_fraction={test_fraction}")
+        raise ValueError(
+            f"data file {path!r}: cannot split {n} rows with test_fraction={test_fraction}"
+        )
     if standardize:
         mean = x[train].mean(0)
         std = x[train].std(0)

@@ -191,13 +191,13 @@ def load_study_data(config: StudyConfig) -> _data.Dataset:
 # --------------------------------------------------------------------------------------------
 
 
-def _bar(total: int, desc: str, enabled: bool) -> Any:
+def _bar(total: int, desc: str, enabled: bool, unit: str = "run") -> Any:
     from tqdm.auto import tqdm
 
     return tqdm(
         total=total,
         desc=f"{desc:<26}",
-        unit="run" if total < 50 else "epoch",
+        unit=unit,
         disable=not enabled,
         file=sys.stderr,
         leave=True,
@@ -390,7 +390,7 @@ def run_study(
     monitor = tune.OverfitMonitor(epsilon=cfg.epsilon)
     torch.manual_seed(cfg.seed)
     baseline_split = build_model()
-    with _bar(cfg.epochs, "1/7 baseline (no dropout)", cfg.progress) as bar:
+    with _bar(cfg.epochs, "1/7 baseline (no dropout)", cfg.progress, "epoch") as bar:
         history = fit(
             baseline_split,
             (x_fit, y_fit),
@@ -592,7 +592,7 @@ def run_study(
     final: dict[str, Any] = {}
     final_models: dict[str, nn.Module] = {}
     runs: dict[str, list[dict[str, Any]]] = {"baseline": [], "dropout": []}
-    with _bar(2 * cfg.epochs * len(final_seeds), "6/7 final models", cfg.progress) as bar:
+    with _bar(2 * cfg.epochs * len(final_seeds), "6/7 final models", cfg.progress, "epoch") as bar:
         for seed in final_seeds:
             for name, rates in (
                 ("baseline", dict.fromkeys(all_layers, 0.0)),

@@ -59,11 +59,17 @@ _gpu_module: ModuleType | None = None
 
 
 def _gpu() -> ModuleType | None:
-    """dropkit.kernels.gpu, imported on first CUDA use (so importing dropkit never needs triton)."""
-    global _gpu_module
-    if _gpu_module is None and HAS_TRITON:
-        from dropkit.kernels import gpu
+    """dropkit.kernels.gpu, imported on first CUDA use (so importing dropkit never needs triton).
 
+    None when triton is missing or fails to import (then CUDA tensors take the torch fallback).
+    """
+    global _gpu_module, HAS_TRITON
+    if _gpu_module is None and HAS_TRITON:
+        try:
+            from dropkit.kernels import gpu
+        except ImportError:
+            HAS_TRITON = False
+            return None
         _gpu_module = gpu
     return _gpu_module
 
@@ -89,8 +95,8 @@ def _backend(device: torch.device) -> ModuleType:
         return cpu
     if name == "triton":
         gpu = _gpu()
-        assert gpu is not None
-        return gpu
+        if gpu is not None:
+            return gpu
     return fallback
 
 

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import ctypes
 import math
+import os
 import sys
 import time
 
@@ -383,11 +384,21 @@ def _mask_ser(out, offset, k0, k1, threshold):
 
 
 @numba.njit(parallel=True, **_JIT)
-def _lanes_par(out, offset, k0, k1):
+def _lanes_par(out, offset, k0, k1, threshold):  # threshold unused: the drivers share a signature
     n = out.shape[0]
     for c in prange(_n_chunks(n, offset)):
         i0, i1, first_block, n_blocks, lane0 = _chunk_span(c, n, offset)
         words = np.empty(4 * _BLOCKS_PER_CHUNK, dtype=np.uint32)
+        _philox_fill(words, first_block, n_blocks, k0, k1)
+        _apply_lanes(out, words.view(np.uint16), i0, i1, lane0)
+
+
+@numba.njit(**_JIT)
+def _lanes_ser(out, offset, k0, k1, threshold):
+    n = out.shape[0]
+    words = np.empty(4 * _BLOCKS_PER_CHUNK, dtype=np.uint32)
+    for c in range(_n_chunks(n, offset)):
+        i0, i1, first_block, n_blocks, lane0 = _chunk_span(c, n, offset)
         _philox_fill(words, first_block, n_blocks, k0, k1)
         _apply_lanes(out, words.view(np.uint16), i0, i1, lane0)
 
@@ -496,8 +507,12 @@ class _PathChooser:
         index = 1 if parallel else 0
         was_best_parallel = st[1] <= st[0]
         old = st[index]
+        # Quick to believe a faster time (a slow outlier such as the thread pool's start-up must
+        # not condemn a path for long), slow to believe a slower one.
         st[index] = (
-            seconds_per_element if math.isnan(old) else 0.75 * old + 0.25 * seconds_per_element
+            seconds_per_element
+            if math.isnan(old)
+            else min(seconds_per_element, 0.75 * old + 0.25 * seconds_per_element)
         )
         if st[2] <= 0:  # this was a probe: back off if the choice held, else look again soon
             holds = (st[1] <= st[0]) == was_best_parallel
@@ -507,17 +522,36 @@ class _PathChooser:
 
 _CHOOSER = _PathChooser()
 
+# GNU OpenMP (numba's "omp" threading layer) cannot run in a child forked from a process that
+# used it: the child is terminated ("fork() called from a process already using GNU OpenMP").
+# DataLoader workers and multiprocessing's fork start method do exactly that, so a forked child
+# only ever takes the serial twins (same bits, no OpenMP).
+_FORKED_CHILD = False
+
+
+def _mark_forked_child() -> None:
+    global _FORKED_CHILD
+    _FORKED_CHILD = True
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_mark_forked_child)
+
 
 def _run_sized(
     parallel, serial, n: int, arrays: tuple, offset: int, seed: int, threshold: int, *scale
 ) -> None:
     """Runs the serial twin below ``PARALLEL_MIN`` elements, else the faster twin as measured."""
-    if n < PARALLEL_MIN:
+    if n < PARALLEL_MIN or _FORKED_CHILD:
         _run(serial, arrays, offset, seed, threshold, *scale)
         return
     use_parallel, size_class = _CHOOSER.pick(n)
+    driver = parallel if use_parallel else serial
+    if (driver, arrays[0].dtype) not in _ENTRIES:  # first call compiles or loads: not a timing
+        _run(driver, arrays, offset, seed, threshold, *scale)
+        return
     start = time.perf_counter()
-    _run(parallel if use_parallel else serial, arrays, offset, seed, threshold, *scale)
+    _run(driver, arrays, offset, seed, threshold, *scale)
     _CHOOSER.record(size_class, use_parallel, (time.perf_counter() - start) / n)
 
 
@@ -610,14 +644,18 @@ _madvise = _load_madvise() if sys.platform.startswith("linux") else None
 
 
 def _empty_like(x: torch.Tensor) -> torch.Tensor:
-    """``torch.empty_like(x)``, asking Linux for transparent huge pages when it is large.
+    """``torch.empty_like(x)``, asking Linux for transparent huge pages when it is large."""
+    return _advise_huge_pages(torch.empty_like(x))
+
+
+def _advise_huge_pages(out: torch.Tensor) -> torch.Tensor:
+    """Asks Linux to back a fresh, not yet touched tensor with transparent huge pages.
 
     A fresh multi-megabyte tensor comes from ``mmap`` and costs one page fault per 4 KiB page at
     first touch, as much CPU time as the dropout kernel itself at 2^25 floats; with
     ``MADV_HUGEPAGE`` (honoured when /sys/kernel/mm/transparent_hugepage/enabled is ``always`` or
     ``madvise``) it is one fault per 2 MiB. Only the advice changes: the tensor is an ordinary one.
     """
-    out = torch.empty_like(x)
     nbytes = out.numel() * out.element_size()
     if _madvise is not None and nbytes >= HUGE_PAGE_MIN_BYTES:
         ptr = out.data_ptr()
@@ -631,10 +669,6 @@ def _empty_like(x: torch.Tensor) -> torch.Tensor:
 def _scale_arg(dtype: torch.dtype, scale: float):
     # torch's opmath: a Python scalar multiplies reduced/single floats in float32, doubles in float64.
     return np.float64(scale) if dtype == torch.float64 else np.float32(scale)
-
-
-def _key(seed: int) -> tuple[np.uint64, np.uint64]:
-    return np.uint64(seed & 0xFFFFFFFF), np.uint64(seed >> 32)
 
 
 _DROPOUT = {
@@ -754,7 +788,7 @@ def keep_mask(
     if not isinstance(n, int) or n < 0:
         raise ValueError(f"n must be a non-negative integer, got {n!r}")
     _check_stream(n, seed, offset, threshold)
-    out = torch.empty(n, dtype=torch.bool)
+    out = _advise_huge_pages(torch.empty(n, dtype=torch.bool))
     if n == 0:
         return out
     _run_sized(_mask_par, _mask_ser, n, (out.numpy(),), offset, seed, threshold)
@@ -771,7 +805,7 @@ def random_uint16(n: int, seed: int, offset: int) -> torch.Tensor:
     _check_stream(n, seed, offset, 0)
     out = np.empty(n, dtype=np.uint16)
     if n:
-        _lanes_par(out, np.int64(offset), *_key(seed))
+        _run_sized(_lanes_par, _lanes_ser, n, (out,), offset, seed, 0)
     return torch.from_numpy(out.astype(np.int32))
 
 

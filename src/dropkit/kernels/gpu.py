@@ -22,6 +22,7 @@ this module was imported (Triton's interpreter; how the tests run these kernels 
 
 from __future__ import annotations
 
+import os
 import struct
 
 import torch
@@ -40,8 +41,16 @@ __all__ = [
     "keep_mask",
 ]
 
+
+def _interpreting() -> bool:
+    knobs = getattr(triton, "knobs", None)  # triton >= 3.3; older versions read the variable
+    if knobs is not None:
+        return bool(knobs.runtime.interpret)
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
 #: True when this module's kernels were built for Triton's CPU interpreter (TRITON_INTERPRET=1).
-INTERPRETED = bool(triton.knobs.runtime.interpret)
+INTERPRETED = _interpreting()
 
 _BLOCK = 4096
 _NUM_WARPS = 8
@@ -275,6 +284,11 @@ def dropout_forward_out(
 
     Returns:
         ``out``.
+
+    Example:
+        >>> x = torch.ones(4, device="cuda")  # doctest: +SKIP
+        >>> dropout_forward_out(x, x, 0, 0, 32768, 2.0)  # doctest: +SKIP
+        tensor([2., 0., 2., 2.], device='cuda:0')
     """
     _check_tensor(x, "x")
     _check_tensor(out, "out", x.dtype)
@@ -312,6 +326,10 @@ def dropout_forward(
 
     Returns:
         A new tensor of ``x``'s shape and dtype.
+
+    Example:
+        >>> dropout_forward(torch.ones(4, device="cuda"), 0, 0, 32768, 2.0)  # doctest: +SKIP
+        tensor([2., 0., 2., 2.], device='cuda:0')
     """
     _check_tensor(x, "x")
     return dropout_forward_out(x, torch.empty_like(x), seed, offset, threshold, scale)
@@ -320,7 +338,12 @@ def dropout_forward(
 def dropout_backward(
     grad: torch.Tensor, seed: int, offset: int, threshold: int, scale: float
 ) -> torch.Tensor:
-    """Gradient of :func:`dropout_forward`: the mask regenerated from ``(seed, offset)`` times scale."""
+    """Gradient of :func:`dropout_forward`: the mask regenerated from ``(seed, offset)`` times scale.
+
+    Example:
+        >>> dropout_backward(torch.ones(4, device="cuda"), 0, 0, 32768, 2.0)  # doctest: +SKIP
+        tensor([2., 0., 2., 2.], device='cuda:0')
+    """
     _check_tensor(grad, "grad")
     return dropout_forward_out(grad, torch.empty_like(grad), seed, offset, threshold, scale)
 
@@ -328,7 +351,12 @@ def dropout_backward(
 def keep_mask(
     n: int, seed: int, offset: int, threshold: int, device: torch.device | str = "cuda"
 ) -> torch.Tensor:
-    """The keep mask (True = kept) of ``n`` positions from ``offset``, a bool tensor on ``device``."""
+    """The keep mask (True = kept) of ``n`` positions from ``offset``, a bool tensor on ``device``.
+
+    Example:
+        >>> keep_mask(4, 0, 0, 32768, "cuda")  # doctest: +SKIP
+        tensor([ True, False,  True,  True], device='cuda:0')
+    """
     device = torch.device(device)
     if device.type != "cuda" and not INTERPRETED:
         raise ValueError(f"device must be a CUDA device for the Triton kernels, got {device}")
@@ -364,6 +392,14 @@ def bias_dropout_add(
     """``residual + dropout(x + bias)`` in one pass; ``bias`` (H,) broadcast over x's last dim.
 
     Each operation is rounded to the dtype as torch eager rounds it (no FMA contraction).
+
+    Shape:
+        x and residual (..., H), bias (H,); output (..., H).
+
+    Example:
+        >>> x, r = torch.zeros(1, 4, device="cuda"), torch.ones(1, 4, device="cuda")  # doctest: +SKIP
+        >>> bias_dropout_add(x, torch.ones(4, device="cuda"), r, 0, 0, 32768, 2.0)  # doctest: +SKIP
+        tensor([[3., 1., 3., 3.]], device='cuda:0')
     """
     _check_tensor(x, "x")
     _check_tensor(bias, "bias", x.dtype)
