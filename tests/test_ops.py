@@ -7,6 +7,8 @@ import math
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from stats import assert_fraction_close, assert_mean_close
 
 from dropkit import kernels, ops, rng
@@ -176,6 +178,32 @@ def test_offsets_past_two_to_the_32_on_strided_views(offset):
         view.contiguous().numpy(), 2**64 - 3, offset, 32768, 2.0
     )
     np.testing.assert_array_equal(y.numpy(), expected)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    shape=st.lists(st.integers(1, 9), min_size=1, max_size=4),
+    order_seed=st.integers(0, 2**16),
+    step=st.integers(1, 3),
+    dtype=st.sampled_from([torch.float32, torch.float64]),
+    p=st.floats(0.0, 1.0),
+    seed=st.integers(0, 2**64 - 1),
+    offset=st.integers(0, 2**62),
+)
+def test_any_layout_matches_the_reference_on_its_contiguous_copy(
+    shape, order_seed, step, dtype, p, seed, offset
+):
+    gen = torch.Generator().manual_seed(order_seed)
+    base = torch.randn([s * step for s in shape], generator=gen, dtype=dtype)
+    view = base[tuple(slice(None, None, step) for _ in shape)]
+    view = view.permute(*torch.randperm(len(shape), generator=gen).tolist())
+    y = ops.dropout_with_seed(view, p, seed, offset)
+    dense = view.contiguous().numpy()
+    expected = ref.dropout_forward_reference(
+        dense, seed, offset, ref.threshold_from_p(p), ops.dropout_scale(p)
+    )
+    assert y.shape == view.shape and y.dtype == dtype
+    np.testing.assert_array_equal(y.contiguous().numpy(), expected)
 
 
 def test_slices_of_one_stream_compose_with_offsets():
