@@ -279,6 +279,9 @@ def main() -> None:
         "--threads", type=int, default=None, help="threads for torch and numba (default: all cores)"
     )
     parser.add_argument(
+        "--sizes", type=int, nargs="+", default=None, help="exponents e of 2^e elements to run"
+    )
+    parser.add_argument(
         "--cpu-breakdown",
         action="store_true",
         help="only print the CPU time of the pieces of a 2^25 forward (one thread)",
@@ -295,7 +298,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
         numba.set_num_threads(args.threads)
     device = args.device
-    exps = [12, 16, 20, 25] if args.quick else [12, 14, 16, 18, 20, 22, 24, 25]
+    exps = args.sizes or ([12, 16, 20, 25] if args.quick else [12, 14, 16, 18, 20, 22, 24, 25])
     repeats = args.repeats or (3 if args.quick else 7)
     min_time = 0.02 if args.quick else 0.05
 

@@ -66,14 +66,17 @@ class ResidualCNN(nn.Module):
         return self.fc2(self.drop(torch.relu(self.fc1(h))))
 
 
-def median_ms(fn, repeats: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
+def median_ms(fns: list, repeats: int) -> list[float]:
+    """Median wall time of each function; the functions take turns, so load spikes hit all alike."""
+    for fn in fns:
         fn()
-        times.append((time.perf_counter() - start) * 1e3)
-    return statistics.median(times)
+    times: list[list[float]] = [[] for _ in fns]
+    for _ in range(repeats):
+        for fn, bucket in zip(fns, times, strict=True):
+            start = time.perf_counter()
+            fn()
+            bucket.append((time.perf_counter() - start) * 1e3)
+    return [statistics.median(bucket) for bucket in times]
 
 
 def plain_loop(model: nn.Module, x: torch.Tensor, T: int) -> torch.Tensor:
@@ -85,13 +88,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--T", type=int, default=100)
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--sizes", type=int, nargs="+", default=[1, 32, 256], help="batch sizes N")
     parser.add_argument(
         "--threads", type=int, default=None, help="torch threads (default: torch's)"
     )
     args = parser.parse_args()
     if args.threads is not None:
         torch.set_num_threads(args.threads)
-    repeats = 3 if args.quick else 7
+    repeats = 3 if args.quick else 9
     torch.manual_seed(0)
     models = {
         "MLP 40-256-256-10": (dropkit.MLP([40, 256, 256, 10], p=[0.0, 0.5, 0.5]), (40,)),
@@ -103,18 +107,19 @@ def main() -> None:
     )
     print(f"T = {args.T}; times are medians of {repeats} runs in ms\n")
     header = f"{'model':<20} {'N':>5} {'plan':>10} {'loop':>9} {'loop mode':>10} {'predict':>9} {'speed-up':>9} {'max |Δ|':>9}"
-    print(header)
+    print(header, flush=True)
     print("-" * len(header))
     for name, (model, feature_shape) in models.items():
-        for n in (1, 32, 256):
+        for n in args.sizes:
             x = torch.randn(n, *feature_shape)
             plan = mc_plan(model, x).strategy
-            t_loop = median_ms(lambda model=model, x=x: plain_loop(model, x, args.T), repeats)
-            t_loop_mode = median_ms(
-                lambda model=model, x=x: predict(model, x, args.T, seed=0, batched=False), repeats
-            )
-            t_batched = median_ms(
-                lambda model=model, x=x: predict(model, x, args.T, seed=0), repeats
+            t_loop, t_loop_mode, t_batched = median_ms(
+                [
+                    lambda model=model, x=x: plain_loop(model, x, args.T),
+                    lambda model=model, x=x: predict(model, x, args.T, seed=0, batched=False),
+                    lambda model=model, x=x: predict(model, x, args.T, seed=0),
+                ],
+                repeats,
             )
             diff = (
                 (
@@ -126,7 +131,8 @@ def main() -> None:
             )
             print(
                 f"{name:<20} {n:>5} {plan:>10} {t_loop:>9.1f} {t_loop_mode:>10.1f} {t_batched:>9.1f} "
-                f"{t_loop / t_batched:>8.1f}× {float(diff):>9.1e}"
+                f"{t_loop / t_batched:>8.1f}× {float(diff):>9.1e}",
+                flush=True,
             )
 
 

@@ -190,7 +190,7 @@ def test_same_seed_same_samples_other_seed_other_samples_and_global_rng_untouche
 def test_memory_budget_chunks_without_changing_the_samples() -> None:
     net = dropkit.MLP([8, 64, 64, 4], p=0.5)
     x = torch.randn(10, 8)
-    whole = predict(net, x, T=30, seed=0, max_memory_bytes=None)
+    whole = predict(net, x, T=30, seed=0, max_memory_bytes=1 << 30)
     # One sample's activations here are a few kB: a 20 kB budget forces several chunks.
     small = predict(net, x, T=30, seed=0, max_memory_bytes=20_000)
     assert torch.allclose(whole, small, atol=1e-6)
@@ -269,6 +269,16 @@ def test_fx_trunk_runs_once_for_a_custom_forward() -> None:
     predict(net, torch.randn(3, 6), T=10, seed=0)
     assert calls["fc1"][0] == calls["bn"][0] == calls["side"][0] == 1
     assert calls["fc2"][0] == 2
+
+
+def test_the_cached_graph_follows_a_swapped_module() -> None:
+    torch.manual_seed(0)
+    net = BranchyNet().double()
+    x = torch.randn(4, 6, dtype=torch.float64)
+    predict(net, x, T=3, seed=0)  # traces and caches the graph
+    net.drop = nn.Dropout(0.9)  # a stale graph would still call the old p = 0.5 module
+    batched = predict(net, x, T=6, seed=0)
+    assert torch.allclose(batched, predict(net, x, T=6, seed=0, batched=False), atol=1e-12)
 
 
 def test_models_whose_trunk_cannot_be_separated_fall_back_to_repeating_and_say_why() -> None:

@@ -172,9 +172,11 @@ class _SmallCPU:
 
     @staticmethod
     def _flat(t: torch.Tensor) -> np.ndarray:
+        if t.requires_grad:
+            t = t.detach()
         if t.dtype in (torch.float16, torch.bfloat16):  # numba sees their bits as uint16
-            return t.detach().view(torch.int16).numpy().view(np.uint16).reshape(-1)
-        return t.detach().numpy().reshape(-1)
+            return t.view(torch.int16).numpy().view(np.uint16).reshape(-1)
+        return t.numpy().reshape(-1)
 
     def run(
         self, x: torch.Tensor, out: torch.Tensor, seed: int, offset: int, thresh: int, scale: float

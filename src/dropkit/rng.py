@@ -72,6 +72,8 @@ class _Context(threading.local):
         self.salts: list[int] = []
         self.scratch: dict[torch.device, torch.Tensor] = {}
         self.cpu_scratch = torch.empty((), dtype=torch.int64)
+        # A NumPy view of the same 8 bytes: reading it skips a dispatcher trip (.item()).
+        self.cpu_scratch_view = self.cpu_scratch.numpy()
 
 
 _CONTEXT = _Context()
@@ -101,8 +103,12 @@ def mix_seed(seed: int, salt: int) -> int:
     return _splitmix64((seed & MASK64) ^ _splitmix64(salt & MASK64))
 
 
-def _dist_initialized() -> bool:
-    return torch.distributed.is_available() and torch.distributed.is_initialized()
+if torch.distributed.is_available():
+    _dist_initialized = torch.distributed.is_initialized
+else:  # pragma: no cover - torch built without distributed
+
+    def _dist_initialized() -> bool:
+        return False
 
 
 def set_data_parallel_group(group: object | None) -> None:
@@ -163,11 +169,13 @@ def draw_seed(generator: torch.Generator | None = None) -> int:
         >>> s == rng.draw_seed(torch.Generator().manual_seed(3))
         True
     """
+    context = _CONTEXT
     if generator is None:
-        seed = _CONTEXT.cpu_scratch.random_(-(1 << 63), None).item() & MASK64
+        context.cpu_scratch.random_(-(1 << 63), None)
+        seed = int(context.cpu_scratch_view) & MASK64
     else:
         seed = _raw_draw(generator)
-    if not _CONTEXT.salts and not _dist_initialized():  # the common case: no salt
+    if not context.salts and not _dist_initialized():  # the common case: no salt
         return seed
     salt = current_salt()
     return seed if salt is None else mix_seed(seed, salt)
