@@ -5,7 +5,7 @@ Subcommands:
 - ``dropkit study`` — the main job (:mod:`dropkit.study`): baseline, overfitting gap, rate search
   (one rate, then per layer), ablation, MC dropout, on MNIST-1D or ``--data FILE --label COLUMN``;
   writes an HTML + JSON report folder atomically and prints a summary table.
-- ``dropkit bench`` — the kernel benchmark (``benchmarks/bench_kernels.py``, or ``dropkit.bench``
+- ``dropkit bench`` — the kernel benchmark (``dropkit.bench``, also runnable as ``benchmarks/bench_kernels.py``
   where the package ships it): dropkit's fused dropout against torch eager, ``torch.compile`` and
   ``x.clone()``; prints its table. Arguments after ``bench`` go to the benchmark (``--quick``).
 - ``dropkit tune-worker`` — joins a shared rate search (:mod:`dropkit.worker`).
@@ -224,38 +224,16 @@ def _on_sigterm(handler):
 
 
 def _bench_main():
-    """The kernel benchmark's ``main``: ``dropkit.bench`` if the package ships it, else the
-    source checkout's ``benchmarks/bench_kernels.py`` (next to ``src/`` or in the working folder)."""
-    import importlib
-    import importlib.util
+    """The kernel benchmark's ``main`` (``dropkit.bench``, also ``benchmarks/bench_kernels.py``)."""
+    from dropkit.bench import main
 
-    try:
-        return importlib.import_module("dropkit.bench").main
-    except ModuleNotFoundError as err:
-        if err.name != "dropkit.bench":
-            raise
-    here = os.path.dirname(os.path.abspath(__file__))
-    candidates = [
-        os.path.join(here, "..", "..", "benchmarks", "bench_kernels.py"),
-        os.path.join(os.getcwd(), "benchmarks", "bench_kernels.py"),
-    ]
-    for path in candidates:
-        if os.path.isfile(path):
-            spec = importlib.util.spec_from_file_location("dropkit_bench_kernels", path)
-            module = importlib.util.module_from_spec(spec)
-            sys.modules[spec.name] = module  # dataclasses and pickling look the module up
-            spec.loader.exec_module(module)
-            return module.main
-    raise FileNotFoundError(
-        "the kernel benchmark benchmarks/bench_kernels.py is not in this installation; run "
-        "`dropkit bench` from a dropkit source checkout (pip install -e .)"
-    )
+    return main
 
 
 def _bench(args: argparse.Namespace) -> int:
     try:
         bench_main = _bench_main()
-    except (FileNotFoundError, ImportError) as err:
+    except ImportError as err:
         return _error("bench", err)
     argv = [a for a in args.args if a != "--"]
     saved = sys.argv
