@@ -192,11 +192,16 @@ def _study(args: argparse.Namespace, argv: Sequence[str]) -> int:
     torch.set_num_threads(args.threads)
     command = "dropkit " + " ".join(shlex.quote(a) for a in argv)
     # SIGTERM (a killed job, a CI timeout) unwinds like Ctrl-C, so the staging folder is removed.
+    _SIGNALLED.clear()
     previous = _on_sigterm(_raise_interrupt)
     try:
         with report.staging(out_dir) as tmp:
             result = study.run_study(config, tmp, dataset=dataset)
             report.write_files(tmp, result.numbers, result.figures, command=command)
+            if _SIGNALLED:
+                # The handler's KeyboardInterrupt can land where Python ignores exceptions (a
+                # weakref callback, a __del__): the flag still keeps the report from being published.
+                raise KeyboardInterrupt
     except KeyboardInterrupt:
         print("dropkit study: interrupted; no report written", file=sys.stderr)
         return EXIT_INTERRUPTED
@@ -209,7 +214,11 @@ def _study(args: argparse.Namespace, argv: Sequence[str]) -> int:
     return 0
 
 
+_SIGNALLED: list[int] = []
+
+
 def _raise_interrupt(signum, frame) -> None:
+    _SIGNALLED.append(signum)
     raise KeyboardInterrupt
 
 
