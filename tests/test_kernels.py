@@ -761,3 +761,14 @@ def test_dropkit_imports_without_triton_and_gpu_kernels_refuse_cpu_tensors():
         "no triton" in done.stdout
         or "x must be a CUDA tensor for the Triton kernels" in done.stdout
     ), done.stderr[-2000:]
+
+
+@pytest.mark.parametrize("n", [4096, cpu.PARALLEL_MIN + 4099])
+def test_a_call_ending_exactly_at_2_to_the_63_matches_the_reference(n):
+    """offset + n = 2^63 is inside the contract: the chunk arithmetic must not overflow int64."""
+    offset = 2**63 - n
+    y = cpu.dropout_forward(torch.ones(n), 99, offset, 20000, 1.0)
+    tail = min(n, 3000)
+    expected = ref.keep_mask_from_threshold(tail, 99, offset + n - tail, 20000)
+    assert np.array_equal(y.numpy()[-tail:] != 0, expected)
+    assert np.array_equal(y.numpy()[:tail] != 0, ref.keep_mask_from_threshold(tail, 99, offset, 20000))

@@ -114,13 +114,16 @@ def _philox_fill(words, first_block, n_blocks, k0, k1):
 @numba.njit(inline="always", **_JIT)
 def _chunk_span(c, n, offset):
     """Elements [i0, i1) of chunk c, their first Philox block and the lane of element i0."""
-    base = offset - offset % CHUNK
-    lo = max(offset, base + c * CHUNK)
-    hi = min(offset + n, base + (c + 1) * CHUNK)
+    # Work in indices relative to offset: absolute positions such as offset + n or the chunk's
+    # end can reach 2^63 and overflow int64; every absolute value formed here is below offset + n.
+    rel0 = offset % CHUNK
+    i0 = max(0, c * CHUNK - rel0)
+    i1 = min(n, (c + 1) * CHUNK - rel0)
+    lo = offset + i0
     first_block = lo // LANES_PER_BLOCK
-    n_blocks = (hi - 1) // LANES_PER_BLOCK - first_block + 1
+    n_blocks = (offset + (i1 - 1)) // LANES_PER_BLOCK - first_block + 1
     lane0 = lo - first_block * LANES_PER_BLOCK
-    return lo - offset, hi - offset, first_block, n_blocks, lane0
+    return i0, i1, first_block, n_blocks, lane0
 
 
 @numba.njit(inline="always", **_JIT)
