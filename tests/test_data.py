@@ -12,7 +12,11 @@ def test_mnist1d_is_generated_locally_with_the_papers_split():
 
 
 def test_mnist1d_seed_changes_the_draw_and_is_reproducible():
-    a, b, c = load_mnist1d(seed=1, num_samples=200), load_mnist1d(seed=1, num_samples=200), load_mnist1d(seed=2, num_samples=200)
+    a, b, c = (
+        load_mnist1d(seed=1, num_samples=200),
+        load_mnist1d(seed=1, num_samples=200),
+        load_mnist1d(seed=2, num_samples=200),
+    )
     assert torch.equal(a.x_train, b.x_train)
     assert not torch.equal(a.x_train, c.x_train)
 

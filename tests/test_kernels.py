@@ -771,4 +771,6 @@ def test_a_call_ending_exactly_at_2_to_the_63_matches_the_reference(n):
     tail = min(n, 3000)
     expected = ref.keep_mask_from_threshold(tail, 99, offset + n - tail, 20000)
     assert np.array_equal(y.numpy()[-tail:] != 0, expected)
-    assert np.array_equal(y.numpy()[:tail] != 0, ref.keep_mask_from_threshold(tail, 99, offset, 20000))
+    assert np.array_equal(
+        y.numpy()[:tail] != 0, ref.keep_mask_from_threshold(tail, 99, offset, 20000)
+    )

@@ -57,8 +57,13 @@ def test_evaluate_restores_the_training_flag():
 
 @pytest.mark.parametrize(
     "kwargs, match",
-    [({"epochs": 0}, "epochs"), ({"lr": -1.0}, "lr"), ({"batch_size": 0}, "batch_size"),
-     ({"optimizer": "rmsprop"}, "optimizer"), ({"task": "ranking"}, "task")],
+    [
+        ({"epochs": 0}, "epochs"),
+        ({"lr": -1.0}, "lr"),
+        ({"batch_size": 0}, "batch_size"),
+        ({"optimizer": "rmsprop"}, "optimizer"),
+        ({"task": "ranking"}, "task"),
+    ],
 )
 def test_fit_rejects_bad_arguments(kwargs, match):
     x, y = _blobs(20)

@@ -3,8 +3,18 @@
 Public names are re-exported here; nothing else lives in this file.
 """
 
-from dropkit import functional
-from dropkit import ops, rng
+from dropkit import (
+    convert,
+    functional,
+    functional_learned,
+    functional_variants,
+    mc,
+    ops,
+    rng,
+    schedules,
+    uncertainty,
+)
+from dropkit.convert import convert_dropout
 from dropkit.layers import (
     AlphaDropout,
     Dropout,
@@ -15,11 +25,18 @@ from dropkit.layers import (
     GaussianDropout,
     is_dropout_module,
 )
-from dropkit.models import MLP, fold_dropout_scaling
-from dropkit import convert, mc, uncertainty
-from dropkit.convert import convert_dropout
-from dropkit.mc import mc_dropout
-from dropkit import functional_variants, schedules
+from dropkit.layers.learned import (
+    ConcreteDropout,
+    Conv2dSVDO,
+    ELBOLoss,
+    LinearSVDO,
+    Standout,
+    VariationalDropout,
+    VariationalLinear,
+    concrete_regularization,
+    kl_divergence,
+    sparsity,
+)
 from dropkit.layers.sequence import EmbeddingDropout, LockedDropout
 from dropkit.layers.structured import (
     AttentionDropout,
@@ -36,20 +53,9 @@ from dropkit.layers.weights import (
     DropConnectLinear,
     WeightDrop,
 )
+from dropkit.mc import mc_dropout
+from dropkit.models import MLP, fold_dropout_scaling
 from dropkit.schedules import DropoutScheduler
-from dropkit import functional_learned
-from dropkit.layers.learned import (
-    ConcreteDropout,
-    Conv2dSVDO,
-    ELBOLoss,
-    LinearSVDO,
-    Standout,
-    VariationalDropout,
-    VariationalLinear,
-    concrete_regularization,
-    kl_divergence,
-    sparsity,
-)
 
 __version__ = "0.1.0"
 

@@ -18,7 +18,6 @@ exits with status 2 and writes nothing.
 from __future__ import annotations
 
 import argparse
-import os
 import shlex
 import sys
 from collections.abc import Sequence

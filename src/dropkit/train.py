@@ -27,7 +27,6 @@ from dropkit._validate import check_positive_int
 __all__ = ["History", "fit", "evaluate", "as_loader"]
 
 
-
 @dataclass
 class History:
     """Per-epoch curves. Accuracies are None for regression."""
@@ -61,12 +60,16 @@ def as_loader(data, batch_size: int, shuffle: bool, seed: int | None = None) -> 
     if isinstance(data, DataLoader):
         return data
     if not (isinstance(data, (tuple, list)) and len(data) == 2):
-        raise TypeError(f"data must be an (x, y) pair of tensors or a DataLoader, got {type(data).__name__}")
+        raise TypeError(
+            f"data must be an (x, y) pair of tensors or a DataLoader, got {type(data).__name__}"
+        )
     x, y = data
     if not isinstance(x, torch.Tensor) or not isinstance(y, torch.Tensor):
         raise TypeError("data must be an (x, y) pair of tensors")
     if x.shape[0] != y.shape[0]:
-        raise ValueError(f"x and y must have the same number of rows, got {x.shape[0]} and {y.shape[0]}")
+        raise ValueError(
+            f"x and y must have the same number of rows, got {x.shape[0]} and {y.shape[0]}"
+        )
     if x.shape[0] == 0:
         raise ValueError("data is empty: x has 0 rows")
     generator = torch.Generator().manual_seed(seed) if (shuffle and seed is not None) else None
@@ -88,7 +91,9 @@ def _loss_fn(task: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, data, task: str = "classification", batch_size: int = 1024) -> tuple[float, float | None]:
+def evaluate(
+    model: nn.Module, data, task: str = "classification", batch_size: int = 1024
+) -> tuple[float, float | None]:
     """Mean loss and accuracy (None for regression) of ``model`` in eval mode; restores its mode."""
     loss_fn = _loss_fn(task)
     was_training = model.training
@@ -174,7 +179,9 @@ def fit(
             if extra_loss is not None:
                 loss = loss + extra_loss(model)
             if not torch.isfinite(loss):
-                raise FloatingPointError(f"training loss became {float(loss)} at epoch {epoch + 1}, step {step}")
+                raise FloatingPointError(
+                    f"training loss became {float(loss)} at epoch {epoch + 1}, step {step}"
+                )
             loss.backward()
             opt.step()
             step += 1
