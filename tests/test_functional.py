@@ -447,3 +447,25 @@ def test_every_variant_keeps_shape_and_dtype_and_is_the_identity_in_eval(
     y = call(x, True)
     assert y.shape == x.shape and y.dtype == dtype and y.device == x.device
     assert call(x, False) is x
+
+
+def test_dropout_fast_path_matches_checked_path_and_still_validates():
+    # The second call with a rate takes functional.dropout's cached fast path: same bits as
+    # ops.dropout_elementwise for the same seed, and bad inputs are still refused.
+    import dropkit.functional as DF
+    from dropkit import ops as dops
+
+    x = torch.randn(37, 11)
+    DF.dropout(x, 0.3)  # fills the cache for (0.3, "inverted")
+    assert (0.3, "inverted") in DF._FAST
+    torch.manual_seed(5)
+    fast = DF.dropout(x, 0.3)
+    torch.manual_seed(5)
+    ref = dops.dropout_elementwise(x, 0.3, dops.dropout_scale(0.3))
+    assert torch.equal(fast, ref)
+    with pytest.raises(TypeError, match="floating-point"):
+        DF.dropout(torch.ones(3, dtype=torch.int64), 0.3)
+    with pytest.raises(ValueError, match="scaling"):
+        DF.dropout(x, 0.3, scaling="standard")
+    with pytest.raises(TypeError, match="Tensor"):
+        DF.dropout([1.0, 2.0], 0.3)

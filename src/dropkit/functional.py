@@ -134,6 +134,10 @@ def resolve_noise_shape(
     return None if mask_shape == tuple(shape) else mask_shape
 
 
+# (p, scaling) -> (threshold, train scale) for checked float rates 0 < p <= 1: dropout's fast path.
+_FAST: dict[tuple[float, str], tuple[int, float]] = {}
+
+
 def _masked(
     x: torch.Tensor,
     p: float,
@@ -205,11 +209,21 @@ def dropout(
         >>> bool((z == z[:, :1]).all())  # one mask per (sample, feature), shared along dim 1
         True
     """
+    if training and noise_shape is None and generator is None and type(p) is float:
+        # Fast path, the call every training step makes: a rate seen before (checked then, its
+        # threshold and scale cached) and a plain floating-point tensor; the same checks, done by
+        # the cache lookup and two type tests, then straight to the kernel.
+        cached = _FAST.get((p, scaling)) if type(scaling) is str else None
+        if cached is not None and type(input) is torch.Tensor and input.is_floating_point():
+            return ops._dropout_checked(input, cached[0], cached[1], inplace)
     check_float_tensor(input)
+    p_in = p
     p = check_probability(p)
     check_scaling(scaling)
     check_generator(generator)
     mask_shape = resolve_noise_shape(noise_shape, input.shape)
+    if training and p > 0.0 and type(p_in) is float and len(_FAST) < 4096:
+        _FAST[(p_in, scaling)] = (ops.threshold(p), _train_scale(p, scaling))
     if not training:
         factor = _eval_scale(p, scaling)
         if factor == 1.0:

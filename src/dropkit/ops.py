@@ -174,9 +174,11 @@ class _SmallCPU:
     def _flat(t: torch.Tensor) -> np.ndarray:
         if t.requires_grad:
             t = t.detach()
-        if t.dtype in (torch.float16, torch.bfloat16):  # numba sees their bits as uint16
-            return t.view(torch.int16).numpy().view(np.uint16).reshape(-1)
-        return t.numpy().reshape(-1)
+        dtype = t.dtype
+        if dtype is torch.float32 or dtype is torch.float64:
+            return t.numpy().reshape(-1)
+        # float16 and bfloat16: numba sees their bits as uint16.
+        return t.view(torch.int16).numpy().view(np.uint16).reshape(-1)
 
     def run(
         self, x: torch.Tensor, out: torch.Tensor, seed: int, offset: int, thresh: int, scale: float
@@ -202,7 +204,22 @@ _SMALL = _SmallCPU()
 
 def _apply(x: torch.Tensor, seed: int, offset: int, thresh: int, scale: float) -> torch.Tensor:
     """A new tensor: dropout of x over its logical row-major index, in x's memory format."""
-    if _SMALL.accepts(x):
+    small = _SMALL
+    entry = small.entries.get(x.dtype)
+    if entry is not None and x.is_cpu and 0 < x.numel() < small.limit and x.is_contiguous():
+        # _SmallCPU.run inlined (the per-call cost of a 10^4-element activation is all overhead).
+        out = torch.empty_like(x)
+        dtype = x.dtype
+        if dtype is torch.float32 or dtype is torch.float64:
+            flat = (x.detach() if x.requires_grad else x).numpy().reshape(-1)
+            entry(
+                flat, out.numpy().reshape(-1), offset, seed & 0xFFFFFFFF, seed >> 32, thresh, scale
+            )
+        else:
+            flat = small._flat(x)
+            entry(flat, small._flat(out), offset, seed & 0xFFFFFFFF, seed >> 32, thresh, scale)
+        return out
+    if small.accepts(x):
         return _SMALL.run(x, torch.empty_like(x), seed, offset, thresh, scale)
     if x.is_contiguous():
         return kernels.dropout_forward(x, seed, offset, thresh, scale)
@@ -255,6 +272,19 @@ class _DropoutFunction(torch.autograd.Function):
         return _apply(grad, *ctx.stream), None, None
 
 
+def _backward_apply(ctx, grad):
+    # The autograd engine calls the node's ``apply``; torch's BackwardCFunction.apply looks the
+    # user function up again on every call (backward vs vjp, boxed grads). This Function has a
+    # plain backward, so call it directly.
+    return _DropoutFunction.backward(ctx, grad)
+
+
+try:
+    if _DropoutFunction._backward_cls.apply is torch.autograd.function.BackwardCFunction.apply:
+        _DropoutFunction._backward_cls.apply = _backward_apply
+except AttributeError:  # pragma: no cover - other torch builds
+    pass
+
 try:
     # autograd.Function.apply minus its Python prologue (default-argument binding, which this
     # Function has none of, and unwrapping functorch wrappers, done below only under functorch):
@@ -269,6 +299,32 @@ def _differentiable(x: torch.Tensor, stream: tuple, inplace: bool) -> torch.Tens
     if _RAW_APPLY is None or type(x) is not torch.Tensor or _functorch_active():
         return _DropoutFunction.apply(x, stream, inplace)
     return _RAW_APPLY(x, stream, inplace)
+
+
+def _dropout_checked(x: torch.Tensor, thresh: int, scale: float, inplace: bool) -> torch.Tensor:
+    """:func:`dropout_elementwise` with torch's default generator, for arguments already checked.
+
+    The caller (:func:`dropkit.functional.dropout`'s fast path) has checked that ``x`` is a plain
+    floating-point ``torch.Tensor`` and derived ``thresh`` and ``scale`` from a checked rate, so
+    this skips the checks and goes straight to the seed draw and the kernel: same bits, same seed
+    order as :func:`dropout_elementwise`. Under ``torch.compile`` it takes the custom-op path.
+    """
+    if torch.compiler.is_compiling():
+        y = _dropout_with_seed_op(x, _traced_seed(), 0, thresh, scale)
+        return x.copy_(y) if inplace else y
+    context = rng._CONTEXT
+    if context.salts or rng._dist_initialized():
+        seed = rng.draw_seed()
+    else:  # rng.draw_seed() inlined for its common case (default generator, no salt)
+        context.cpu_scratch.random_(-(1 << 63), None)
+        seed = int(context.cpu_scratch_view) & _MASK64
+    if x.requires_grad and torch.is_grad_enabled():
+        if _RAW_APPLY is None or _functorch_active():
+            return _DropoutFunction.apply(x, (seed, 0, thresh, scale), inplace)
+        return _RAW_APPLY(x, (seed, 0, thresh, scale), inplace)
+    if inplace:
+        return _apply_(x, seed, 0, thresh, scale)
+    return _apply(x, seed, 0, thresh, scale)
 
 
 def _dropout_stream(

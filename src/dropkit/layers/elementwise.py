@@ -64,7 +64,7 @@ class Dropout(DropoutBase):
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         return F.dropout(
             input,
-            self.p,
+            self._p,  # the validated rate behind the ``p`` property (one lookup fewer per call)
             self.training,
             self.inplace,
             scaling=self.scaling,
