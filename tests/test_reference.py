@@ -283,14 +283,22 @@ def test_torch_mlp_matches_reference_on_masks_given_by_the_reference(scaling, mo
 
     def fixed_mask_dropout(t, p, scale, generator=None, inplace=False):
         mask = queue.pop(0)
-        calls.append((p, scale))
+        calls.append((ops.threshold(p), scale))
+        return t * mask.to(t.dtype) * scale
+
+    def fixed_mask_checked(t, threshold, scale, inplace=False):
+        # functional.dropout's fast path (a rate seen before) enters ops here instead.
+        mask = queue.pop(0)
+        calls.append((threshold, scale))
         return t * mask.to(t.dtype) * scale
 
     monkeypatch.setattr(ops, "dropout_elementwise", fixed_mask_dropout)
+    monkeypatch.setattr(ops, "_dropout_checked", fixed_mask_checked)
     _compare(net, reference, x, y, masks, True)
     assert not queue and len(calls) == len(RATES)
-    for (p, scale), rate in zip(calls, RATES, strict=True):
-        assert scale == dropkit.functional.train_scale(rate, scaling) and p == rate
+    for (threshold, scale), rate in zip(calls, RATES, strict=True):
+        assert scale == dropkit.functional.train_scale(rate, scaling)
+        assert threshold == ops.threshold(rate)
 
 
 @pytest.mark.parametrize("scaling", ["inverted", "inference"])
