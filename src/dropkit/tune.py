@@ -1283,6 +1283,40 @@ def _built_rates(build_model: Callable[[], nn.Module], seed: int) -> dict[str, f
     return {path: float(m.p) for path, m in dropout_layers(model).items()}
 
 
+def _trainer_and_rates(
+    build_model,
+    train_fn,
+    eval_fn,
+    train,
+    val,
+    epochs,
+    lr,
+    batch_size,
+    weight_decay,
+    task,
+    metric,
+    seed,
+) -> tuple[_Trainer, dict[str, float]]:
+    """The trainer and the built model's dropout rates that ablation and sensitivity share."""
+    trainer = _Trainer(
+        build_model,
+        train_fn,
+        eval_fn,
+        train,
+        val,
+        epochs,
+        lr,
+        batch_size,
+        weight_decay,
+        task,
+        metric,
+    )
+    built = _built_rates(build_model, seed)
+    if not built:
+        raise ValueError("the model built by build_model() holds no dropout module")
+    return trainer, built
+
+
 def _check_seeds(seeds: Iterable[int]) -> list[int]:
     seeds = list(seeds)
     if not seeds:
@@ -1343,7 +1377,7 @@ def ablation(
             f"one_at_a_time must be 'without', 'only' or 'both', got {one_at_a_time!r}"
         )
     seeds = _check_seeds(seeds)
-    trainer = _Trainer(
+    trainer, built = _trainer_and_rates(
         build_model,
         train_fn,
         eval_fn,
@@ -1355,10 +1389,8 @@ def ablation(
         weight_decay,
         task,
         metric,
+        seeds[0],
     )
-    built = _built_rates(build_model, seeds[0])
-    if not built:
-        raise ValueError("the model built by build_model() holds no dropout module")
     active = [path for path, p in built.items() if p > 0]
     if not active:
         raise ValueError(
@@ -1424,7 +1456,7 @@ def sensitivity(
     """
     values = _check_grid(rates)
     seeds = _check_seeds(seeds)
-    trainer = _Trainer(
+    trainer, built = _trainer_and_rates(
         build_model,
         train_fn,
         eval_fn,
@@ -1436,10 +1468,8 @@ def sensitivity(
         weight_decay,
         task,
         metric,
+        seeds[0],
     )
-    built = _built_rates(build_model, seeds[0])
-    if not built:
-        raise ValueError("the model built by build_model() holds no dropout module")
     layers = list(built) if layers is None else list(layers)
     unknown = [p for p in layers if p not in built]
     if unknown or not layers:
