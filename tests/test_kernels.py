@@ -36,7 +36,7 @@ KAT_PHILOX4X32_10 = [
     ),
 ]
 
-# (seed, offset, n): unaligned offsets and lengths, chunk boundaries (CHUNK = 8192), the parallel
+# (seed, offset, n): unaligned offsets and lengths, chunk boundaries (CHUNK = 256), the parallel
 # path (n >= PARALLEL_MIN), offsets past 2**32 and 2**40, the largest allowed offset.
 STREAM_CASES = [
     (0, 0, 1),

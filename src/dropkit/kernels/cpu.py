@@ -12,8 +12,11 @@ How it is fast:
   element; the Philox loop over a chunk of blocks and the element loop over the chunk are both
   plain counted loops that LLVM vectorises (``vpmuludq`` for the 32 x 32 -> 64-bit products).
 * The tensor is cut into chunks of ``CHUNK`` stream positions (aligned to the stream, so no Philox
-  block is computed twice) handled in parallel with ``prange``; a chunk's random lanes live in a
-  small buffer that stays in L1, so x is read once and y written once.
+  block is computed twice); the ``prange`` runs over at most 256 work items, each a contiguous run
+  of chunks with one lane buffer. Chunks are small (256 lanes, 512 bytes) so that Philox arithmetic and the
+  memory stream interleave finely: with 8192-lane chunks the loads stalled during each long Philox
+  phase, and the forward at 2^25 floats took 1.5x a copy into a preallocated tensor instead of
+  1.2x. x is read once and y written once.
 * Below ``PARALLEL_MIN`` elements a serial twin of each kernel runs, avoiding the thread-pool launch;
   above, the faster of the two twins as measured at run time (see ``_PathChooser``: on an
   oversubscribed machine a parallel region can cost a whole scheduler time slice).
@@ -64,12 +67,15 @@ __all__ = [
     "random_uint16",
 ]
 
-#: Stream positions per parallel work item (a multiple of 8; 16 KiB of random lanes).
-CHUNK = 8192
+#: Stream positions per unit of work (a multiple of 8; 512 bytes of random lanes).
+CHUNK = 256
 #: Below this many elements the serial kernels run (no thread-pool launch).
 PARALLEL_MIN = 1 << 16
 
 _BLOCKS_PER_CHUNK = CHUNK // LANES_PER_BLOCK
+#: Parallel work items per call at most (prange splits them evenly over the threads); a constant,
+#: not numba.get_num_threads(), which would stop numba caching the kernels.
+_WORK_ITEMS = 256
 _M0 = np.uint64(PHILOX_M0)
 _M1 = np.uint64(PHILOX_M1)
 _W0 = np.uint64(PHILOX_W0)
@@ -309,11 +315,14 @@ def _bda_bf16(x, bias, res, out, lanes, i0, i1, lane0, threshold, scale):
 @numba.njit(parallel=True, **_JIT)
 def _dropout_float_par(x, out, offset, k0, k1, threshold, scale):
     n = x.shape[0]
-    for c in prange(_n_chunks(n, offset)):
-        i0, i1, first_block, n_blocks, lane0 = _chunk_span(c, n, offset)
+    n_chunks = _n_chunks(n, offset)
+    n_workers = min(n_chunks, _WORK_ITEMS)
+    for w in prange(n_workers):  # a contiguous run of chunks per work item, one buffer each
         words = np.empty(4 * _BLOCKS_PER_CHUNK, dtype=np.uint32)
-        _philox_fill(words, first_block, n_blocks, k0, k1)
-        _apply_float(x, out, words.view(np.uint16), i0, i1, lane0, threshold, scale)
+        for c in range(n_chunks * w // n_workers, n_chunks * (w + 1) // n_workers):
+            i0, i1, first_block, n_blocks, lane0 = _chunk_span(c, n, offset)
+            _philox_fill(words, first_block, n_blocks, k0, k1)
+            _apply_float(x, out, words.view(np.uint16), i0, i1, lane0, threshold, scale)
 
 
 @numba.njit(**_JIT)
@@ -329,11 +338,14 @@ def _dropout_float_ser(x, out, offset, k0, k1, threshold, scale):
 @numba.njit(parallel=True, **_JIT)
 def _dropout_f16_par(x, out, offset, k0, k1, threshold, scale):
     n = x.shape[0]
-    for c in prange(_n_chunks(n, offset)):
-        i0, i1, first_block, n_blocks, lane0 = _chunk_span(c, n, offset)
+    n_chunks = _n_chunks(n, offset)
+    n_workers = min(n_chunks, _WORK_ITEMS)
+    for w in prange(n_workers):  # a contiguous run of chunks per work item, one buffer each
         words = np.empty(4 * _BLOCKS_PER_CHUNK, dtype=np.uint32)
-        _philox_fill(words, first_block, n_blocks, k0, k1)
-        _apply_f16(x, out, words.view(np.uint16), i0, i1, lane0, threshold, scale)
+        for c in range(n_chunks * w // n_workers, n_chunks * (w + 1) // n_workers):
+            i0, i1, first_block, n_blocks, lane0 = _chunk_span(c, n, offset)
+            _philox_fill(words, first_block, n_blocks, k0, k1)
+            _apply_f16(x, out, words.view(np.uint16), i0, i1, lane0, threshold, scale)
 
 
 @numba.njit(**_JIT)
@@ -349,11 +361,14 @@ def _dropout_f16_ser(x, out, offset, k0, k1, threshold, scale):
 @numba.njit(parallel=True, **_JIT)
 def _dropout_bf16_par(x, out, offset, k0, k1, threshold, scale):
     n = x.shape[0]
-    for c in prange(_n_chunks(n, offset)):
-        i0, i1, first_block, n_blocks, lane0 = _chunk_span(c, n, offset)
+    n_chunks = _n_chunks(n, offset)
+    n_workers = min(n_chunks, _WORK_ITEMS)
+    for w in prange(n_workers):  # a contiguous run of chunks per work item, one buffer each
         words = np.empty(4 * _BLOCKS_PER_CHUNK, dtype=np.uint32)
-        _philox_fill(words, first_block, n_blocks, k0, k1)
-        _apply_bf16(x, out, words.view(np.uint16), i0, i1, lane0, threshold, scale)
+        for c in range(n_chunks * w // n_workers, n_chunks * (w + 1) // n_workers):
+            i0, i1, first_block, n_blocks, lane0 = _chunk_span(c, n, offset)
+            _philox_fill(words, first_block, n_blocks, k0, k1)
+            _apply_bf16(x, out, words.view(np.uint16), i0, i1, lane0, threshold, scale)
 
 
 @numba.njit(**_JIT)
@@ -369,11 +384,14 @@ def _dropout_bf16_ser(x, out, offset, k0, k1, threshold, scale):
 @numba.njit(parallel=True, **_JIT)
 def _mask_par(out, offset, k0, k1, threshold):
     n = out.shape[0]
-    for c in prange(_n_chunks(n, offset)):
-        i0, i1, first_block, n_blocks, lane0 = _chunk_span(c, n, offset)
+    n_chunks = _n_chunks(n, offset)
+    n_workers = min(n_chunks, _WORK_ITEMS)
+    for w in prange(n_workers):  # a contiguous run of chunks per work item, one buffer each
         words = np.empty(4 * _BLOCKS_PER_CHUNK, dtype=np.uint32)
-        _philox_fill(words, first_block, n_blocks, k0, k1)
-        _apply_mask(out, words.view(np.uint16), i0, i1, lane0, threshold)
+        for c in range(n_chunks * w // n_workers, n_chunks * (w + 1) // n_workers):
+            i0, i1, first_block, n_blocks, lane0 = _chunk_span(c, n, offset)
+            _philox_fill(words, first_block, n_blocks, k0, k1)
+            _apply_mask(out, words.view(np.uint16), i0, i1, lane0, threshold)
 
 
 @numba.njit(**_JIT)
@@ -389,11 +407,14 @@ def _mask_ser(out, offset, k0, k1, threshold):
 @numba.njit(parallel=True, **_JIT)
 def _lanes_par(out, offset, k0, k1, threshold):  # threshold unused: the drivers share a signature
     n = out.shape[0]
-    for c in prange(_n_chunks(n, offset)):
-        i0, i1, first_block, n_blocks, lane0 = _chunk_span(c, n, offset)
+    n_chunks = _n_chunks(n, offset)
+    n_workers = min(n_chunks, _WORK_ITEMS)
+    for w in prange(n_workers):  # a contiguous run of chunks per work item, one buffer each
         words = np.empty(4 * _BLOCKS_PER_CHUNK, dtype=np.uint32)
-        _philox_fill(words, first_block, n_blocks, k0, k1)
-        _apply_lanes(out, words.view(np.uint16), i0, i1, lane0)
+        for c in range(n_chunks * w // n_workers, n_chunks * (w + 1) // n_workers):
+            i0, i1, first_block, n_blocks, lane0 = _chunk_span(c, n, offset)
+            _philox_fill(words, first_block, n_blocks, k0, k1)
+            _apply_lanes(out, words.view(np.uint16), i0, i1, lane0)
 
 
 @numba.njit(**_JIT)
@@ -409,31 +430,40 @@ def _lanes_ser(out, offset, k0, k1, threshold):
 @numba.njit(parallel=True, **_JIT)
 def _bda_float_par(x, bias, res, out, offset, k0, k1, threshold, scale):
     n = x.shape[0]
-    for c in prange(_n_chunks(n, offset)):
-        i0, i1, first_block, n_blocks, lane0 = _chunk_span(c, n, offset)
+    n_chunks = _n_chunks(n, offset)
+    n_workers = min(n_chunks, _WORK_ITEMS)
+    for w in prange(n_workers):  # a contiguous run of chunks per work item, one buffer each
         words = np.empty(4 * _BLOCKS_PER_CHUNK, dtype=np.uint32)
-        _philox_fill(words, first_block, n_blocks, k0, k1)
-        _bda_float(x, bias, res, out, words.view(np.uint16), i0, i1, lane0, threshold, scale)
+        for c in range(n_chunks * w // n_workers, n_chunks * (w + 1) // n_workers):
+            i0, i1, first_block, n_blocks, lane0 = _chunk_span(c, n, offset)
+            _philox_fill(words, first_block, n_blocks, k0, k1)
+            _bda_float(x, bias, res, out, words.view(np.uint16), i0, i1, lane0, threshold, scale)
 
 
 @numba.njit(parallel=True, **_JIT)
 def _bda_f16_par(x, bias, res, out, offset, k0, k1, threshold, scale):
     n = x.shape[0]
-    for c in prange(_n_chunks(n, offset)):
-        i0, i1, first_block, n_blocks, lane0 = _chunk_span(c, n, offset)
+    n_chunks = _n_chunks(n, offset)
+    n_workers = min(n_chunks, _WORK_ITEMS)
+    for w in prange(n_workers):  # a contiguous run of chunks per work item, one buffer each
         words = np.empty(4 * _BLOCKS_PER_CHUNK, dtype=np.uint32)
-        _philox_fill(words, first_block, n_blocks, k0, k1)
-        _bda_f16(x, bias, res, out, words.view(np.uint16), i0, i1, lane0, threshold, scale)
+        for c in range(n_chunks * w // n_workers, n_chunks * (w + 1) // n_workers):
+            i0, i1, first_block, n_blocks, lane0 = _chunk_span(c, n, offset)
+            _philox_fill(words, first_block, n_blocks, k0, k1)
+            _bda_f16(x, bias, res, out, words.view(np.uint16), i0, i1, lane0, threshold, scale)
 
 
 @numba.njit(parallel=True, **_JIT)
 def _bda_bf16_par(x, bias, res, out, offset, k0, k1, threshold, scale):
     n = x.shape[0]
-    for c in prange(_n_chunks(n, offset)):
-        i0, i1, first_block, n_blocks, lane0 = _chunk_span(c, n, offset)
+    n_chunks = _n_chunks(n, offset)
+    n_workers = min(n_chunks, _WORK_ITEMS)
+    for w in prange(n_workers):  # a contiguous run of chunks per work item, one buffer each
         words = np.empty(4 * _BLOCKS_PER_CHUNK, dtype=np.uint32)
-        _philox_fill(words, first_block, n_blocks, k0, k1)
-        _bda_bf16(x, bias, res, out, words.view(np.uint16), i0, i1, lane0, threshold, scale)
+        for c in range(n_chunks * w // n_workers, n_chunks * (w + 1) // n_workers):
+            i0, i1, first_block, n_blocks, lane0 = _chunk_span(c, n, offset)
+            _philox_fill(words, first_block, n_blocks, k0, k1)
+            _bda_bf16(x, bias, res, out, words.view(np.uint16), i0, i1, lane0, threshold, scale)
 
 
 @numba.njit(**_JIT)
