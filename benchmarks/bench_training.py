@@ -29,6 +29,7 @@ from torch import nn
 
 import dropkit
 from dropkit.data import load_mnist1d
+from dropkit.kernels import native
 
 
 def make_model(dropout: str, p: float) -> nn.Sequential:
@@ -125,6 +126,7 @@ def main() -> None:
         f"python {platform.python_version()}, torch {torch.__version__}, "
         f"threads {torch.get_num_threads()}, {args.clock} clock"
     )
+    print(f"dropkit's C++ autograd node: {native.status()}")
     print(
         f"MNIST-1D MLP 40-100-100-10, batch {args.batch}, Adam, two dropout layers p={args.p}; "
         f"{args.rounds} interleaved rounds x {args.steps} steps; median step"

@@ -298,7 +298,40 @@ except (AttributeError, KeyError, TypeError):  # pragma: no cover - other torch 
 def _differentiable(x: torch.Tensor, stream: tuple, inplace: bool) -> torch.Tensor:
     if _RAW_APPLY is None or type(x) is not torch.Tensor or _functorch_active():
         return _DropoutFunction.apply(x, stream, inplace)
+    return _differentiable_raw(x, stream, inplace)
+
+
+def _differentiable_raw(x: torch.Tensor, stream: tuple, inplace: bool) -> torch.Tensor:
+    # A plain tensor outside functorch. Small contiguous float32/float64 CPU tensors go to the
+    # C++ node of dropkit.kernels.native where it could be built (same kernel, same bits, saves
+    # the same four numbers); everything else, and every in-place call, to _DropoutFunction.
+    if (
+        not inplace
+        and x.dtype in _NATIVE_DTYPES
+        and x.is_cpu
+        and 0 < x.numel() < _SMALL.limit
+        and x.is_contiguous()
+    ):
+        native = _NATIVE[0]
+        if native is _UNLOADED:
+            native = _load_native()
+        if native is not None:
+            seed, offset, thresh, scale = stream
+            return native(x, seed - (1 << 64) if seed >> 63 else seed, offset, thresh, scale)
     return _RAW_APPLY(x, stream, inplace)
+
+
+# The C++ autograd node of dropkit.kernels.native, loaded (built once per machine) on first use.
+_UNLOADED = object()
+_NATIVE: list = [_UNLOADED]
+_NATIVE_DTYPES = (torch.float32, torch.float64)
+
+
+def _load_native():
+    from dropkit.kernels import native
+
+    _NATIVE[0] = native.load()
+    return _NATIVE[0]
 
 
 def _dropout_checked(x: torch.Tensor, thresh: int, scale: float, inplace: bool) -> torch.Tensor:
@@ -321,7 +354,7 @@ def _dropout_checked(x: torch.Tensor, thresh: int, scale: float, inplace: bool) 
     if x.requires_grad and torch.is_grad_enabled():
         if _RAW_APPLY is None or _functorch_active():
             return _DropoutFunction.apply(x, (seed, 0, thresh, scale), inplace)
-        return _RAW_APPLY(x, (seed, 0, thresh, scale), inplace)
+        return _differentiable_raw(x, (seed, 0, thresh, scale), inplace)
     if inplace:
         return _apply_(x, seed, 0, thresh, scale)
     return _apply(x, seed, 0, thresh, scale)
