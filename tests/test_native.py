@@ -147,7 +147,7 @@ def test_a_failed_build_falls_back_to_the_python_function(monkeypatch):
 
     monkeypatch.setattr(native, "_STATE", {"op": None, "status": "not loaded yet", "tried": False})
     monkeypatch.setattr(native, "_build", broken)
-    monkeypatch.setattr(ops, "_NATIVE", [ops._UNLOADED])
+    monkeypatch.setattr(ops, "_NATIVE", [ops._UNLOADED, None])
     assert native.load() is None
     assert native.status() == "unavailable: OSError: no C++ compiler"
     x = torch.randn(10, 10, requires_grad=True)
@@ -172,3 +172,17 @@ def test_dropkit_native_0_turns_it_off():
     )
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "disabled by DROPKIT_NATIVE=0 _DropoutFunctionBackward"
+
+
+def test_seeded_op_draws_the_seed_the_python_path_draws(op):
+    seeded = torch.ops.dropkit_native.dropout_seeded.default
+    x = torch.randn(3, 300, requires_grad=True)
+    for s in range(4):
+        torch.manual_seed(s)
+        y = seeded(x, ops.threshold(0.3), 1 / 0.7)
+        after = torch.rand(4)
+        torch.manual_seed(s)
+        seed = dropkit.rng.draw_seed()
+        expected = kernels.dropout_forward(x.detach(), seed, 0, ops.threshold(0.3), 1 / 0.7)
+        assert torch.equal(y, expected)
+        assert torch.equal(after, torch.rand(4))  # the generator advanced by the same draw

@@ -314,24 +314,31 @@ def _differentiable_raw(x: torch.Tensor, stream: tuple, inplace: bool) -> torch.
     ):
         native = _NATIVE[0]
         if native is _UNLOADED:
-            native = _load_native()
+            native = _load_native()[0]
         if native is not None:
             seed, offset, thresh, scale = stream
             return native(x, seed - (1 << 64) if seed >> 63 else seed, offset, thresh, scale)
     return _RAW_APPLY(x, stream, inplace)
 
 
-# The C++ autograd node of dropkit.kernels.native, loaded (built once per machine) on first use.
+# The C++ autograd node of dropkit.kernels.native, loaded (built once per machine) on first use:
+# [dropout(x, seed, offset, thresh, scale), dropout_seeded(x, thresh, scale)], or Nones.
 _UNLOADED = object()
-_NATIVE: list = [_UNLOADED]
+_NATIVE: list = [_UNLOADED, None]
 _NATIVE_DTYPES = (torch.float32, torch.float64)
 
 
-def _load_native():
+def _load_native() -> list:
     from dropkit.kernels import native
 
-    _NATIVE[0] = native.load()
-    return _NATIVE[0]
+    op = native.load()
+    if op is None:
+        _NATIVE[:] = [None, None]
+    else:
+        # The overloads' underlying builtins: OpOverload.__call__ only forwards to them.
+        seeded = torch.ops.dropkit_native.dropout_seeded.default
+        _NATIVE[:] = [getattr(op, "_op", op), getattr(seeded, "_op", seeded)]
+    return _NATIVE
 
 
 def _dropout_checked(x: torch.Tensor, thresh: int, scale: float, inplace: bool) -> torch.Tensor:
@@ -349,6 +356,20 @@ def _dropout_checked(x: torch.Tensor, thresh: int, scale: float, inplace: bool) 
     if context.salts or rng._dist_initialized():
         seed = rng.draw_seed()
     else:  # rng.draw_seed() inlined for its common case (default generator, no salt)
+        if (
+            not inplace
+            and x.requires_grad
+            and x.dtype in _NATIVE_DTYPES
+            and x.is_cpu
+            and 0 < x.numel() < _SMALL.limit
+            and x.is_contiguous()
+            and torch.is_grad_enabled()
+            and not _functorch_active()
+        ):
+            # The native node draws the same seed from the same generator itself: one call.
+            seeded = _NATIVE[1] if _NATIVE[0] is not _UNLOADED else _load_native()[1]
+            if seeded is not None:
+                return seeded(x, thresh, scale)
         context.cpu_scratch.random_(-(1 << 63), None)
         seed = int(context.cpu_scratch_view) & _MASK64
     if x.requires_grad and torch.is_grad_enabled():

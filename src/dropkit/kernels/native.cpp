@@ -11,6 +11,7 @@
 // 10^4-element activations of a small MLP that per-call cost is most of dropout's cost.
 
 #include <ATen/ATen.h>
+#include <ATen/CPUGeneratorImpl.h>
 #include <torch/csrc/autograd/custom_function.h>
 #include <torch/library.h>
 
@@ -93,6 +94,19 @@ at::Tensor dropout(const at::Tensor& x, int64_t seed, int64_t offset, int64_t th
   return DropoutNode::apply(x, seed, offset, thresh, scale);
 }
 
+// Draws the 64-bit key from torch's default CPU generator exactly as dropkit's Python path does
+// (`torch.empty(1, dtype=int64).random_(-2**63, None)`: one random64() taken as the key's bits),
+// then applies the node: one dispatcher call per dropout layer instead of two.
+at::Tensor dropout_seeded(const at::Tensor& x, int64_t thresh, double scale) {
+  uint64_t key = 0;
+  {
+    auto gen = at::detail::getDefaultCPUGenerator();
+    std::lock_guard<std::mutex> lock(gen.mutex());
+    key = gen.get<at::CPUGeneratorImpl>()->random64();
+  }
+  return DropoutNode::apply(x, static_cast<int64_t>(key), 0, thresh, scale);
+}
+
 void set_kernels(int64_t f32, int64_t f64) {
   TORCH_CHECK(f32 != 0 && f64 != 0, "dropkit_native.set_kernels: null kernel address");
   kernel_f32 = reinterpret_cast<KernelF32>(static_cast<intptr_t>(f32));
@@ -103,7 +117,9 @@ void set_kernels(int64_t f32, int64_t f64) {
 
 TORCH_LIBRARY(dropkit_native, m) {
   m.def("dropout(Tensor x, int seed, int offset, int thresh, float scale) -> Tensor");
+  m.def("dropout_seeded(Tensor x, int thresh, float scale) -> Tensor");
   m.def("set_kernels(int f32, int f64) -> ()");
   m.impl("dropout", c10::DispatchKey::CompositeImplicitAutograd, &dropout);
+  m.impl("dropout_seeded", c10::DispatchKey::CompositeImplicitAutograd, &dropout_seeded);
   m.impl("set_kernels", c10::DispatchKey::CompositeImplicitAutograd, &set_kernels);
 }
