@@ -12,7 +12,8 @@ For float32 tensors of 2^12 ... 2^25 elements (p = 0.1) it times, as the median 
 * on CUDA also fused bias + dropout + residual against eager ``residual + F.dropout(x + bias)``
   and the copy bandwidth.
 
-Run: ``python benchmarks/bench_kernels.py`` (``--quick`` for a short run, ``--device cuda``).
+Run: ``python benchmarks/bench_kernels.py`` (``--quick`` for a short run, ``--device cuda``,
+``--allocator warm`` to time with an allocator that keeps freed memory, as jemalloc/tcmalloc do).
 Ratios are ``torch time / dropkit time`` (above 1: dropkit faster) and ``dropkit / clone``.
 """
 
@@ -36,6 +37,19 @@ from dropkit import kernels
 P = 0.1
 
 
+#: glibc malloc tunables of ``--allocator warm``: no mmap for large blocks and no trimming of the
+#: heap top, so a freed 128 MiB tensor's pages are reused by the next one instead of being unmapped
+#: and faulted in again 4 KiB at a time.
+WARM_ALLOCATOR = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(1 << 40)}
+
+
+def allocator_info() -> str:
+    if os.environ.get("MALLOC_MMAP_MAX_") == "0":
+        settings = " ".join(f"{k}={os.environ.get(k)}" for k in WARM_ALLOCATOR)
+        return f"allocator: warm (glibc {settings}: freed memory stays in the process)"
+    return "allocator: default (glibc: tensors over 32 MiB are mmapped and page-faulted afresh)"
+
+
 def cpu_model() -> str:
     try:
         with open("/proc/cpuinfo") as f:
@@ -56,6 +70,7 @@ def machine_info(device: str) -> str:
         f"{torch.get_num_threads()}, numba threads {numba.get_num_threads()} "
         f"(layer {numba.threading_layer()})",
         f"python {platform.python_version()}, torch {torch.__version__}, numba {numba.__version__}",
+        allocator_info(),
     ]
     if device == "cuda":
         lines.append(f"GPU: {torch.cuda.get_device_name()}")
@@ -282,11 +297,23 @@ def main() -> None:
         "--sizes", type=int, nargs="+", default=None, help="exponents e of 2^e elements to run"
     )
     parser.add_argument(
+        "--allocator",
+        choices=["default", "warm"],
+        default="default",
+        help="warm: rerun under glibc's MALLOC_MMAP_MAX_=0 and a large MALLOC_TRIM_THRESHOLD_, so "
+        "freed memory stays in the process (as with jemalloc or tcmalloc) and a fresh tensor costs "
+        "no page faults; applies to every candidate alike",
+    )
+    parser.add_argument(
         "--cpu-breakdown",
         action="store_true",
         help="only print the CPU time of the pieces of a 2^25 forward (one thread)",
     )
     args = parser.parse_args()
+    if args.allocator == "warm" and os.environ.get("MALLOC_MMAP_MAX_") != "0":
+        # glibc reads its tunables at start-up: run this program again with them set.
+        env = {**os.environ, **WARM_ALLOCATOR}
+        os.execve(sys.executable, [sys.executable, *sys.argv], env)
     if args.cpu_breakdown:
         print(machine_info("cpu"))
         print(f"command: python {' '.join(sys.argv)}\n")
