@@ -151,7 +151,12 @@ def test_bench_runs_the_kernel_benchmark_script(capsys):
     # --help is handed to the benchmark's own parser: proves the wiring without the long run.
     assert cli.main(["bench", "--help"]) == 0
     out = capsys.readouterr().out
-    assert out.startswith("usage: dropkit bench") and "--quick" in out and "--device" in out and "--allocator" in out
+    assert (
+        out.startswith("usage: dropkit bench")
+        and "--quick" in out
+        and "--device" in out
+        and "--allocator" in out
+    )
 
 
 def test_bench_reports_bad_benchmark_arguments(capsys):
