@@ -272,6 +272,63 @@ class _DropoutFunction(torch.autograd.Function):
         return _apply(grad, *ctx.stream), None, None
 
 
+def _batched_dropout(function, info, in_dims, x, stream):
+    """vmap rule shared by the two transform-aware Functions below: ``"different"`` randomness
+    masks the whole batch as one tensor (each sample its own units), otherwise one mask of a
+    sample's shape is shared by the batch."""
+    dim = in_dims[0]
+    if info.randomness == "different":
+        batch = x.expand(info.batch_size, *x.shape) if dim is None else x.movedim(dim, 0)
+        return function.apply(batch.contiguous(), stream), 0
+    if dim is None:
+        return function.apply(x, stream), None
+    batch = x.movedim(dim, 0)
+    # Kept units are x * scale (the kernel's rounding), dropped ones exactly 0, as in the kernel.
+    seed, offset, thresh, scale = stream
+    kept = _apply(torch.ones(batch.shape[1:], dtype=batch.dtype), seed, offset, thresh, 1.0)
+    kept = kept.to(batch.device) != 0
+    return torch.where(kept, batch * scale, torch.zeros((), dtype=batch.dtype)), 0
+
+
+class _FuncMask(torch.autograd.Function):
+    """m ⊙ x · scale for a stream already drawn (dropout's backward under ``torch.func``): linear,
+    deterministic, its own backward. Under vmap the mask follows the forward's batching (see
+    :func:`_batched_dropout`)."""
+
+    @staticmethod
+    def forward(x, stream):  # noqa: D102
+        return _apply(x, *stream)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):  # noqa: D102
+        ctx.stream = inputs[1]
+
+    @staticmethod
+    def backward(ctx, grad):  # noqa: D102
+        return _FuncMask.apply(grad, ctx.stream), None
+
+    @staticmethod
+    def vmap(info, in_dims, x, stream):  # noqa: D102
+        return _batched_dropout(_FuncMask, info, in_dims, x, stream)
+
+
+class _FuncDropout(_FuncMask):
+    """Dropout for ``torch.func`` transforms (grad, vjp, jacrev, vmap, ...). vmap's ``randomness``
+    decides the masks: ``"different"`` draws one mask over the whole batch (each sample its own
+    units), ``"same"`` one mask of a sample's shape shared by the batch, ``"error"`` (vmap's
+    default) raises, as torch's own dropout does."""
+
+    @staticmethod
+    def vmap(info, in_dims, x, stream):  # noqa: D102
+        if info.randomness == "error":
+            raise RuntimeError(
+                "vmap: called random operation while in randomness error mode. Please either use "
+                "the 'same' or 'different' randomness flags on vmap or perform the randomness "
+                "operation out of vmap"
+            )
+        return _batched_dropout(_FuncDropout, info, in_dims, x, stream)
+
+
 def _backward_apply(ctx, grad):
     # The autograd engine calls the node's ``apply``; torch's BackwardCFunction.apply looks the
     # user function up again on every call (backward vs vjp, boxed grads). This Function has a
@@ -285,18 +342,21 @@ try:
 except AttributeError:  # pragma: no cover - other torch builds
     pass
 
+_functorch_active = getattr(torch._C, "_are_functorch_transforms_active", lambda: False)
+
 try:
     # autograd.Function.apply minus its Python prologue (default-argument binding, which this
     # Function has none of, and unwrapping functorch wrappers, done below only under functorch):
     # about 2 µs of the per-call cost on a 10^4-element tensor.
     _RAW_APPLY = torch._C._FunctionBase.__dict__["apply"].__get__(None, _DropoutFunction)
-    _functorch_active = torch._C._are_functorch_transforms_active
 except (AttributeError, KeyError, TypeError):  # pragma: no cover - other torch builds
     _RAW_APPLY = None
 
 
 def _differentiable(x: torch.Tensor, stream: tuple, inplace: bool) -> torch.Tensor:
-    if _RAW_APPLY is None or type(x) is not torch.Tensor or _functorch_active():
+    if _functorch_active():
+        return _functorch_dropout(x, stream, inplace)
+    if _RAW_APPLY is None or type(x) is not torch.Tensor:
         return _DropoutFunction.apply(x, stream, inplace)
     return _differentiable_raw(x, stream, inplace)
 
@@ -353,7 +413,7 @@ def _dropout_checked(x: torch.Tensor, thresh: int, scale: float, inplace: bool) 
         y = _dropout_with_seed_op(x, _traced_seed(), 0, thresh, scale)
         return x.copy_(y) if inplace else y
     context = rng._CONTEXT
-    if context.salts or rng._dist_initialized():
+    if context.salts or rng._dist_initialized() or _functorch_active():
         seed = rng.draw_seed()
     else:  # rng.draw_seed() inlined for its common case (default generator, no salt)
         if (
@@ -364,7 +424,6 @@ def _dropout_checked(x: torch.Tensor, thresh: int, scale: float, inplace: bool) 
             and 0 < x.numel() < _SMALL.limit
             and x.is_contiguous()
             and torch.is_grad_enabled()
-            and not _functorch_active()
         ):
             # The native node draws the same seed from the same generator itself: one call.
             seeded = _NATIVE[1] if _NATIVE[0] is not _UNLOADED else _load_native()[1]
@@ -372,8 +431,10 @@ def _dropout_checked(x: torch.Tensor, thresh: int, scale: float, inplace: bool) 
                 return seeded(x, thresh, scale)
         context.cpu_scratch.random_(-(1 << 63), None)
         seed = int(context.cpu_scratch_view) & _MASK64
+    if _functorch_active():
+        return _functorch_dropout(x, (seed, 0, thresh, scale), inplace)
     if x.requires_grad and torch.is_grad_enabled():
-        if _RAW_APPLY is None or _functorch_active():
+        if _RAW_APPLY is None:
             return _DropoutFunction.apply(x, (seed, 0, thresh, scale), inplace)
         return _differentiable_raw(x, (seed, 0, thresh, scale), inplace)
     if inplace:
@@ -381,9 +442,18 @@ def _dropout_checked(x: torch.Tensor, thresh: int, scale: float, inplace: bool) 
     return _apply(x, seed, 0, thresh, scale)
 
 
+def _functorch_dropout(x: torch.Tensor, stream: tuple, inplace: bool) -> torch.Tensor:
+    # Under torch.func every call goes through the transform-aware Function (a batched or wrapped
+    # tensor has no memory the kernel could read); in place is out of place, then copied back.
+    y = _FuncDropout.apply(x, stream)
+    return x.copy_(y) if inplace else y
+
+
 def _dropout_stream(
     x: torch.Tensor, seed: int, offset: int, thresh: int, scale: float, inplace: bool
 ) -> torch.Tensor:
+    if _functorch_active():
+        return _functorch_dropout(x, (seed, offset, thresh, scale), inplace)
     if x.requires_grad and torch.is_grad_enabled():
         return _differentiable(x, (seed, offset, thresh, scale), inplace)
     if inplace:

@@ -140,6 +140,9 @@ def current_salt() -> int | None:
     return None
 
 
+_functorch_active = getattr(torch._C, "_are_functorch_transforms_active", lambda: False)
+
+
 def _raw_draw(generator: torch.Generator | None) -> int:
     if generator is None:
         scratch = _CONTEXT.cpu_scratch
@@ -170,7 +173,12 @@ def draw_seed(generator: torch.Generator | None = None) -> int:
         True
     """
     context = _CONTEXT
-    if generator is None:
+    if _functorch_active():
+        # Under torch.func transforms the draw is the generator's, as in eager: functorch must not
+        # see it (grad forbids the in-place draw into a captured tensor; vmap would batch it).
+        with torch._C._DisableFuncTorch():
+            seed = _raw_draw(generator)
+    elif generator is None:
         context.cpu_scratch.random_(-(1 << 63), None)
         seed = int(context.cpu_scratch_view) & MASK64
     else:
