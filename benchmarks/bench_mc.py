@@ -88,7 +88,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--T", type=int, default=100)
     parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--sizes", type=int, nargs="+", default=[1, 32, 256], help="batch sizes N")
+    parser.add_argument(
+        "--sizes", type=int, nargs="+", default=[1, 8, 32, 128, 256], help="batch sizes N"
+    )
+    parser.add_argument(
+        "--models",
+        nargs="+",
+        default=["mlp", "cnn", "fx"],
+        choices=["mlp", "cnn", "fx"],
+        help="which models (default: all three)",
+    )
     parser.add_argument(
         "--threads", type=int, default=None, help="torch threads (default: torch's)"
     )
@@ -98,9 +107,16 @@ def main() -> None:
     repeats = 3 if args.quick else 9
     torch.manual_seed(0)
     models = {
-        "MLP 40-256-256-10": (dropkit.MLP([40, 256, 256, 10], p=[0.0, 0.5, 0.5]), (40,)),
-        "CNN (Sequential)": (SmallCNN(), (1, 40)),
-        "CNN (custom, fx)": (ResidualCNN(), (1, 40)),
+        name: model
+        for key, (name, model) in {
+            "mlp": (
+                "MLP 40-256-256-10",
+                (dropkit.MLP([40, 256, 256, 10], p=[0.0, 0.5, 0.5]), (40,)),
+            ),
+            "cnn": ("CNN (Sequential)", (SmallCNN(), (1, 40))),
+            "fx": ("CNN (custom, fx)", (ResidualCNN(), (1, 40))),
+        }.items()
+        if key in args.models
     }
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.processor() or platform.machine()}"

@@ -53,7 +53,7 @@ from dropkit.layers.weights import (
     DropConnectLinear,
     WeightDrop,
 )
-from dropkit.mc import mc_dropout
+from dropkit.mc import is_stochastic_module, mc_dropout
 from dropkit.models import MLP, fold_dropout_scaling
 from dropkit.schedules import DropoutScheduler
 
@@ -64,6 +64,7 @@ __all__ = [
     "rng",
     "mc",
     "mc_dropout",
+    "is_stochastic_module",
     "uncertainty",
     "convert",
     "convert_dropout",

@@ -9,9 +9,33 @@ forward passes gives the predictive distribution
 This module does three things:
 
 * :func:`mc_dropout` — a context manager that puts the model in eval mode but switches *only* the
-  dropout-family modules (dropkit's :class:`~dropkit.DropoutBase` subclasses and torch.nn's
-  ``Dropout*``) to training mode, so BatchNorm and everything else keep their inference rule.
-  Every module's ``training`` flag is restored on exit, also when the body raises.
+  stochastic-regularisation modules (:func:`is_stochastic_module`) to training mode, so BatchNorm
+  and everything else keep their inference rule. Every module's ``training`` flag is restored on
+  exit, also when the body raises.
+
+**Which modules are sampled** — :func:`is_stochastic_module`: dropkit's and torch.nn's dropout
+modules (:func:`dropkit.is_dropout_module`: every :class:`~dropkit.DropoutBase` subclass, i.e. the
+elementwise, channel, alpha, Gaussian, structured, DropConnect, WeightDrop, embedding, locked,
+Concrete and variational-dropout modules, and torch.nn's ``Dropout*``), plus every module whose
+class sets ``mc_stochastic = True``: dropkit's :class:`~dropkit.Standout`,
+:class:`~dropkit.VariationalLinear`, :class:`~dropkit.LinearSVDO` and :class:`~dropkit.Conv2dSVDO`,
+which are weight layers (no single rate ``p``, so they are not ``DropoutBase``) but whose training
+forward is a draw from the noise they were trained with. A user's own stochastic module opts in
+with the same class attribute. What MC means for each is its *training* forward, the distribution
+the layer was fitted with:
+
+- Standout (Ba & Frey 2013): y = m ⊙ a with m_j ~ Bernoulli(π_j) (eval: the expectation π ⊙ a);
+- VariationalLinear (Kingma et al. 2015) and LinearSVDO/Conv2dSVDO (Molchanov et al. 2017): the
+  pre-activations drawn from the factorised Gaussian posterior N(θ, σ²) by the local
+  reparameterisation trick. For SVDO this is the *full* posterior q(W), the one the ELBO was fitted
+  with: weights the eval rule prunes (log α > threshold, dropout rate > 0.95) are sampled with
+  their (huge) noise rather than zeroed; the deterministic pruned mean is the layer's eval mode,
+  i.e. the "weight-scaling" counterpart of the MC average. The local trick draws independent
+  weights per input row — the same marginal predictive p(y | x) per row as one shared weight
+  sample, which is all MC averaging uses.
+
+Only the stochastic module's own flag is switched (not its children's): a Standout's or
+ConcreteDropout's wrapped layer, a WeightDrop's RNN stay in eval.
 * :func:`predict` — T samples of ``model(x)`` as one (T, N, ...) tensor, fast:
 
   - the T samples run *batched*: the batch is repeated T times along dim 0 to (T·N, ...) and run
@@ -35,12 +59,15 @@ This module does three things:
     elements of one sample's (N, ...) input. A chunk of samples t0 … t1 − 1 is therefore one call
     of :func:`dropkit.ops.dropout_with_seed` at offset t0·M, and the loop's pass t is the same
     call at offset t·M;
-  - every other dropout module (channel, alpha, Gaussian, DropBlock, DropConnect, … and
+  - every other stochastic module (channel, alpha, Gaussian, DropBlock, DropConnect, WeightDrop,
+    concrete and variational dropout, Standout, the SVDO and VariationalLinear layers, … and
     torch.nn's channel and alpha variants) is called once per sample block, in order, with its
     seeds drawn from a per-sample ``torch.Generator`` seeded by ``mix_seed(seed, 2^62 + t)``
     (dropkit's functional forms get it as ``generator=``; other modules see torch's global
     generators re-seeded from it). Shared-mask variants therefore draw one mask per sample, never
-    one for all T copies.
+    one for all T copies; a stochastic module nested in another sees one sample at a time, with
+    the call count it has in the loop. A WeightDrop'd RNN must be ``batch_first``; its hidden
+    states are joined along their batch dim (1).
 
   Matmuls over T·N rows may round differently from N-row ones, so the two modes agree to float
   rounding (the masks are bit-identical).
@@ -69,8 +96,16 @@ from dropkit._validate import check_positive_int
 from dropkit.layers.base import is_dropout_module
 from dropkit.layers.channel import Dropout1d, Dropout2d, Dropout3d
 from dropkit.layers.elementwise import AlphaDropout, Dropout, GaussianDropout
+from dropkit.layers.weights import WeightDrop
 
-__all__ = ["mc_dropout", "predict", "mc_plan", "MCPlan", "DEFAULT_PASS_BYTES"]
+__all__ = [
+    "mc_dropout",
+    "predict",
+    "mc_plan",
+    "MCPlan",
+    "DEFAULT_PASS_BYTES",
+    "is_stochastic_module",
+]
 
 #: Target size of one batched pass when no budget is given: the estimated activations of a pass
 #: stay near 1 MiB — enough rows to amortise per-pass overhead, small enough to stay in cache and to
@@ -87,9 +122,30 @@ _MASK64 = (1 << 64) - 1
 # ------------------------------------------------------------------------------------------------
 # Which modules are dropout, and switching them on
 # ------------------------------------------------------------------------------------------------
+def is_stochastic_module(module: nn.Module) -> bool:
+    """True for the modules MC dropout samples: dropout modules and ``mc_stochastic`` layers.
+
+    That is :func:`dropkit.is_dropout_module` (dropkit's ``DropoutBase`` subclasses and torch.nn's
+    ``Dropout*``), or a module whose ``mc_stochastic`` attribute is ``True`` — set as a class
+    attribute by dropkit's Standout, VariationalLinear, LinearSVDO and Conv2dSVDO, whose training
+    forward draws noise but which are weight layers, not dropout modules. A user's own stochastic
+    layer opts in the same way. Such a module's training forward must be its posterior sample
+    (its eval forward the deterministic approximation), and it must draw its noise from torch's
+    generators (or, for the batched fast path, take dim 0 as the batch).
+
+    Example:
+        >>> import torch, dropkit
+        >>> from dropkit.mc import is_stochastic_module
+        >>> [is_stochastic_module(m) for m in (torch.nn.Dropout(), dropkit.LinearSVDO(3, 2),
+        ...                                    dropkit.Standout(torch.nn.Linear(3, 2)), torch.nn.Linear(3, 2))]
+        [True, True, True, False]
+    """
+    return is_dropout_module(module) or getattr(module, "mc_stochastic", False) is True
+
+
 def _is_active(module: nn.Module) -> bool:
-    """A dropout-family module whose rate is not 0 (p = 0 is deterministic: part of the trunk)."""
-    if not is_dropout_module(module):
+    """A stochastic module whose rate is not 0 (p = 0 is deterministic: part of the trunk)."""
+    if not is_stochastic_module(module):
         return False
     p = getattr(module, "p", None)
     try:
@@ -101,24 +157,28 @@ def _is_active(module: nn.Module) -> bool:
 def _check_model(model: object) -> nn.Module:
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    if not any(is_dropout_module(m) for m in model.modules()):
+    if not any(is_stochastic_module(m) for m in model.modules()):
         raise ValueError(
             f"model ({type(model).__name__}) has no dropout module: MC dropout needs at least one "
-            "dropkit dropout module (DropoutBase) or torch.nn Dropout/Dropout1d/2d/3d/AlphaDropout/"
-            "FeatureAlphaDropout; dropkit.convert.convert_dropout swaps torch.nn's for dropkit's"
+            "dropkit dropout module (DropoutBase), torch.nn Dropout/Dropout1d/2d/3d/AlphaDropout/"
+            "FeatureAlphaDropout, or a stochastic layer (mc_stochastic = True: Standout, "
+            "VariationalLinear, LinearSVDO, Conv2dSVDO); dropkit.convert.convert_dropout swaps "
+            "torch.nn's for dropkit's"
         )
     return model
 
 
 @contextlib.contextmanager
 def mc_dropout(model: nn.Module) -> Iterator[list[str]]:
-    r"""Inside, only the dropout-family modules of ``model`` are in training mode.
+    r"""Inside, only the stochastic-regularisation modules of ``model`` are in training mode.
 
     On entry every module is put in eval mode (BatchNorm uses its running statistics, and so on)
-    and each dropout module — ``dropkit.is_dropout_module(m)``: dropkit's ``DropoutBase``
-    subclasses and torch.nn's ``Dropout*`` — in training mode, so each forward pass draws a fresh
-    mask: one sample ω̂_t ~ q(ω) of Gal & Ghahramani's approximate posterior. On exit every
-    module's ``training`` flag is put back as it was, even if the body raised.
+    and each module for which :func:`is_stochastic_module` holds — dropkit's ``DropoutBase``
+    subclasses, torch.nn's ``Dropout*``, and ``mc_stochastic`` layers (Standout, VariationalLinear,
+    LinearSVDO, Conv2dSVDO) — has its own ``training`` flag set (not its children's: a wrapped
+    layer stays in eval), so each forward pass draws a fresh mask or noise: one sample ω̂_t ~ q(ω)
+    of the approximate posterior. On exit every module's ``training`` flag is put back as it was,
+    even if the body raised.
 
     Args:
         model: any ``nn.Module`` holding at least one dropout module.
@@ -128,7 +188,7 @@ def mc_dropout(model: nn.Module) -> Iterator[list[str]]:
 
     Raises:
         TypeError: ``model`` is not an ``nn.Module``.
-        ValueError: ``model`` holds no dropout module.
+        ValueError: ``model`` holds no stochastic module.
 
     Example:
         >>> import torch, dropkit
@@ -147,8 +207,8 @@ def mc_dropout(model: nn.Module) -> Iterator[list[str]]:
         model.eval()
         names = []
         for name, m in model.named_modules():
-            if is_dropout_module(m):
-                m.train()
+            if is_stochastic_module(m):
+                m.training = True
                 names.append(name)
         yield names
     finally:
@@ -186,14 +246,18 @@ class _Sampler:
     def blocks(self, module: nn.Module, input: torch.Tensor) -> list[torch.Tensor]:
         if not self.batched:
             return [input]
-        if input.dim() == 0 or input.shape[0] != self.count * self.rows:
+        self.check(module, input)
+        return list(input.split(self.rows))
+
+    def check(self, module: nn.Module, input: torch.Tensor) -> None:
+        """Raises unless ``input`` holds the current pass's count × rows rows in dim 0."""
+        if self.batched and (input.dim() == 0 or input.shape[0] != self.count * self.rows):
             got = tuple(input.shape) if input.dim() else "a 0-d tensor"
             raise ValueError(
                 f"MC batching: dropout module {type(module).__name__} got input of shape {got}, "
                 f"expected dim 0 = samples × rows = {self.count} × {self.rows}; the model must keep "
                 "the batch in dim 0 to be batched — use predict(..., batched=False)"
             )
-        return list(input.split(self.rows))
 
 
 def _elementwise_scale(module: nn.Module) -> float | None:
@@ -253,6 +317,19 @@ def _saved_global_rng(device: torch.device) -> Iterator[None]:
             torch.cuda.set_rng_state(cuda_state, device)
 
 
+def _cat_leaves(outputs: list, dim: int) -> object:
+    """Concatenates per-sample outputs: tensors along ``dim``, tuples/lists leaf by leaf."""
+    first = outputs[0]
+    if isinstance(first, torch.Tensor):
+        return torch.cat(outputs, dim=dim)
+    if isinstance(first, (tuple, list)):
+        return type(first)(_cat_leaves(list(leaves), dim) for leaves in zip(*outputs, strict=True))
+    raise TypeError(
+        f"MC batching: a stochastic module returned {type(first).__name__}, not a tensor or a "
+        "tuple of tensors; use predict(..., batched=False)"
+    )
+
+
 def _mc_forward(module: nn.Module, sampler: _Sampler) -> Callable[[torch.Tensor], torch.Tensor]:
     """The forward that replaces an active dropout module's during :func:`predict`."""
     original = type(module).forward
@@ -262,26 +339,40 @@ def _mc_forward(module: nn.Module, sampler: _Sampler) -> Callable[[torch.Tensor]
     def forward(input: torch.Tensor, *args, **kwargs) -> torch.Tensor:
         call = sampler.calls
         sampler.calls += 1
-        blocks = sampler.blocks(module, input)
         if scale is not None and not args and not kwargs:
             # One counter-based stream per dropout call; sample t owns positions [t·M, (t+1)·M).
-            per_sample = blocks[0].numel()
+            sampler.check(module, input)
             return ops.dropout_with_seed(
                 input,
                 float(module.p),
                 rng.mix_seed(sampler.seed, call),
-                sampler.first * per_sample,
+                sampler.first * (input.numel() // sampler.count),
                 scale,
             )
+        blocks = sampler.blocks(module, input)
         outputs = []
+        first, count, calls = sampler.first, sampler.count, sampler.calls
         for i, block in enumerate(blocks):
-            gen = sampler.generator(sampler.first + i)
+            gen = sampler.generator(first + i)
             if rule is not None and not args and not kwargs:
                 outputs.append(rule(block, gen))
             else:
+                # A stochastic module nested inside this one (a Dropout in a WeightDrop-wrapped
+                # block, say) sees one sample at a time with the call count it has in the loop.
+                sampler.first, sampler.count, sampler.calls = first + i, 1, calls
                 _reseed_globals(rng.draw_seed(gen), sampler.device)
                 outputs.append(original(module, block, *args, **kwargs))
-        return outputs[0] if len(outputs) == 1 else torch.cat(outputs)
+        sampler.first, sampler.count = first, count
+        if len(outputs) == 1:
+            return outputs[0]
+        if isinstance(module, WeightDrop) and isinstance(outputs[0], tuple):
+            # An RNN's (output, hidden): output is batch-first (the blocks were split on dim 0),
+            # the hidden state (num_layers · directions, N, H) has the batch in dim 1.
+            return (
+                torch.cat([o[0] for o in outputs]),
+                _cat_leaves([o[1] for o in outputs], dim=1),
+            )
+        return _cat_leaves(outputs, dim=0)
 
     return forward
 
@@ -381,7 +472,7 @@ def _sequential_plan(model: nn.Sequential, x: torch.Tensor) -> MCPlan:
 
 class _LeafTracer(fx.Tracer):
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
-        return is_dropout_module(m) or super().is_leaf_module(m, module_qualified_name)
+        return is_stochastic_module(m) or super().is_leaf_module(m, module_qualified_name)
 
 
 # Traced graphs, reused while the model's modules (and which are active) stay the same.
@@ -710,6 +801,9 @@ def predict(
         if max_batch_size is not None:
             per_pass = min(per_pass, max_batch_size // rows)
         per_pass = max(per_pass, 1)
+        # Equal passes (99 samples at ≤ 16 a pass: 7 passes of 14–15, not 6 of 16 and one of 3).
+        passes = -(-(T - 1) // per_pass)
+        per_pass = -(-(T - 1) // passes) if passes else 1
         first = 1
         while first < T:
             count = min(per_pass, T - first)

@@ -315,6 +315,9 @@ class VariationalLinear(nn.Linear):
         (torch.Size([2, 3]), torch.Size([5]))
     """
 
+    # Its training forward is a posterior sample: dropkit.mc samples it (is_stochastic_module).
+    mc_stochastic = True
+
     def __init__(
         self,
         in_features: int,
@@ -355,6 +358,8 @@ class _SVDOMixin:
     weight: nn.Parameter
     log_sigma2: nn.Parameter
     threshold: float
+    # Its training forward is a posterior sample: dropkit.mc samples it (is_stochastic_module).
+    mc_stochastic = True
 
     def _init_svdo(self, threshold: float, init_log_sigma2: float) -> None:
         self.threshold = FL._check_threshold(threshold)
@@ -647,6 +652,9 @@ class Standout(nn.Module):
         >>> layer(torch.randn(3, 6)).shape
         torch.Size([3, 4])
     """
+
+    # Its training forward draws the Bernoulli(π) mask: dropkit.mc samples it (is_stochastic_module).
+    mc_stochastic = True
 
     def __init__(
         self,
