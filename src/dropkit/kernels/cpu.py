@@ -13,7 +13,7 @@ How it is fast:
   plain counted loops that LLVM vectorises (``vpmuludq`` for the 32 x 32 -> 64-bit products).
 * The tensor is cut into chunks of ``CHUNK`` stream positions (aligned to the stream, so no Philox
   block is computed twice); the ``prange`` runs over at most 256 work items, each a contiguous run
-  of chunks with one lane buffer. Chunks are small (256 lanes, 512 bytes) so that Philox arithmetic and the
+  of at least 32 chunks with one lane buffer. Chunks are small (256 lanes, 512 bytes) so that Philox arithmetic and the
   memory stream interleave finely: with 8192-lane chunks the loads stalled during each long Philox
   phase, and the forward at 2^25 floats took 1.5x a copy into a preallocated tensor instead of
   1.2x. x is read once and y written once.
@@ -76,6 +76,8 @@ _BLOCKS_PER_CHUNK = CHUNK // LANES_PER_BLOCK
 #: Parallel work items per call at most (prange splits them evenly over the threads); a constant,
 #: not numba.get_num_threads(), which would stop numba caching the kernels.
 _WORK_ITEMS = 256
+#: ... and at least this many chunks (8192 lanes) each, so a mid-size call pays few item set-ups.
+_MIN_CHUNKS_PER_ITEM = 32
 _M0 = np.uint64(PHILOX_M0)
 _M1 = np.uint64(PHILOX_M1)
 _W0 = np.uint64(PHILOX_W0)
@@ -316,7 +318,7 @@ def _bda_bf16(x, bias, res, out, lanes, i0, i1, lane0, threshold, scale):
 def _dropout_float_par(x, out, offset, k0, k1, threshold, scale):
     n = x.shape[0]
     n_chunks = _n_chunks(n, offset)
-    n_workers = min(n_chunks, _WORK_ITEMS)
+    n_workers = max(1, min(n_chunks // _MIN_CHUNKS_PER_ITEM, _WORK_ITEMS))
     for w in prange(n_workers):  # a contiguous run of chunks per work item, one buffer each
         words = np.empty(4 * _BLOCKS_PER_CHUNK, dtype=np.uint32)
         for c in range(n_chunks * w // n_workers, n_chunks * (w + 1) // n_workers):
@@ -339,7 +341,7 @@ def _dropout_float_ser(x, out, offset, k0, k1, threshold, scale):
 def _dropout_f16_par(x, out, offset, k0, k1, threshold, scale):
     n = x.shape[0]
     n_chunks = _n_chunks(n, offset)
-    n_workers = min(n_chunks, _WORK_ITEMS)
+    n_workers = max(1, min(n_chunks // _MIN_CHUNKS_PER_ITEM, _WORK_ITEMS))
     for w in prange(n_workers):  # a contiguous run of chunks per work item, one buffer each
         words = np.empty(4 * _BLOCKS_PER_CHUNK, dtype=np.uint32)
         for c in range(n_chunks * w // n_workers, n_chunks * (w + 1) // n_workers):
@@ -362,7 +364,7 @@ def _dropout_f16_ser(x, out, offset, k0, k1, threshold, scale):
 def _dropout_bf16_par(x, out, offset, k0, k1, threshold, scale):
     n = x.shape[0]
     n_chunks = _n_chunks(n, offset)
-    n_workers = min(n_chunks, _WORK_ITEMS)
+    n_workers = max(1, min(n_chunks // _MIN_CHUNKS_PER_ITEM, _WORK_ITEMS))
     for w in prange(n_workers):  # a contiguous run of chunks per work item, one buffer each
         words = np.empty(4 * _BLOCKS_PER_CHUNK, dtype=np.uint32)
         for c in range(n_chunks * w // n_workers, n_chunks * (w + 1) // n_workers):
@@ -385,7 +387,7 @@ def _dropout_bf16_ser(x, out, offset, k0, k1, threshold, scale):
 def _mask_par(out, offset, k0, k1, threshold):
     n = out.shape[0]
     n_chunks = _n_chunks(n, offset)
-    n_workers = min(n_chunks, _WORK_ITEMS)
+    n_workers = max(1, min(n_chunks // _MIN_CHUNKS_PER_ITEM, _WORK_ITEMS))
     for w in prange(n_workers):  # a contiguous run of chunks per work item, one buffer each
         words = np.empty(4 * _BLOCKS_PER_CHUNK, dtype=np.uint32)
         for c in range(n_chunks * w // n_workers, n_chunks * (w + 1) // n_workers):
@@ -408,7 +410,7 @@ def _mask_ser(out, offset, k0, k1, threshold):
 def _lanes_par(out, offset, k0, k1, threshold):  # threshold unused: the drivers share a signature
     n = out.shape[0]
     n_chunks = _n_chunks(n, offset)
-    n_workers = min(n_chunks, _WORK_ITEMS)
+    n_workers = max(1, min(n_chunks // _MIN_CHUNKS_PER_ITEM, _WORK_ITEMS))
     for w in prange(n_workers):  # a contiguous run of chunks per work item, one buffer each
         words = np.empty(4 * _BLOCKS_PER_CHUNK, dtype=np.uint32)
         for c in range(n_chunks * w // n_workers, n_chunks * (w + 1) // n_workers):
@@ -431,7 +433,7 @@ def _lanes_ser(out, offset, k0, k1, threshold):
 def _bda_float_par(x, bias, res, out, offset, k0, k1, threshold, scale):
     n = x.shape[0]
     n_chunks = _n_chunks(n, offset)
-    n_workers = min(n_chunks, _WORK_ITEMS)
+    n_workers = max(1, min(n_chunks // _MIN_CHUNKS_PER_ITEM, _WORK_ITEMS))
     for w in prange(n_workers):  # a contiguous run of chunks per work item, one buffer each
         words = np.empty(4 * _BLOCKS_PER_CHUNK, dtype=np.uint32)
         for c in range(n_chunks * w // n_workers, n_chunks * (w + 1) // n_workers):
@@ -444,7 +446,7 @@ def _bda_float_par(x, bias, res, out, offset, k0, k1, threshold, scale):
 def _bda_f16_par(x, bias, res, out, offset, k0, k1, threshold, scale):
     n = x.shape[0]
     n_chunks = _n_chunks(n, offset)
-    n_workers = min(n_chunks, _WORK_ITEMS)
+    n_workers = max(1, min(n_chunks // _MIN_CHUNKS_PER_ITEM, _WORK_ITEMS))
     for w in prange(n_workers):  # a contiguous run of chunks per work item, one buffer each
         words = np.empty(4 * _BLOCKS_PER_CHUNK, dtype=np.uint32)
         for c in range(n_chunks * w // n_workers, n_chunks * (w + 1) // n_workers):
@@ -457,7 +459,7 @@ def _bda_f16_par(x, bias, res, out, offset, k0, k1, threshold, scale):
 def _bda_bf16_par(x, bias, res, out, offset, k0, k1, threshold, scale):
     n = x.shape[0]
     n_chunks = _n_chunks(n, offset)
-    n_workers = min(n_chunks, _WORK_ITEMS)
+    n_workers = max(1, min(n_chunks // _MIN_CHUNKS_PER_ITEM, _WORK_ITEMS))
     for w in prange(n_workers):  # a contiguous run of chunks per work item, one buffer each
         words = np.empty(4 * _BLOCKS_PER_CHUNK, dtype=np.uint32)
         for c in range(n_chunks * w // n_workers, n_chunks * (w + 1) // n_workers):
