@@ -44,7 +44,7 @@ def _signed(seed: int) -> int:
     return seed - (1 << 64) if seed >> 63 else seed
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
 @pytest.mark.parametrize(
     ("seed", "offset", "shape"),
     [(0, 0, (1,)), (5, 3, (100, 100)), (2**63 + 7, 2**40 + 1, (7, 13)), (2**64 - 1, 2**62, (999,))],
@@ -133,8 +133,10 @@ def test_checkpoint_recomputes_the_same_mask_through_the_native_node(op, reentra
 
 
 def test_native_op_errors_name_the_argument(op):
-    with pytest.raises(RuntimeError, match="dtype must be float32 or float64, got Half"):
-        op(torch.ones(3, dtype=torch.float16), 0, 0, 0, 1.0)
+    with pytest.raises(
+        RuntimeError, match="dtype must be float32, float64, float16 or bfloat16, got Int"
+    ):
+        op(torch.ones(3, dtype=torch.int32), 0, 0, 0, 1.0)
     with pytest.raises(RuntimeError, match="offset must be >= 0, got -1"):
         op(torch.ones(3), 0, -1, 0, 1.0)
     with pytest.raises(RuntimeError, match=r"thresh must be in \[0, 65536\], got 70000"):
@@ -186,3 +188,17 @@ def test_seeded_op_draws_the_seed_the_python_path_draws(op):
         expected = kernels.dropout_forward(x.detach(), seed, 0, ops.threshold(0.3), 1 / 0.7)
         assert torch.equal(y, expected)
         assert torch.equal(after, torch.rand(4))  # the generator advanced by the same draw
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_reduced_precision_goes_through_the_node_with_the_python_paths_bits(op, dtype):
+    x = torch.randn(64, 50).to(dtype).requires_grad_(True)
+    torch.manual_seed(8)
+    y = dropkit.functional.dropout(x, 0.2)
+    y = dropkit.functional.dropout(x, 0.2)  # the cached fast path
+    assert type(y.grad_fn).__name__ == "CppFunction"
+    torch.manual_seed(8)
+    dropkit.rng.draw_seed()
+    seed = dropkit.rng.draw_seed()
+    stream = (seed, 0, ops.threshold(0.2), kernels.scale_from_threshold(ops.threshold(0.2)))
+    assert torch.equal(y, ops._DropoutFunction.apply(x, stream, False))

@@ -362,7 +362,7 @@ def _differentiable(x: torch.Tensor, stream: tuple, inplace: bool) -> torch.Tens
 
 
 def _differentiable_raw(x: torch.Tensor, stream: tuple, inplace: bool) -> torch.Tensor:
-    # A plain tensor outside functorch. Small contiguous float32/float64 CPU tensors go to the
+    # A plain tensor outside functorch. Small contiguous floating-point CPU tensors go to the
     # C++ node of dropkit.kernels.native where it could be built (same kernel, same bits, saves
     # the same four numbers); everything else, and every in-place call, to _DropoutFunction.
     if not inplace and _native_fits(x):
@@ -379,11 +379,11 @@ def _differentiable_raw(x: torch.Tensor, stream: tuple, inplace: bool) -> torch.
 # [dropout(x, seed, offset, thresh, scale), dropout_seeded(x, thresh, scale)], or Nones.
 _UNLOADED = object()
 _NATIVE: list = [_UNLOADED, None]
-_NATIVE_DTYPES = (torch.float32, torch.float64)
+_NATIVE_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 
 
 def _native_fits(x: torch.Tensor) -> bool:
-    """Whether the C++ node takes ``x``: small (serial-kernel sized), contiguous, CPU, float32/64."""
+    """Whether the C++ node takes ``x``: small (serial-kernel sized), contiguous, CPU, floating."""
     return (
         x.dtype in _NATIVE_DTYPES
         and x.is_cpu

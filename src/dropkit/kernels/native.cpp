@@ -24,8 +24,14 @@ using KernelF32 = void (*)(const float*, float*, int64_t, int64_t, uint64_t, uin
 using KernelF64 = void (*)(const double*, double*, int64_t, int64_t, uint64_t, uint64_t, int32_t,
                            double);
 
+// float16 and bfloat16: their bits as uint16, the scale in float32.
+using KernelU16 = void (*)(const uint16_t*, uint16_t*, int64_t, int64_t, uint64_t, uint64_t,
+                           int32_t, float);
+
 KernelF32 kernel_f32 = nullptr;
 KernelF64 kernel_f64 = nullptr;
+KernelU16 kernel_f16 = nullptr;
+KernelU16 kernel_bf16 = nullptr;
 
 // The stream's element-wise rule applied to a contiguous copy of `x` (a no-op copy when `x` is
 // contiguous already): element k (row-major) keeps iff lane offset + k >= thresh.
@@ -33,7 +39,8 @@ at::Tensor apply_stream(const at::Tensor& x, int64_t seed, int64_t offset, int64
                         double scale) {
   TORCH_CHECK(x.device().is_cpu(), "dropkit_native.dropout: x must be a CPU tensor, got ",
               x.device());
-  TORCH_CHECK(kernel_f32 != nullptr && kernel_f64 != nullptr,
+  TORCH_CHECK(kernel_f32 != nullptr && kernel_f64 != nullptr && kernel_f16 != nullptr &&
+                  kernel_bf16 != nullptr,
               "dropkit_native.dropout: kernels not set (call set_kernels first)");
   TORCH_CHECK(offset >= 0, "dropkit_native.dropout: offset must be >= 0, got ", offset);
   TORCH_CHECK(thresh >= 0 && thresh <= 65536,
@@ -56,8 +63,13 @@ at::Tensor apply_stream(const at::Tensor& x, int64_t seed, int64_t offset, int64
   } else if (src.scalar_type() == at::kDouble) {
     kernel_f64(src.const_data_ptr<double>(), out.mutable_data_ptr<double>(), n, offset, k0, k1, t,
                scale);
+  } else if (src.scalar_type() == at::kHalf || src.scalar_type() == at::kBFloat16) {
+    const KernelU16 kernel = src.scalar_type() == at::kHalf ? kernel_f16 : kernel_bf16;
+    kernel(reinterpret_cast<const uint16_t*>(src.const_data_ptr()),
+           reinterpret_cast<uint16_t*>(out.mutable_data_ptr()), n, offset, k0, k1, t,
+           static_cast<float>(scale));
   } else {
-    TORCH_CHECK(false, "dropkit_native.dropout: dtype must be float32 or float64, got ",
+    TORCH_CHECK(false, "dropkit_native.dropout: dtype must be float32, float64, float16 or bfloat16, got ",
                 src.scalar_type());
   }
   return out;
@@ -107,10 +119,13 @@ at::Tensor dropout_seeded(const at::Tensor& x, int64_t thresh, double scale) {
   return DropoutNode::apply(x, static_cast<int64_t>(key), 0, thresh, scale);
 }
 
-void set_kernels(int64_t f32, int64_t f64) {
-  TORCH_CHECK(f32 != 0 && f64 != 0, "dropkit_native.set_kernels: null kernel address");
+void set_kernels(int64_t f32, int64_t f64, int64_t f16, int64_t bf16) {
+  TORCH_CHECK(f32 != 0 && f64 != 0 && f16 != 0 && bf16 != 0,
+              "dropkit_native.set_kernels: null kernel address");
   kernel_f32 = reinterpret_cast<KernelF32>(static_cast<intptr_t>(f32));
   kernel_f64 = reinterpret_cast<KernelF64>(static_cast<intptr_t>(f64));
+  kernel_f16 = reinterpret_cast<KernelU16>(static_cast<intptr_t>(f16));
+  kernel_bf16 = reinterpret_cast<KernelU16>(static_cast<intptr_t>(bf16));
 }
 
 }  // namespace
@@ -118,7 +133,7 @@ void set_kernels(int64_t f32, int64_t f64) {
 TORCH_LIBRARY(dropkit_native, m) {
   m.def("dropout(Tensor x, int seed, int offset, int thresh, float scale) -> Tensor");
   m.def("dropout_seeded(Tensor x, int thresh, float scale) -> Tensor");
-  m.def("set_kernels(int f32, int f64) -> ()");
+  m.def("set_kernels(int f32, int f64, int f16, int bf16) -> ()");
   m.impl("dropout", c10::DispatchKey::CompositeImplicitAutograd, &dropout);
   m.impl("dropout_seeded", c10::DispatchKey::CompositeImplicitAutograd, &dropout_seeded);
   m.impl("set_kernels", c10::DispatchKey::CompositeImplicitAutograd, &set_kernels);

@@ -4,7 +4,7 @@ For a 10^4-element activation (a small MLP's hidden layer) the numba kernel itse
 microseconds; what costs is the Python around it: ``torch.autograd.Function.apply`` and, in
 backward, the autograd engine taking the GIL to call a Python node. ``native.cpp`` is the same
 operation as a C++ ``torch::autograd::Function`` registered as ``torch.ops.dropkit_native.dropout``:
-its forward and backward call dropkit's own numba loop (the serial float32/float64 drivers of
+its forward and backward call dropkit's own numba loop (the serial drivers of
 :mod:`dropkit.kernels.cpu`, compiled as C-callable functions with ``numba.cfunc``), so the bits are
 exactly those of every other path, and it saves four numbers for backward, no tensor.
 On a 2-core machine a (100, 100) forward + backward costs about 28 µs instead of 50 µs (a
@@ -47,11 +47,17 @@ def status() -> str:
     return str(_STATE["status"])
 
 
-def _kernels() -> tuple[int, int]:
-    """Addresses of C-callable float32 and float64 dropout loops (numba cfuncs, disk-cached)."""
+def _kernels() -> tuple[int, int, int, int]:
+    """Addresses of the C-callable float32, float64, float16, bfloat16 dropout loops (numba
+    cfuncs, disk-cached)."""
     from dropkit.kernels import _cfuncs
 
-    return _cfuncs.dropout_f32.address, _cfuncs.dropout_f64.address
+    return (
+        _cfuncs.dropout_f32.address,
+        _cfuncs.dropout_f64.address,
+        _cfuncs.dropout_f16.address,
+        _cfuncs.dropout_bf16.address,
+    )
 
 
 def _build_directory() -> Path:
@@ -93,8 +99,7 @@ def _build() -> object:
         is_python_module=False,
         verbose=False,
     )
-    f32, f64 = _kernels()
-    torch.ops.dropkit_native.set_kernels(f32, f64)
+    torch.ops.dropkit_native.set_kernels(*_kernels())
     _STATE["status"] = f"loaded from {directory}"
     return torch.ops.dropkit_native.dropout.default
 
