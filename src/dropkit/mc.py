@@ -34,8 +34,12 @@ the layer was fitted with:
   weights per input row — the same marginal predictive p(y | x) per row as one shared weight
   sample, which is all MC averaging uses.
 
+torch.nn's RNN/LSTM/GRU with inter-layer dropout (``dropout > 0``, two or more layers) are
+sampled too: their training mode differs from eval only by that dropout.
+
 Only the stochastic module's own flag is switched (not its children's): a Standout's or
-ConcreteDropout's wrapped layer, a WeightDrop's RNN stay in eval.
+ConcreteDropout's wrapped layer, and a WeightDrop's RNN unless it has inter-layer dropout of its
+own, stay in eval.
 * :func:`predict` — T samples of ``model(x)`` as one (T, N, ...) tensor, fast:
 
   - the T samples run *batched*: the batch is repeated T times along dim 0 to (T·N, ...) and run
@@ -133,6 +137,10 @@ def is_stochastic_module(module: nn.Module) -> bool:
     (its eval forward the deterministic approximation), and it must draw its noise from torch's
     generators (or, for the batched fast path, take dim 0 as the batch).
 
+    torch.nn's ``RNN``/``LSTM``/``GRU`` with inter-layer dropout (``dropout > 0`` and two or more
+    layers) count too: in training mode their only stochastic part is that dropout, so MC
+    dropout samples it (batched prediction needs ``batch_first=True``).
+
     Example:
         >>> import torch, dropkit
         >>> from dropkit.mc import is_stochastic_module
@@ -140,7 +148,16 @@ def is_stochastic_module(module: nn.Module) -> bool:
         ...                                    dropkit.Standout(torch.nn.Linear(3, 2)), torch.nn.Linear(3, 2))]
         [True, True, True, False]
     """
-    return is_dropout_module(module) or getattr(module, "mc_stochastic", False) is True
+    return (
+        is_dropout_module(module)
+        or getattr(module, "mc_stochastic", False) is True
+        or _rnn_with_dropout(module)
+    )
+
+
+def _rnn_with_dropout(module: nn.Module) -> bool:
+    """A torch.nn RNN/LSTM/GRU whose own inter-layer dropout is on (``dropout > 0``, 2+ layers)."""
+    return isinstance(module, nn.RNNBase) and module.num_layers > 1 and module.dropout > 0
 
 
 def _is_active(module: nn.Module) -> bool:
@@ -161,9 +178,9 @@ def _check_model(model: object) -> nn.Module:
         raise ValueError(
             f"model ({type(model).__name__}) has no dropout module: MC dropout needs at least one "
             "dropkit dropout module (DropoutBase), torch.nn Dropout/Dropout1d/2d/3d/AlphaDropout/"
-            "FeatureAlphaDropout, or a stochastic layer (mc_stochastic = True: Standout, "
-            "VariationalLinear, LinearSVDO, Conv2dSVDO); dropkit.convert.convert_dropout swaps "
-            "torch.nn's for dropkit's"
+            "FeatureAlphaDropout, an RNN/LSTM/GRU with dropout > 0 and 2+ layers, or a "
+            "stochastic layer (mc_stochastic = True: Standout, VariationalLinear, LinearSVDO, "
+            "Conv2dSVDO); dropkit.convert.convert_dropout swaps torch.nn's for dropkit's"
         )
     return model
 
@@ -365,7 +382,7 @@ def _mc_forward(module: nn.Module, sampler: _Sampler) -> Callable[[torch.Tensor]
         sampler.first, sampler.count = first, count
         if len(outputs) == 1:
             return outputs[0]
-        if isinstance(module, WeightDrop) and isinstance(outputs[0], tuple):
+        if isinstance(module, (WeightDrop, nn.RNNBase)) and isinstance(outputs[0], tuple):
             # An RNN's (output, hidden): output is batch-first (the blocks were split on dim 0),
             # the hidden state (num_layers · directions, N, H) has the batch in dim 1.
             return (
