@@ -275,6 +275,9 @@ def main() -> None:
     )
     parser.add_argument("--seeds", type=int, default=5, help="seeds for classification (>= 5)")
     parser.add_argument(
+        "--T", type=int, default=None, help="MC samples (default 100; 50 with --quick)"
+    )
+    parser.add_argument(
         "--workers", type=int, default=2, help="worker processes (1 torch thread each)"
     )
     parser.add_argument(
@@ -284,7 +287,9 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     start = time.perf_counter()
     seeds = list(range(3 if args.quick else args.seeds))
-    T = 50 if args.quick else 100
+    T = args.T if args.T is not None else (50 if args.quick else 100)
+    if T < 1:
+        parser.error(f"--T must be >= 1, got {T}")
     names = [part for part in args.parts if part in CLASSIFICATION]
     if names:
         results = classification(names, seeds, T, args.workers, 0.5 if args.quick else 1.0)
