@@ -202,3 +202,15 @@ def test_reduced_precision_goes_through_the_node_with_the_python_paths_bits(op, 
     seed = dropkit.rng.draw_seed()
     stream = (seed, 0, ops.threshold(0.2), kernels.scale_from_threshold(ops.threshold(0.2)))
     assert torch.equal(y, ops._DropoutFunction.apply(x, stream, False))
+
+
+def test_build_directory_falls_back_to_temp_without_a_writable_home(monkeypatch, tmp_path):
+    monkeypatch.delenv("DROPKIT_NATIVE_DIR", raising=False)
+    home = tmp_path / "home"
+    home.write_text("a file, not a folder: mkdir below it fails")
+    monkeypatch.setattr(native.Path, "home", classmethod(lambda cls: home))
+    monkeypatch.setattr(native.tempfile, "gettempdir", lambda: str(tmp_path / "tmp"))
+    directory = native._build_directory()
+    assert directory.is_dir() and directory.parent.parent == tmp_path / "tmp"
+    monkeypatch.setenv("DROPKIT_NATIVE_DIR", str(tmp_path / "explicit"))
+    assert native._build_directory().parent == tmp_path / "explicit"

@@ -11,9 +11,9 @@ On a 2-core machine a (100, 100) forward + backward costs about 28 µs instead o
 ``x * 2`` with backward: 21 µs).
 
 It is built on first use with :func:`torch.utils.cpp_extension.load` (about 15 s, once per machine
-and torch version; the build is cached under ``$DROPKIT_NATIVE_DIR`` or
-``~/.cache/dropkit/native``) and needs a C++ compiler and ninja. Where either is missing or the
-build fails, dropkit keeps using its Python ``autograd.Function``: same bits, a little slower;
+and torch version; the build is cached under ``$DROPKIT_NATIVE_DIR``, else
+``~/.cache/dropkit/native``, else a per-user folder in the temp directory) and needs a C++
+compiler and ninja. Where either is missing or the build fails, dropkit keeps using its Python ``autograd.Function``: same bits, a little slower;
 :func:`status` says which path is in use and why. ``DROPKIT_NATIVE=0`` turns it off.
 
 Example:
@@ -27,6 +27,7 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -63,9 +64,18 @@ def _kernels() -> tuple[int, int, int, int]:
 def _build_directory() -> Path:
     source = _SOURCE.read_bytes()
     tag = hashlib.sha256(source + torch.__version__.encode()).hexdigest()[:16]
-    root = os.environ.get("DROPKIT_NATIVE_DIR") or Path.home() / ".cache" / "dropkit" / "native"
-    directory = Path(root) / tag
-    directory.mkdir(parents=True, exist_ok=True)
+    configured = os.environ.get("DROPKIT_NATIVE_DIR")
+    if configured:
+        directory = Path(configured) / tag
+        directory.mkdir(parents=True, exist_ok=True)
+    else:
+        try:
+            directory = Path.home() / ".cache" / "dropkit" / "native" / tag
+            directory.mkdir(parents=True, exist_ok=True)
+        except (OSError, RuntimeError):  # no home, or a read-only one: a per-user temp folder
+            user = getattr(os, "getuid", lambda: "user")()
+            directory = Path(tempfile.gettempdir()) / f"dropkit-native-{user}" / tag
+            directory.mkdir(parents=True, exist_ok=True)
     lock = directory / "lock"  # torch's FileBaton; a killed build leaves it behind
     try:
         if time.time() - lock.stat().st_mtime > _STALE_LOCK_SECONDS:
