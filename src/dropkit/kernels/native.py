@@ -13,8 +13,9 @@ On a 2-core machine a (100, 100) forward + backward costs about 28 µs instead o
 It is built on first use with :func:`torch.utils.cpp_extension.load` (about 15 s, once per machine
 and torch version; the build is cached under ``$DROPKIT_NATIVE_DIR``, else
 ``~/.cache/dropkit/native``, else a per-user folder in the temp directory) and needs a C++
-compiler and ninja. Where either is missing or the build fails, dropkit keeps using its Python ``autograd.Function``: same bits, a little slower;
-:func:`status` says which path is in use and why. ``DROPKIT_NATIVE=0`` turns it off.
+compiler and ninja. Where either is missing or the build fails, dropkit keeps using its Python
+``autograd.Function``: same bits, a little slower; :func:`status` says which path is in use and
+why. ``DROPKIT_NATIVE=0`` turns it off.
 
 Example:
     >>> from dropkit.kernels import native
