@@ -47,13 +47,13 @@ import numpy as np
 import torch
 from numba import prange
 
+from dropkit.kernels._checks import check_bias_residual, check_stream, check_tensor
 from dropkit.reference.philox import (
     LANES_PER_BLOCK,
     PHILOX_M0,
     PHILOX_M1,
     PHILOX_W0,
     PHILOX_W1,
-    THRESHOLD_RANGE,
 )
 
 __all__ = [
@@ -593,34 +593,17 @@ def _run_sized(
 # ----------------------------------------------------------------------------------------------
 # torch-facing wrappers
 # ----------------------------------------------------------------------------------------------
-_SUPPORTED = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
-
-
-def _check_stream(n: int, seed: int, offset: int, threshold: int) -> None:
-    if not isinstance(seed, int) or not 0 <= seed < 2**64:
-        raise ValueError(f"seed must be an integer in [0, 2**64), got {seed!r}")
-    if not isinstance(offset, int) or offset < 0 or offset + n > 2**63:
-        raise ValueError(
-            f"offset must be an integer >= 0 with offset + numel <= 2**63, got {offset!r} "
-            f"for {n} elements"
-        )
-    if not isinstance(threshold, int) or not 0 <= threshold <= THRESHOLD_RANGE:
-        raise ValueError(f"threshold must be an integer in [0, 65536], got {threshold!r}")
+_check_stream = check_stream
 
 
 def _check_tensor(t: torch.Tensor, name: str, dtype: torch.dtype | None = None) -> None:
-    if not isinstance(t, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
-    if t.device.type != "cpu":
-        raise ValueError(
-            f"{name} must be a CPU tensor for the numba kernels, got device {t.device}"
-        )
-    if t.dtype not in _SUPPORTED:
-        raise TypeError(f"{name} must be float16, bfloat16, float32 or float64, got {t.dtype}")
-    if dtype is not None and t.dtype != dtype:
-        raise TypeError(f"{name} must have dtype {dtype}, got {t.dtype}")
-    if not t.is_contiguous():
-        raise ValueError(f"{name} must be contiguous, got strides {t.stride()}")
+    check_tensor(
+        t,
+        name,
+        dtype,
+        isinstance(t, torch.Tensor) and t.device.type == "cpu",
+        f"a CPU tensor for the numba kernels, got device {getattr(t, 'device', None)}",
+    )
 
 
 def _as_numpy(t: torch.Tensor) -> np.ndarray:
@@ -874,15 +857,7 @@ def bias_dropout_add(
     _check_tensor(x, "x")
     _check_tensor(bias, "bias", x.dtype)
     _check_tensor(residual, "residual", x.dtype)
-    if x.dim() == 0 or bias.dim() != 1 or bias.shape[0] != x.shape[-1]:
-        raise ValueError(
-            f"bias must have shape (x.shape[-1],) = ({x.shape[-1] if x.dim() else '?'},), "
-            f"got {tuple(bias.shape)}"
-        )
-    if residual.shape != x.shape:
-        raise ValueError(
-            f"residual must have x's shape {tuple(x.shape)}, got {tuple(residual.shape)}"
-        )
+    check_bias_residual(x, bias, residual)
     n = x.numel()
     _check_stream(n, seed, offset, threshold)
     out = _empty_like(x)

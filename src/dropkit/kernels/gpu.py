@@ -29,7 +29,7 @@ import torch
 import triton
 import triton.language as tl
 
-from dropkit.kernels.cpu import _check_stream
+from dropkit.kernels._checks import check_bias_residual, check_stream, check_tensor
 from dropkit.reference.philox import LANES_PER_BLOCK
 
 __all__ = [
@@ -232,20 +232,14 @@ def _bias_dropout_add_kernel(
     tl.store(out_ptr + k, _round(res + dropped, out_ptr, IS_BF16), mask=inside)
 
 
-_SUPPORTED = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
-
-
 def _check_tensor(t: torch.Tensor, name: str, dtype: torch.dtype | None = None) -> None:
-    if not isinstance(t, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
-    if t.device.type != "cuda" and not INTERPRETED:
-        raise ValueError(f"{name} must be a CUDA tensor for the Triton kernels, got {t.device}")
-    if t.dtype not in _SUPPORTED:
-        raise TypeError(f"{name} must be float16, bfloat16, float32 or float64, got {t.dtype}")
-    if dtype is not None and t.dtype != dtype:
-        raise TypeError(f"{name} must have dtype {dtype}, got {t.dtype}")
-    if not t.is_contiguous():
-        raise ValueError(f"{name} must be contiguous, got strides {t.stride()}")
+    check_tensor(
+        t,
+        name,
+        dtype,
+        INTERPRETED or (isinstance(t, torch.Tensor) and t.device.type == "cuda"),
+        f"a CUDA tensor for the Triton kernels, got {getattr(t, 'device', None)}",
+    )
 
 
 def _scale_bits(dtype: torch.dtype, scale: float) -> tuple[int, bool]:
@@ -295,7 +289,7 @@ def dropout_forward_out(
     if out.shape != x.shape:
         raise ValueError(f"out must have x's shape {tuple(x.shape)}, got {tuple(out.shape)}")
     n = x.numel()
-    _check_stream(n, seed, offset, threshold)
+    check_stream(n, seed, offset, threshold)
     if n == 0:
         return out
     bits, is_f64 = _scale_bits(x.dtype, scale)
@@ -362,7 +356,7 @@ def keep_mask(
         raise ValueError(f"device must be a CUDA device for the Triton kernels, got {device}")
     if not isinstance(n, int) or n < 0:
         raise ValueError(f"n must be a non-negative integer, got {n!r}")
-    _check_stream(n, seed, offset, threshold)
+    check_stream(n, seed, offset, threshold)
     out = torch.empty(n, dtype=torch.bool, device=device)
     if n == 0:
         return out
@@ -404,17 +398,9 @@ def bias_dropout_add(
     _check_tensor(x, "x")
     _check_tensor(bias, "bias", x.dtype)
     _check_tensor(residual, "residual", x.dtype)
-    if x.dim() == 0 or bias.dim() != 1 or bias.shape[0] != x.shape[-1]:
-        raise ValueError(
-            f"bias must have shape (x.shape[-1],) = ({x.shape[-1] if x.dim() else '?'},), "
-            f"got {tuple(bias.shape)}"
-        )
-    if residual.shape != x.shape:
-        raise ValueError(
-            f"residual must have x's shape {tuple(x.shape)}, got {tuple(residual.shape)}"
-        )
+    check_bias_residual(x, bias, residual)
     n = x.numel()
-    _check_stream(n, seed, offset, threshold)
+    check_stream(n, seed, offset, threshold)
     out = torch.empty_like(x)
     if n == 0:
         return out
