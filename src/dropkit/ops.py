@@ -365,7 +365,7 @@ def _differentiable_raw(x: torch.Tensor, stream: tuple, inplace: bool) -> torch.
     # A plain tensor outside functorch. Small contiguous floating-point CPU tensors go to the
     # C++ node of dropkit.kernels.native where it could be built (same kernel, same bits, saves
     # the same four numbers); everything else, and every in-place call, to _DropoutFunction.
-    if not inplace and _native_fits(x):
+    if not inplace and _SMALL.accepts(x):
         native = _NATIVE[0]
         if native is _UNLOADED:
             native = _load_native()[0]
@@ -379,17 +379,6 @@ def _differentiable_raw(x: torch.Tensor, stream: tuple, inplace: bool) -> torch.
 # [dropout(x, seed, offset, thresh, scale), dropout_seeded(x, thresh, scale)], or Nones.
 _UNLOADED = object()
 _NATIVE: list = [_UNLOADED, None]
-_NATIVE_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
-
-
-def _native_fits(x: torch.Tensor) -> bool:
-    """Whether the C++ node takes ``x``: small (serial-kernel sized), contiguous, CPU, floating."""
-    return (
-        x.dtype in _NATIVE_DTYPES
-        and x.is_cpu
-        and 0 < x.numel() < _SMALL.limit
-        and x.is_contiguous()
-    )
 
 
 def _load_native() -> list:
@@ -420,7 +409,7 @@ def _dropout_checked(x: torch.Tensor, thresh: int, scale: float, inplace: bool) 
     if context.salts or rng._dist_initialized() or _functorch_active():
         seed = rng.draw_seed()
     else:  # rng.draw_seed() inlined for its common case (default generator, no salt)
-        if not inplace and x.requires_grad and _native_fits(x) and torch.is_grad_enabled():
+        if not inplace and x.requires_grad and _SMALL.accepts(x) and torch.is_grad_enabled():
             # The native node draws the same seed from the same generator itself: one call.
             seeded = _NATIVE[1] if _NATIVE[0] is not _UNLOADED else _load_native()[1]
             if seeded is not None:
