@@ -342,7 +342,7 @@ try:
 except AttributeError:  # pragma: no cover - other torch builds
     pass
 
-_functorch_active = getattr(torch._C, "_are_functorch_transforms_active", lambda: False)
+_functorch_active = rng._functorch_active
 
 try:
     # autograd.Function.apply minus its Python prologue (default-argument binding, which this
