@@ -13,7 +13,8 @@ For float32 tensors of 2^12 ... 2^25 elements (p = 0.1) it times, as the median 
   and the copy bandwidth.
 
 Run: ``python benchmarks/bench_kernels.py`` (``--quick`` for a short run, ``--device cuda``,
-``--allocator warm`` to time with an allocator that keeps freed memory, as jemalloc/tcmalloc do).
+``--allocator warm`` to time with glibc keeping freed memory, ``--allocator jemalloc`` or
+``tcmalloc`` to time with that allocator preloaded).
 Ratios are ``torch time / dropkit time`` (above 1: dropkit faster) and ``dropkit / clone``.
 """
 
@@ -41,13 +42,77 @@ P = 0.1
 #: heap top, so a freed 128 MiB tensor's pages are reused by the next one instead of being unmapped
 #: and faulted in again 4 KiB at a time.
 WARM_ALLOCATOR = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(1 << 40)}
+#: ``--allocator jemalloc|tcmalloc``: the library names the dynamic linker is asked for, in order.
+#: PyTorch's CPU performance tuning guide recommends either for deep-learning workloads.
+PRELOAD_ALLOCATORS = {"jemalloc": ("jemalloc",), "tcmalloc": ("tcmalloc_minimal", "tcmalloc")}
+ALLOCATORS = ("default", "warm", *PRELOAD_ALLOCATORS)
+#: Set in the re-executed benchmark to the allocator it was started for (guards against a loop).
+_ALLOCATOR_ENV = "DROPKIT_BENCH_ALLOCATOR"
+
+
+def find_allocator(name: str) -> str | None:
+    """The shared library of allocator ``name`` (``jemalloc`` or ``tcmalloc``) as the dynamic
+    linker finds it (e.g. ``libjemalloc.so.2``), or None if it is not installed."""
+    import ctypes.util
+
+    for lib in PRELOAD_ALLOCATORS[name]:
+        found = ctypes.util.find_library(lib)
+        if found:
+            return found
+    return None
+
+
+def loaded_allocator() -> str | None:
+    """``jemalloc`` or ``tcmalloc`` if that allocator is mapped into this process, else None."""
+    try:
+        with open("/proc/self/maps") as f:
+            maps = f.read()
+    except OSError:
+        return None
+    for name, libs in PRELOAD_ALLOCATORS.items():
+        if any(f"lib{lib}.so" in maps for lib in libs):
+            return name
+    return None
 
 
 def allocator_info() -> str:
+    preloaded = loaded_allocator()
+    if preloaded:
+        return f"allocator: {preloaded} (LD_PRELOAD={os.environ.get('LD_PRELOAD', '')})"
     if os.environ.get("MALLOC_MMAP_MAX_") == "0":
         settings = " ".join(f"{k}={os.environ.get(k)}" for k in WARM_ALLOCATOR)
         return f"allocator: warm (glibc {settings}: freed memory stays in the process)"
     return "allocator: default (glibc: tensors over 32 MiB are mmapped and page-faulted afresh)"
+
+
+def allocator_env(name: str) -> dict[str, str] | None:
+    """The environment to re-run the benchmark under allocator ``name``, or None when this process
+    already runs under it. Raises ValueError naming the allocator when it cannot be used."""
+    if name not in ALLOCATORS:
+        raise ValueError(f"--allocator must be one of {', '.join(ALLOCATORS)}; got {name!r}")
+    if name == "default":
+        return None
+    if os.environ.get(_ALLOCATOR_ENV) == name:
+        if name in PRELOAD_ALLOCATORS and loaded_allocator() != name:
+            raise ValueError(
+                f"--allocator {name}: LD_PRELOAD={os.environ.get('LD_PRELOAD', '')!r} did not load "
+                f"{name} into the benchmark; check the library or use --allocator warm"
+            )
+        return None
+    env = {**os.environ, _ALLOCATOR_ENV: name}
+    if name == "warm":
+        env.update(WARM_ALLOCATOR)
+        return env
+    lib = find_allocator(name)
+    if lib is None:
+        package = {"jemalloc": "libjemalloc2", "tcmalloc": "libtcmalloc-minimal4"}[name]
+        raise ValueError(
+            f"--allocator {name}: the dynamic linker finds no {name} library "
+            f"(lib{PRELOAD_ALLOCATORS[name][0]}.so); install it (Debian/Ubuntu: apt-get install "
+            f"{package}) or use --allocator warm, which needs nothing"
+        )
+    env["LD_PRELOAD"] = " ".join(filter(None, [lib, os.environ.get("LD_PRELOAD", "")]))
+    return env
 
 
 def cpu_model() -> str:
@@ -298,11 +363,12 @@ def main() -> None:
     )
     parser.add_argument(
         "--allocator",
-        choices=["default", "warm"],
+        choices=ALLOCATORS,
         default="default",
         help="warm: rerun under glibc's MALLOC_MMAP_MAX_=0 and a large MALLOC_TRIM_THRESHOLD_, so "
-        "freed memory stays in the process (as with jemalloc or tcmalloc) and a fresh tensor costs "
-        "no page faults; applies to every candidate alike",
+        "freed memory stays in the process and a fresh tensor costs no page faults; jemalloc, "
+        "tcmalloc: rerun with that allocator preloaded (LD_PRELOAD; it must be installed), as "
+        "PyTorch's CPU tuning guide recommends; every choice applies to every candidate alike",
     )
     parser.add_argument(
         "--cpu-breakdown",
@@ -310,10 +376,15 @@ def main() -> None:
         help="only print the CPU time of the pieces of a 2^25 forward (one thread)",
     )
     args = parser.parse_args()
-    if args.allocator == "warm" and os.environ.get("MALLOC_MMAP_MAX_") != "0":
-        # glibc reads its tunables at start-up: run this program again with them set.
-        env = {**os.environ, **WARM_ALLOCATOR}
-        os.execve(sys.executable, [sys.executable, *sys.argv], env)
+    try:
+        env = allocator_env(args.allocator)
+    except ValueError as err:
+        parser.error(str(err))
+    if env is not None:
+        # glibc reads its tunables, and the dynamic linker LD_PRELOAD, at start-up: run this
+        # program again (as a module, so `dropkit bench` works too) with them set.
+        sys.stdout.flush()
+        os.execve(sys.executable, [sys.executable, "-m", "dropkit.bench", *sys.argv[1:]], env)
     if args.cpu_breakdown:
         print(machine_info("cpu"))
         print(f"command: python {' '.join(sys.argv)}\n")
