@@ -11,7 +11,7 @@ from dropkit import bench, cli
 
 @pytest.fixture(autouse=True)
 def _clean_env(monkeypatch):
-    for key in ("DROPKIT_BENCH_ALLOCATOR", "LD_PRELOAD", *bench.WARM_ALLOCATOR):
+    for key in ("DROPKIT_BENCH_ALLOCATOR", "LD_PRELOAD", "MALLOC_CONF", *bench.WARM_ALLOCATOR):
         monkeypatch.delenv(key, raising=False)
 
 
@@ -34,6 +34,20 @@ def test_preload_puts_the_found_library_first(monkeypatch, name):
     env = bench.allocator_env(name)
     assert env["LD_PRELOAD"] == f"lib{name}-test.so.9 libother.so"
     assert env["DROPKIT_BENCH_ALLOCATOR"] == name
+    assert env.get("MALLOC_CONF") == (bench.JEMALLOC_CONF if name == "jemalloc" else None)
+
+
+def test_jemalloc_keeps_the_users_malloc_conf(monkeypatch):
+    monkeypatch.setattr(bench, "find_allocator", lambda n: "libjemalloc.so.2")
+    monkeypatch.setenv("MALLOC_CONF", "narenas:1")
+    assert bench.allocator_env("jemalloc")["MALLOC_CONF"] == "narenas:1"
+
+
+def test_jemalloc_conf_keeps_large_blocks():
+    # The point of the settings: large blocks stay in the process instead of going back to the OS.
+    conf = dict(item.split(":") for item in bench.JEMALLOC_CONF.split(","))
+    assert conf["dirty_decay_ms"] == "-1" and conf["muzzy_decay_ms"] == "-1"
+    assert conf["oversize_threshold"] == "1"
 
 
 @pytest.mark.parametrize(

@@ -46,6 +46,13 @@ WARM_ALLOCATOR = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(1 << 40
 #: PyTorch's CPU performance tuning guide recommends either for deep-learning workloads.
 PRELOAD_ALLOCATORS = {"jemalloc": ("jemalloc",), "tcmalloc": ("tcmalloc_minimal", "tcmalloc")}
 ALLOCATORS = ("default", "warm", *PRELOAD_ALLOCATORS)
+#: jemalloc's settings for deep learning as torch's and Intel's CPU launchers set them: without them
+#: jemalloc hands every block over ``oversize_threshold`` (8 MiB) back to the OS at once, and large
+#: tensors are page-faulted afresh as with glibc. Used unless ``MALLOC_CONF`` is already set.
+JEMALLOC_CONF = (
+    "oversize_threshold:1,background_thread:true,metadata_thp:auto,"
+    "dirty_decay_ms:-1,muzzy_decay_ms:-1"
+)
 #: Set in the re-executed benchmark to the allocator it was started for (guards against a loop).
 _ALLOCATOR_ENV = "DROPKIT_BENCH_ALLOCATOR"
 
@@ -78,7 +85,9 @@ def loaded_allocator() -> str | None:
 def allocator_info() -> str:
     preloaded = loaded_allocator()
     if preloaded:
-        return f"allocator: {preloaded} (LD_PRELOAD={os.environ.get('LD_PRELOAD', '')})"
+        conf = os.environ.get("MALLOC_CONF") if preloaded == "jemalloc" else None
+        extra = f", MALLOC_CONF={conf}" if conf else ""
+        return f"allocator: {preloaded} (LD_PRELOAD={os.environ.get('LD_PRELOAD', '')}{extra})"
     if os.environ.get("MALLOC_MMAP_MAX_") == "0":
         settings = " ".join(f"{k}={os.environ.get(k)}" for k in WARM_ALLOCATOR)
         return f"allocator: warm (glibc {settings}: freed memory stays in the process)"
@@ -112,6 +121,8 @@ def allocator_env(name: str) -> dict[str, str] | None:
             f"{package}) or use --allocator warm, which needs nothing"
         )
     env["LD_PRELOAD"] = " ".join(filter(None, [lib, os.environ.get("LD_PRELOAD", "")]))
+    if name == "jemalloc":
+        env.setdefault("MALLOC_CONF", JEMALLOC_CONF)
     return env
 
 
@@ -367,7 +378,8 @@ def main() -> None:
         default="default",
         help="warm: rerun under glibc's MALLOC_MMAP_MAX_=0 and a large MALLOC_TRIM_THRESHOLD_, so "
         "freed memory stays in the process and a fresh tensor costs no page faults; jemalloc, "
-        "tcmalloc: rerun with that allocator preloaded (LD_PRELOAD; it must be installed), as "
+        "tcmalloc: rerun with that allocator preloaded (LD_PRELOAD; it must be installed; jemalloc "
+        "with the MALLOC_CONF torch's CPU launcher uses, unless MALLOC_CONF is set), as "
         "PyTorch's CPU tuning guide recommends; every choice applies to every candidate alike",
     )
     parser.add_argument(
