@@ -46,9 +46,10 @@ WARM_ALLOCATOR = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(1 << 40
 #: PyTorch's CPU performance tuning guide recommends either for deep-learning workloads.
 PRELOAD_ALLOCATORS = {"jemalloc": ("jemalloc",), "tcmalloc": ("tcmalloc_minimal", "tcmalloc")}
 ALLOCATORS = ("default", "warm", *PRELOAD_ALLOCATORS)
-#: jemalloc's settings for deep learning as torch's and Intel's CPU launchers set them: without them
-#: jemalloc hands every block over ``oversize_threshold`` (8 MiB) back to the OS at once, and large
-#: tensors are page-faulted afresh as with glibc. Used unless ``MALLOC_CONF`` is already set.
+#: jemalloc's settings from Intel's PyTorch CPU guides: the first three are what torch's own launcher
+#: (``torch.backends.xeon.run_cpu``) sets; the two decay times of -1 keep freed pages in the process.
+#: With jemalloc's defaults (or the first three alone) blocks over 8 MiB went back to the OS and large
+#: tensors were page-faulted afresh as with glibc. Used unless ``MALLOC_CONF`` is already set.
 JEMALLOC_CONF = (
     "oversize_threshold:1,background_thread:true,metadata_thp:auto,"
     "dirty_decay_ms:-1,muzzy_decay_ms:-1"
@@ -379,7 +380,7 @@ def main() -> None:
         help="warm: rerun under glibc's MALLOC_MMAP_MAX_=0 and a large MALLOC_TRIM_THRESHOLD_, so "
         "freed memory stays in the process and a fresh tensor costs no page faults; jemalloc, "
         "tcmalloc: rerun with that allocator preloaded (LD_PRELOAD; it must be installed; jemalloc "
-        "with the MALLOC_CONF torch's CPU launcher uses, unless MALLOC_CONF is set), as "
+        "with the MALLOC_CONF of Intel's PyTorch guides unless MALLOC_CONF is set), as "
         "PyTorch's CPU tuning guide recommends; every choice applies to every candidate alike",
     )
     parser.add_argument(
