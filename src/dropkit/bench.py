@@ -398,6 +398,11 @@ def main() -> None:
         # program again (as a module, so `dropkit bench` works too) with them set.
         sys.stdout.flush()
         os.execve(sys.executable, [sys.executable, "-m", "dropkit.bench", *sys.argv[1:]], env)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error(
+            f"--device cuda: no CUDA device is available here (torch {torch.__version__}, "
+            "torch.cuda.is_available() is False); run it on a GPU machine or use --device cpu"
+        )
     if args.cpu_breakdown:
         print(machine_info("cpu"))
         print(f"command: python {' '.join(sys.argv)}\n")

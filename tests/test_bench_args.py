@@ -1,10 +1,12 @@
-"""The kernel benchmark's ``--allocator`` choices: how the benchmark is re-run under each."""
+"""The kernel benchmark's ``--allocator`` choices (how the benchmark is re-run under each) and its
+argument errors."""
 
 import os
 import subprocess
 import sys
 
 import pytest
+import torch
 
 from dropkit import bench, cli
 
@@ -130,3 +132,10 @@ def test_cli_rerun_reaches_the_benchmark():
     assert run.returncode == 0, run.stderr
     assert "allocator: warm (glibc MALLOC_MMAP_MAX_=0" in run.stdout
     assert "| 2^12 |" in run.stdout
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error on a machine without CUDA")
+def test_cuda_without_a_device_is_a_clear_error(capsys):
+    assert cli.main(["bench", "--device", "cuda", "--sizes", "12"]) == 2
+    err = capsys.readouterr().err
+    assert "--device cuda: no CUDA device is available here" in err and "--device cpu" in err
