@@ -11,7 +11,8 @@
 # It runs from the checkout without installing anything (PYTHONPATH=src), on the image's python3
 # (torch, triton, numba, numpy, pytest and hypothesis are there; nothing can be fetched there).
 # Output goes to the terminal and to $OUT (the device tool's folder that comes back) or
-# /tmp/dropkit-gpu. About 2-3 minutes on an H100. Usage, from the repository root:
+# /tmp/dropkit-gpu. Not yet run on a GPU (no task so far was lent one); checked here only up to its
+# "no CUDA device" stop. Usage, from the repository root:
 #
 #   bash benchmarks/gpu_check.sh            # PYTHON=... to pick another interpreter
 #
