@@ -42,9 +42,13 @@ P = 0.1
 #: heap top, so a freed 128 MiB tensor's pages are reused by the next one instead of being unmapped
 #: and faulted in again 4 KiB at a time.
 WARM_ALLOCATOR = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(1 << 40)}
-#: ``--allocator jemalloc|tcmalloc``: the library names the dynamic linker is asked for, in order.
-#: PyTorch's CPU performance tuning guide recommends either for deep-learning workloads.
-PRELOAD_ALLOCATORS = {"jemalloc": ("jemalloc",), "tcmalloc": ("tcmalloc_minimal", "tcmalloc")}
+#: ``--allocator jemalloc|tcmalloc``: the library names the dynamic linker is asked for, in order,
+#: and the Debian/Ubuntu package that installs the first. PyTorch's CPU performance tuning guide
+#: recommends either allocator for deep-learning workloads.
+PRELOAD_ALLOCATORS = {
+    "jemalloc": (("jemalloc",), "libjemalloc2"),
+    "tcmalloc": (("tcmalloc_minimal", "tcmalloc"), "libtcmalloc-minimal4"),
+}
 ALLOCATORS = ("default", "warm", *PRELOAD_ALLOCATORS)
 #: jemalloc's settings from Intel's PyTorch CPU guides: the first three are what torch's own launcher
 #: (``torch.backends.xeon.run_cpu``) sets; the two decay times of -1 keep freed pages in the process.
@@ -63,7 +67,7 @@ def find_allocator(name: str) -> str | None:
     linker finds it (e.g. ``libjemalloc.so.2``), or None if it is not installed."""
     import ctypes.util
 
-    for lib in PRELOAD_ALLOCATORS[name]:
+    for lib in PRELOAD_ALLOCATORS[name][0]:
         found = ctypes.util.find_library(lib)
         if found:
             return found
@@ -77,7 +81,7 @@ def loaded_allocator() -> str | None:
             maps = f.read()
     except OSError:
         return None
-    for name, libs in PRELOAD_ALLOCATORS.items():
+    for name, (libs, _) in PRELOAD_ALLOCATORS.items():
         if any(f"lib{lib}.so" in maps for lib in libs):
             return name
     return None
@@ -115,11 +119,11 @@ def allocator_env(name: str) -> dict[str, str] | None:
         return env
     lib = find_allocator(name)
     if lib is None:
-        package = {"jemalloc": "libjemalloc2", "tcmalloc": "libtcmalloc-minimal4"}[name]
+        libs, package = PRELOAD_ALLOCATORS[name]
         raise ValueError(
-            f"--allocator {name}: the dynamic linker finds no {name} library "
-            f"(lib{PRELOAD_ALLOCATORS[name][0]}.so); install it (Debian/Ubuntu: apt-get install "
-            f"{package}) or use --allocator warm, which needs nothing"
+            f"--allocator {name}: the dynamic linker finds no {name} library (lib{libs[0]}.so); "
+            f"install it (Debian/Ubuntu: apt-get install {package}) or use --allocator warm, which "
+            "needs nothing"
         )
     env["LD_PRELOAD"] = " ".join(filter(None, [lib, os.environ.get("LD_PRELOAD", "")]))
     if name == "jemalloc":
@@ -389,6 +393,11 @@ def main() -> None:
         help="only print the CPU time of the pieces of a 2^25 forward (one thread)",
     )
     args = parser.parse_args()
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error(
+            f"--device cuda: no CUDA device is available here (torch {torch.__version__}, "
+            "torch.cuda.is_available() is False); run it on a GPU machine or use --device cpu"
+        )
     try:
         env = allocator_env(args.allocator)
     except ValueError as err:
@@ -398,11 +407,6 @@ def main() -> None:
         # program again (as a module, so `dropkit bench` works too) with them set.
         sys.stdout.flush()
         os.execve(sys.executable, [sys.executable, "-m", "dropkit.bench", *sys.argv[1:]], env)
-    if args.device == "cuda" and not torch.cuda.is_available():
-        parser.error(
-            f"--device cuda: no CUDA device is available here (torch {torch.__version__}, "
-            "torch.cuda.is_available() is False); run it on a GPU machine or use --device cpu"
-        )
     if args.cpu_breakdown:
         print(machine_info("cpu"))
         print(f"command: python {' '.join(sys.argv)}\n")
