@@ -3,8 +3,11 @@
 Public names are re-exported here; nothing else lives in this file.
 """
 
+import sys as _sys
+
 from dropkit import (
     convert,
+    diagnostics,
     functional,
     functional_learned,
     functional_variants,
@@ -57,6 +60,13 @@ from dropkit.mc import is_stochastic_module, mc_dropout
 from dropkit.models import MLP, fold_dropout_scaling
 from dropkit.schedules import DropoutScheduler
 
+# The diagnostics module was called ``dropkit.inspect``; a file of that name shadowed the standard
+# library's ``inspect`` whenever src/dropkit was on sys.path (``import torch`` then crashed). The old
+# name stays as an alias, for attribute access and for ``import dropkit.inspect`` /
+# ``from dropkit.inspect import audit``, without a file named inspect.py.
+inspect = diagnostics
+_sys.modules.setdefault(__name__ + ".inspect", diagnostics)
+
 __version__ = "0.1.0"
 
 __all__ = [
@@ -66,6 +76,7 @@ __all__ = [
     "mc_dropout",
     "is_stochastic_module",
     "uncertainty",
+    "diagnostics",
     "convert",
     "convert_dropout",
     "functional_variants",

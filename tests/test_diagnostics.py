@@ -9,7 +9,7 @@ from stats import assert_fraction_close
 from torch import nn
 
 import dropkit
-from dropkit.inspect import ActivationRecorder, activation_stats, audit
+from dropkit.diagnostics import ActivationRecorder, activation_stats, audit
 
 
 @pytest.fixture(autouse=True, scope="module")
