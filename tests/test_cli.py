@@ -172,3 +172,58 @@ def test_bad_grid_is_rejected_before_any_work(tmp_path, capsys, grid, needle):
     assert cli.main(["study", "--no-progress", "--out", str(out), "--grid", grid]) == 2
     assert needle in capsys.readouterr().err
     assert os.listdir(tmp_path) == []
+
+
+def test_duplicate_column_names_are_rejected(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    rows = ["a,a,label,label"] + [
+        f"{rng.normal():.3f},{rng.normal():.3f},{r % 2},{r // 2 % 2}" for r in range(40)
+    ]
+    (tmp_path / "t.csv").write_text("\n".join(rows) + "\n")
+    line = _run_bad(tmp_path, capsys, "--data", str(tmp_path / "t.csv"))
+    assert "duplicate column names" in line
+    assert "'a' (columns 1, 2)" in line and "'label' (columns 3, 4)" in line
+
+
+@pytest.mark.parametrize("cell", ["inf", "-inf", "Infinity", "+nan"])
+def test_infinite_csv_feature_is_rejected_up_front(tmp_path, capsys, cell):
+    data = _table(tmp_path / "t.csv", cell=cell)
+    line = _run_bad(tmp_path, capsys, "--data", data)
+    assert f"line 22, column 'f1': non-finite feature {cell!r}" in line
+
+
+@pytest.mark.parametrize("suffix", ["csv", "npz"])
+def test_feature_whose_square_overflows_is_rejected_not_zeroed(tmp_path, capsys, suffix):
+    x = np.random.default_rng(0).normal(size=(40, 3))
+    x[3, 1], x[7, 1] = 1e300, -1e300
+    y = np.arange(40) % 2
+    if suffix == "csv":
+        rows = ["f0,f1,f2,label"] + [
+            ",".join([*(repr(float(v)) for v in row), str(c)]) for row, c in zip(x, y, strict=True)
+        ]
+        (tmp_path / "d.csv").write_text("\n".join(rows) + "\n")
+        args, column = ("--data", str(tmp_path / "d.csv")), "'f1'"
+    else:
+        np.savez(tmp_path / "d.npz", x=x, y=y)
+        args, column = ("--data", str(tmp_path / "d.npz"), "--label", "y"), "'x[1]'"
+    line = _run_bad(tmp_path, capsys, *args)
+    assert f"column {column}: values up to 1e+300 in magnitude overflow standardisation" in line
+
+
+def test_complex_npz_features_are_rejected_not_made_real(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(40, 3)) + 1j * rng.normal(size=(40, 3))
+    np.savez(tmp_path / "d.npz", x=x, y=np.arange(40) % 2)
+    line = _run_bad(tmp_path, capsys, "--data", str(tmp_path / "d.npz"), "--label", "y")
+    assert "complex features (array 'x' has dtype complex128)" in line
+    assert "real numbers" in line
+
+
+@pytest.mark.parametrize(
+    ("content", "what"), [(b"a,b,label\n1,2,0\n", "not a zip file"), (b"\x93NUMPY\x01\x00", ".npy")]
+)
+def test_a_file_named_npz_that_is_not_an_archive_says_so(tmp_path, capsys, content, what):
+    (tmp_path / "d.npz").write_bytes(content)
+    line = _run_bad(tmp_path, capsys, "--data", str(tmp_path / "d.npz"))
+    assert "'" + str(tmp_path / "d.npz") + "' is not an NPZ archive" in line and what in line
+    assert "pickle" not in line

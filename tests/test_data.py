@@ -46,3 +46,21 @@ def test_split_train_val_rejects_a_bad_fraction(fraction):
 def test_split_train_val_rejects_a_set_too_small_to_split():
     with pytest.raises(ValueError, match="cannot split 1 examples"):
         split_train_val(torch.zeros(1, 1), torch.zeros(1), 0.5)
+
+
+def test_load_table_without_standardising_refuses_values_beyond_float32(tmp_path):
+    import numpy as np
+
+    from dropkit.data import load_table
+
+    x = np.random.default_rng(0).normal(size=(20, 2))
+    x[4, 0] = 1e39
+    np.savez(tmp_path / "d.npz", x=x, y=np.arange(20) % 2)
+    with pytest.raises(
+        ValueError, match=r"column 'x\[0\]': value 1e\+39 \(row \d+\) is beyond float32"
+    ):
+        load_table(tmp_path / "d.npz", label="y", standardize=False)
+    x[4, 0] = 3e38
+    np.savez(tmp_path / "d.npz", x=x, y=np.arange(20) % 2)
+    d = load_table(tmp_path / "d.npz", label="y", standardize=False)
+    assert torch.cat([d.x_train, d.x_test]).isfinite().all()

@@ -7,7 +7,9 @@
 
 from __future__ import annotations
 
+import math
 import os
+import zipfile
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -165,6 +167,7 @@ def _parse_csv(path: str, label: str) -> tuple[list[str], np.ndarray, list[str]]
             dialect = csv.excel
         rows = [row for row in csv.reader(handle, dialect) if any(cell.strip() for cell in row)]
     header = [name.strip() for name in rows[0]]
+    _check_unique_columns(path, header)
     body = rows[1:]
     if not body:
         raise ValueError(f"data file {path!r} has a header but no data rows")
@@ -190,16 +193,46 @@ def _parse_csv(path: str, label: str) -> tuple[list[str], np.ndarray, list[str]]
                     "(NaN); fill or drop missing values first"
                 )
             try:
-                x[r - 2, c] = float(cell)
+                value = float(cell)
             except ValueError:
                 raise ValueError(
                     f"data file {path!r} line {r}, column {features[c]!r}: non-numeric feature "
                     f"{cell!r}; encode categorical features as numbers first"
                 ) from None
+            if not math.isfinite(value):
+                raise ValueError(
+                    f"data file {path!r} line {r}, column {features[c]!r}: non-finite feature "
+                    f"{cell!r}; features must be finite numbers"
+                )
+            x[r - 2, c] = value
     return features, x, labels
 
 
+def _check_unique_columns(path: str, header: list[str]) -> None:
+    """Refuses a header that names a column twice: which one is the label or a feature is a guess."""
+    seen: dict[str, list[int]] = {}
+    for i, name in enumerate(header, start=1):
+        seen.setdefault(name, []).append(i)
+    repeated = {name: where for name, where in seen.items() if len(where) > 1}
+    if repeated:
+        shown = ", ".join(
+            f"{name!r} (columns {', '.join(map(str, where))})" for name, where in repeated.items()
+        )
+        raise ValueError(
+            f"data file {path!r} has duplicate column names: {shown}; column names must be unique"
+        )
+
+
 def _parse_npz(path: str, label: str) -> tuple[list[str], np.ndarray, list[str]]:
+    # np.load takes any non-zip file for a pickle or a .npy array and says so; name what it is not.
+    if not zipfile.is_zipfile(path):
+        with open(path, "rb") as handle:
+            start = handle.read(6)
+        what = "a single .npy array" if start == b"\x93NUMPY" else "not a zip file"
+        raise ValueError(
+            f"data file {path!r} is not an NPZ archive ({what}); a .npz file must be a zip of "
+            "arrays as np.savez writes it"
+        )
     try:
         archive = np.load(path, allow_pickle=False)
     except Exception as err:
@@ -234,6 +267,11 @@ def _parse_npz(path: str, label: str) -> tuple[list[str], np.ndarray, list[str]]
         )
     if len(x_raw) == 0:
         raise ValueError(f"data file {path!r} is empty: 0 rows")
+    if np.issubdtype(x_raw.dtype, np.complexfloating):
+        raise ValueError(
+            f"data file {path!r}: complex features (array {x_key!r} has dtype {x_raw.dtype}); "
+            "features must be real numbers: store the real and imaginary parts as separate columns"
+        )
     if not (np.issubdtype(x_raw.dtype, np.number) or x_raw.dtype == np.bool_):
         raise ValueError(
             f"data file {path!r}: non-numeric features (array {x_key!r} has dtype {x_raw.dtype})"
@@ -280,6 +318,39 @@ def _encode_labels(path: str, label: str, labels: list[str]) -> tuple[np.ndarray
     return codes, names
 
 
+def _scaled_features(
+    path: str, features: list[str], x: np.ndarray, train: np.ndarray, standardize: bool
+) -> np.ndarray:
+    """x standardised by the training rows' mean and std (or not), checked to fit float32.
+
+    A value whose square overflows float64 (|x| above about 1.3e154) makes the std infinite, and
+    x / inf would silently zero the column; a value beyond float32's range would become inf.
+    """
+    if standardize:
+        with np.errstate(over="ignore", invalid="ignore"):
+            mean = x[train].mean(0)
+            std = x[train].std(0)
+        bad = ~(np.isfinite(mean) & np.isfinite(std))
+        if bad.any():
+            c = int(np.flatnonzero(bad)[0])
+            largest = float(np.abs(x[:, c]).max())
+            raise ValueError(
+                f"data file {path!r}, column {features[c]!r}: values up to {largest:g} in magnitude "
+                "overflow standardisation (their squares exceed float64's range); rescale the "
+                "column to moderate magnitudes (say below 1e100) first"
+            )
+        x = (x - mean) / np.where(std > 0, std, 1.0)
+    limit = float(np.finfo(np.float32).max)
+    outside = np.abs(x) > limit
+    if outside.any():
+        row, c = (int(i) for i in np.argwhere(outside)[0])
+        raise ValueError(
+            f"data file {path!r}, column {features[c]!r}: value {float(x[row, c]):g} (row {row}) is "
+            f"beyond float32's range ±{limit:.4g}; rescale the column first"
+        )
+    return x
+
+
 def load_table(
     path: str | os.PathLike,
     label: str = "label",
@@ -306,9 +377,9 @@ def load_table(
 
     Raises:
         FileNotFoundError: ``path`` does not exist.
-        ValueError: an empty file, an unknown label column, a non-numeric feature, a missing
-            (NaN) value, fewer than :data:`MIN_TABLE_ROWS` rows or a single class, each named in
-            the message.
+        ValueError: an empty file, an unknown label column, duplicate column names, a
+            non-numeric, infinite, complex or overflowing feature, a missing (NaN) value, fewer
+            than :data:`MIN_TABLE_ROWS` rows or a single class, each named in the message.
 
     Example:
         >>> import os, tempfile
@@ -351,10 +422,7 @@ def load_table(
         raise ValueError(
             f"data file {path!r}: cannot split {n} rows with test_fraction={test_fraction}"
         )
-    if standardize:
-        mean = x[train].mean(0)
-        std = x[train].std(0)
-        x = (x - mean) / np.where(std > 0, std, 1.0)
+    x = _scaled_features(path, features, x, train, standardize)
     name = os.path.splitext(os.path.basename(path))[0] or "table"
     return Dataset(
         name,
