@@ -87,7 +87,13 @@ def _numbers(folder: str) -> dict:
 
 
 def test_report_folder_holds_page_json_figures_and_search(quick_report):
-    assert sorted(os.listdir(quick_report)) == ["figures", "index.html", "report.json", "search.db"]
+    assert sorted(os.listdir(quick_report)) == [
+        report.MARKER,
+        "figures",
+        "index.html",
+        "report.json",
+        "search.db",
+    ]
     figures = sorted(os.listdir(os.path.join(quick_report, "figures")))
     for name in ("curves", "gap", "sensitivity", "reliability", "uncertainty"):
         assert f"{name}.png" in figures
@@ -358,7 +364,7 @@ def test_a_killed_run_leaves_no_report_and_no_temporary_folder(tmp_path, digits_
     )
     deadline = time.monotonic() + 120
     # Wait until the run is under way: its staging folder exists next to the target.
-    while not any(name.startswith(".report.tmp-") for name in os.listdir(tmp_path)):
+    while not any(name.startswith(".report.dropkit-stage-") for name in os.listdir(tmp_path)):
         assert proc.poll() is None, proc.communicate()
         assert time.monotonic() < deadline, "the run never started"
         time.sleep(0.05)

@@ -26,6 +26,8 @@ __all__ = ["main", "build_parser"]
 
 EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130
+#: The report could not be written (a full disk, an I/O error); nothing was half-written.
+EXIT_WRITE_FAILED = 1
 
 
 def _rate_list(text: str) -> tuple[float, ...]:
@@ -141,13 +143,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _error(command: str, err: BaseException | str) -> int:
+def _error(command: str, err: BaseException | str, *, status: int = EXIT_BAD_INPUT) -> int:
     text = str(err) if not isinstance(err, BaseException) else (str(err) or type(err).__name__)
     if isinstance(err, KeyError) and len(err.args) == 1:
         text = str(err.args[0])
     one_line = " ".join(text.split())
     print(f"dropkit {command}: error: {one_line}", file=sys.stderr)
-    return EXIT_BAD_INPUT
+    return status
 
 
 def _study(args: argparse.Namespace, argv: Sequence[str]) -> int:
@@ -182,7 +184,8 @@ def _study(args: argparse.Namespace, argv: Sequence[str]) -> int:
             raise ValueError(f"--grid must not repeat a rate, got {list(resolved.grid)}")
         if args.threads < 1:
             raise ValueError(f"--threads must be an int >= 1, got {args.threads}")
-        out_dir = report.check_target(args.out)
+        keep = [args.data] if args.data else []
+        out_dir = report.check_target(args.out, keep=keep)
         dataset = study.load_study_data(resolved)
     except (ValueError, TypeError, FileNotFoundError, IsADirectoryError, PermissionError) as err:
         return _error("study", err)
@@ -193,24 +196,50 @@ def _study(args: argparse.Namespace, argv: Sequence[str]) -> int:
     # SIGTERM (a killed job, a CI timeout) unwinds like Ctrl-C, so the staging folder is removed.
     _SIGNALLED.clear()
     previous = _on_sigterm(_raise_interrupt)
+    stage = None
     try:
-        with report.staging(out_dir) as tmp:
-            result = study.run_study(config, tmp, dataset=dataset)
-            report.write_files(tmp, result.numbers, result.figures, command=command)
+        with report.staging(out_dir, keep=keep) as stage:
+            result = study.run_study(config, stage, dataset=dataset)
+            report.write_files(stage, result.numbers, result.figures, command=command)
             if _SIGNALLED:
                 # The handler's KeyboardInterrupt can land where Python ignores exceptions (a
                 # weakref callback, a __del__): the flag still keeps the report from being published.
                 raise KeyboardInterrupt
+        print(study.format_summary(result.numbers, args.out))
     except KeyboardInterrupt:
-        print("dropkit study: interrupted; no report written", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        return _interrupted("study", stage)
     except (ValueError, TypeError, FloatingPointError) as err:
         return _error("study", err)
+    except OSError as err:
+        return _write_failed("study", err, stage)
     finally:
         _on_sigterm(previous)
         torch.set_num_threads(threads)
-    print(study.format_summary(result.numbers, args.out))
     return 0
+
+
+def _interrupted(command: str, stage) -> int:
+    """The line for Ctrl-C or SIGTERM: whether the new report was published before it."""
+    if stage is not None and stage.published:
+        print(
+            f"dropkit {command}: interrupted; the report is complete at {stage.target}",
+            file=sys.stderr,
+        )
+    else:
+        print(f"dropkit {command}: interrupted; no report written", file=sys.stderr)
+    return EXIT_INTERRUPTED
+
+
+def _write_failed(command: str, err: OSError, stage) -> int:
+    """One line for a failed write (a full disk): what failed, and that nothing was half-written."""
+    if stage is not None and stage.published:
+        left = f"the report is complete at {stage.target}"
+    elif stage is not None:
+        left = f"nothing was written to {stage.target}; what was there is unchanged"
+    else:
+        left = "nothing was written"
+    what = err.strerror or str(err)
+    return _error(command, f"could not write the report ({what}); {left}", status=EXIT_WRITE_FAILED)
 
 
 _SIGNALLED: list[int] = []
