@@ -78,7 +78,8 @@ def test_inference_scaling_trains_at_keep_times_x_and_evals_at_exactly_keep_time
     for i in range(16):
         std = abs(x[i].item()) * math.sqrt(keep * (1 - keep))
         assert_mean_close(y[:, i].mean().item(), keep * x[i].item(), std, draws)
-    assert torch.equal(F.dropout(x, p, training=False, scaling="inference"), x * keep)
+    # Eval is exactly x * (1 − p) (issue 15 item 3); training keeps at the kernel's keep probability.
+    assert torch.equal(F.dropout(x, p, training=False, scaling="inference"), x * (1 - p))
 
 
 def test_inference_eval_is_exactly_one_minus_p_on_the_kernels_grid():
@@ -302,7 +303,7 @@ def test_alpha_dropout_keeps_zero_mean_and_unit_variance(p):
     x = torch.randn(n, dtype=torch.float64)  # SELU-normalised activations: mean 0, variance 1
     y = F.alpha_dropout(x, p)
     a, b, alpha_prime = F.alpha_dropout_affine(p)
-    keep = _keep(p)
+    keep = 1 - p  # the affine map uses the exact q = 1 − p, as torch's alpha_dropout
     # y is a mixture: N(b, a²) w.p. q, the constant d = aα' + b w.p. 1 − q; its 4th moment:
     d = a * alpha_prime + b
     fourth = keep * (b**4 + 6 * a**2 * b**2 + 3 * a**4) + (1 - keep) * d**4

@@ -73,7 +73,7 @@ def test_dropout_uses_the_native_node_and_matches_the_python_function(op):
     # The Python autograd.Function with the same stream, the seed drawn the same way.
     torch.manual_seed(3)
     seed = dropkit.rng.draw_seed()
-    stream = (seed, 0, ops.threshold(0.4), kernels.scale_from_threshold(ops.threshold(0.4)))
+    stream = (seed, 0, ops.threshold(0.4), ops.dropout_scale(0.4))
     y_python = ops._DropoutFunction.apply(x, stream, False)
     assert type(y_python.grad_fn).__name__ != "CppFunction"
     assert torch.equal(y, y_python)
@@ -200,7 +200,7 @@ def test_reduced_precision_goes_through_the_node_with_the_python_paths_bits(op, 
     torch.manual_seed(8)
     dropkit.rng.draw_seed()
     seed = dropkit.rng.draw_seed()
-    stream = (seed, 0, ops.threshold(0.2), kernels.scale_from_threshold(ops.threshold(0.2)))
+    stream = (seed, 0, ops.threshold(0.2), ops.dropout_scale(0.2))
     assert torch.equal(y, ops._DropoutFunction.apply(x, stream, False))
 
 

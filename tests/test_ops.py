@@ -45,8 +45,10 @@ def test_threshold_and_keep_probability_match_the_reference(p):
     assert abs(ops.keep_probability(p) - (1 - p)) <= 2**-17
 
 
-def test_dropout_scale_is_the_inverse_keep_probability_and_zero_at_p_one():
-    assert ops.dropout_scale(0.1) == 1.0 / ops.keep_probability(0.1)
+def test_dropout_scale_is_the_exact_inverse_of_one_minus_p_and_zero_at_p_one():
+    # Exact (issue 15 item 3): 1/(1 − p) in double as torch computes it, not 1/keep_probability(p).
+    assert ops.dropout_scale(0.1) == 1.0 / (1.0 - 0.1) != 1.0 / ops.keep_probability(0.1)
+    assert ops.dropout_scale(0.8) == 1.0 / (1.0 - 0.8)
     assert ops.dropout_scale(1.0) == 0.0
 
 

@@ -690,7 +690,7 @@ def drop_connect_linear_moments(
             f"drop_connect_linear_moments: input's last dim ({input.shape[-1]}) must equal weight's "
             f"in_features ({weight.shape[1]})"
         )
-    keep = ops.keep_probability(p)
+    keep = 1.0 - p
     scale = F.train_scale(p, scaling)
     mean = TF.linear(input, weight) * (scale * keep)
     var = TF.linear(input * input, weight * weight) * (scale * scale * keep * (1.0 - keep))

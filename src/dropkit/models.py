@@ -16,7 +16,6 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import nn
 
-from dropkit import ops
 from dropkit._validate import check_positive_int, check_probability, check_scaling
 from dropkit.layers.base import DropoutBase, is_dropout_module
 from dropkit.layers.elementwise import Dropout
@@ -175,7 +174,7 @@ _PASS_THROUGH = (
 def _eval_factor(module: nn.Module) -> float:
     """The factor a tensor-free dropout module multiplies its input by in eval."""
     if isinstance(module, DropoutBase) and module.has_scaling and module.scaling == "inference":
-        return ops.keep_probability(float(module.p))
+        return 1.0 - float(module.p)
     return 1.0
 
 

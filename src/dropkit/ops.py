@@ -7,8 +7,10 @@ stream position ``offset + k`` is ``>= threshold``, ``threshold = floor(p · 2^1
 
 * forward reads x once and writes y once; backward regenerates the mask from the seed, and what
   autograd saves is O(1) bytes (a seed), never the mask or x;
-* the keep probability is exactly ``keep_probability(p) = 1 − threshold / 2^16`` (p to within
-  2^-17) and every scale uses that value, so the output is unbiased;
+* the keep probability is exactly ``keep_probability(p) = 1 − threshold / 2^16`` (1 − p to within
+  2^-17; exact on the 2^-16 grid); the scales are exact, ``1 / (1 − p)`` as torch computes it
+  (:func:`dropout_scale`), so a kept value is bit for bit torch's and the threshold's resolution
+  is the only approximation (a relative bias of E[y] of at most 2^-17 / (1 − p));
 * the bits are the same on every device: the numba kernel on CPU (:mod:`dropkit.kernels.cpu`),
   Triton on CUDA (:mod:`dropkit.kernels.gpu`), plain torch ops elsewhere
   (:mod:`dropkit.kernels.fallback`), and the NumPy reference all agree;
@@ -96,8 +98,11 @@ def threshold(p: float) -> int:
 def keep_probability(p: float) -> float:
     """The keep probability the kernels actually use for drop rate ``p``: 1 − threshold(p)/65536.
 
-    Exact for p on the 2^-16 grid (0.5, 0.25, …), within 2^-17 of 1 − p otherwise. Every scale in
-    dropkit uses this value, so E[y] = x exactly.
+    Exact for p on the 2^-16 grid (0.5, 0.25, …), within 2^-17 of 1 − p otherwise. The scales do
+    not use it: they are the exact 1/(1 − p) and 1 − p (see :func:`dropout_scale`), so for p off
+    the grid inverted dropout's mean is x · keep_probability(p)/(1 − p), within a relative
+    2^-17/(1 − p) of x (the 16-bit threshold's resolution, as in FlashAttention's and Transformer
+    Engine's dropout, which also quantise the threshold and scale by the exact 1/(1 − p)).
 
     Example:
         >>> from dropkit import ops
@@ -108,14 +113,15 @@ def keep_probability(p: float) -> float:
 
 
 def dropout_scale(p: float) -> float:
-    """Inverted dropout's factor 1 / keep_probability(p); 0 at p = 1 so nothing becomes inf or NaN.
+    """Inverted dropout's factor ``1 / (1 − p)``, computed as torch does (in double, rounded to the
+    tensor's opmath type by the kernel); 0 at p = 1 so nothing becomes inf or NaN.
 
     Example:
         >>> from dropkit import ops
-        >>> ops.dropout_scale(0.5), ops.dropout_scale(1.0)
-        (2.0, 0.0)
+        >>> ops.dropout_scale(0.5), ops.dropout_scale(0.8), ops.dropout_scale(1.0)
+        (2.0, 5.000000000000001, 0.0)
     """
-    keep = keep_probability(p)
+    keep = 1.0 - check_probability(p)
     return 0.0 if keep == 0.0 else 1.0 / keep
 
 

@@ -116,7 +116,7 @@ def dropout_forward(
         seed: 64-bit seed in [0, 2**64).
         offset: stream position of ``x``'s first element (``offset + numel <= 2**63``).
         threshold: keep threshold in [0, 65536], from :func:`threshold_from_p`.
-        scale: factor for kept elements, from :func:`scale_from_threshold` for inverted dropout.
+        scale: factor for kept elements, 1/(1 − p) (:func:`dropkit.ops.dropout_scale`) for inverted dropout.
 
     Returns:
         A new tensor of ``x``'s shape, dtype and device.
