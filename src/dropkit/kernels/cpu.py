@@ -119,6 +119,10 @@ def _philox_fill(words, first_block, n_blocks, k0, k1):
         words[4 * b + 3] = np.uint32(c3)
 
 
+#: The generator, public for the noise kernels (:mod:`dropkit.kernels.noise_cpu`): one Philox.
+philox_fill = _philox_fill
+
+
 @numba.njit(inline="always", **_JIT)
 def _chunk_span(c, n, offset):
     """Elements [i0, i1) of chunk c, their first Philox block and the lane of element i0."""

@@ -28,7 +28,14 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["philox_uint16", "keep_mask", "dropout_forward", "dropout_backward", "bias_dropout_add"]
+__all__ = [
+    "philox_blocks",
+    "philox_uint16",
+    "keep_mask",
+    "dropout_forward",
+    "dropout_backward",
+    "bias_dropout_add",
+]
 
 _MASK32 = 0xFFFFFFFF
 _MASK64 = (1 << 64) - 1
@@ -59,6 +66,18 @@ def _philox4x32(
         hi1, lo1 = _mulhilo(PHILOX_M1, c2)
         c0, c1, c2, c3 = hi1 ^ c1 ^ k0, lo1, hi0 ^ c3 ^ k1, lo0
     return c0, c1, c2, c3
+
+
+def philox_blocks(first: int, count: int, seed: int, device: torch.device | str) -> torch.Tensor:
+    """Philox blocks ``first .. first + count − 1`` as a (count, 4) int64 tensor of 32-bit words.
+
+    Row ``i`` holds the outputs ``x0 .. x3`` of counter ``(b lo, b hi, 0, 0)``, ``b = first + i``,
+    keyed by the 64-bit ``seed`` (the blocks :func:`philox_uint16` splits into 16-bit lanes).
+    """
+    blocks = torch.arange(count, dtype=torch.int64, device=torch.device(device)) + first
+    zeros = torch.zeros_like(blocks)
+    words = _philox4x32(blocks & _MASK32, (blocks >> 32) & _MASK32, zeros, zeros, seed & _MASK64)
+    return torch.stack(words, 1)
 
 
 def philox_uint16(n: int, seed: int, offset: int, device: torch.device | str) -> torch.Tensor:
