@@ -115,7 +115,11 @@ def test_out_dot_in_a_git_checkout_with_a_stray_report_json_is_refused_untouched
     line = _one_error_line(capsys)
     assert status == cli.EXIT_BAD_INPUT
     assert str(checkout) in line and "refusing to replace" in line and "--out" in line
-    assert "remove the folder yourself" in line and "'.git'" in line
+    assert (
+        "remove the folder yourself" in line
+        and "'.git'" in line
+        and "no dropkit report marker" in line
+    )
     assert _tree(checkout) == before
     assert sorted(os.listdir(tmp_path)) == around, "no lock or staging folder beside it"
     assert stub == [], "refused before any work"
@@ -158,10 +162,31 @@ def test_a_report_file_edited_by_the_user_is_never_replaced(tmp_path, capsys, st
     assert "changed since" in _one_error_line(capsys) and _tree(target) == before
 
 
+def test_notes_added_to_the_old_report_during_the_run_are_kept(tmp_path, monkeypatch, capsys, stub):
+    data = _table(tmp_path / "data.csv")
+    target = tmp_path / "report"
+    report.write_report(target, {"data": {"name": "old"}}, {})
+    stubbed = study.run_study
+
+    def run_study(config, workdir, **kwargs):
+        (target / "notes.txt").write_text("written while the study ran")
+        return stubbed(config, workdir, **kwargs)
+
+    monkeypatch.setattr(study, "run_study", run_study)
+    assert _study(target, data) == cli.EXIT_BAD_INPUT
+    assert "'notes.txt'" in _one_error_line(capsys)
+    assert (target / "notes.txt").read_text() == "written while the study ran"
+    assert _name(target) == "old"
+    assert sorted(os.listdir(tmp_path)) == ["data.csv", "report"]
+
+
 def test_a_folder_without_the_marker_is_refused_even_with_only_report_files(tmp_path):
     target = tmp_path / "report"
     report.write_report(target, {"data": {"name": "old"}}, {})
     os.remove(target / publish.MARKER)
+    with pytest.raises(publish.OutputRefused, match="no dropkit report marker"):
+        publish.check_target(target)
+    os.remove(target / "report.json")
     with pytest.raises(publish.OutputRefused, match="is not a dropkit report"):
         publish.check_target(target)
 
@@ -276,6 +301,24 @@ def test_a_waiter_gets_the_lock_once_it_is_released(tmp_path):
     assert os.listdir(tmp_path) == []
 
 
+def test_without_flock_the_lock_is_an_exclusive_file_and_a_dead_pid_s_is_taken_over(
+    tmp_path, monkeypatch
+):
+    monkeypatch.setitem(sys.modules, "fcntl", None)  # as on Windows: import fcntl fails
+    target = tmp_path / "report"
+    with publish.lock(target):
+        with pytest.raises(publish.OutputBusy, match=f"pid {os.getpid()}"):
+            with publish.lock(target):
+                pass
+    assert os.listdir(tmp_path) == []
+    owner = {"pid": _dead_pid(), "host": socket.gethostname()}
+    (tmp_path / ".report.dropkit-lock").write_text(json.dumps(owner))
+    with publish.lock(target):
+        lock_owner = json.loads((tmp_path / ".report.dropkit-lock").read_text())
+        assert lock_owner["pid"] == os.getpid()
+    assert os.listdir(tmp_path) == []
+
+
 # --------------------------------------------------------------------------------------------
 # A run killed while publishing; leftovers of dead runs
 # --------------------------------------------------------------------------------------------
@@ -348,12 +391,17 @@ def test_a_run_killed_between_two_renames_is_rolled_back_to_the_old_report(tmp_p
     assert sorted(os.listdir(tmp_path)) == ["data.csv", "report"]
 
 
-def test_the_fallback_without_a_swap_publishes_a_complete_report(tmp_path, monkeypatch):
-    monkeypatch.setattr(publish, "_swap", None)
+@pytest.mark.parametrize("swap", ["none", "unsupported"])
+def test_the_fallback_without_a_swap_publishes_a_complete_report(tmp_path, monkeypatch, swap):
+    def unsupported(a, b):
+        raise OSError(errno.EINVAL, os.strerror(errno.EINVAL), a)
+
+    monkeypatch.setattr(publish, "_swap", None if swap == "none" else unsupported)
     target = tmp_path / "report"
     report.write_report(target, {"data": {"name": "one"}}, {})
     report.write_report(target, {"data": {"name": "two"}}, {})
-    assert json.loads((target / "report.json").read_text())["data"]["name"] == "two"
+    assert _name(target) == "two"
+    publish.check_target(target)
     assert os.listdir(tmp_path) == ["report"]
 
 

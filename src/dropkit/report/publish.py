@@ -138,6 +138,8 @@ def _why_not_ours(path: str) -> str | None:
     marker = _read_json(os.path.join(path, MARKER))
     top = sorted({p.split("/", 1)[0] for p in files + folders + others})
     if not isinstance(marker, dict) or marker.get("format") != _FORMAT:
+        if "report.json" in top:  # a stray report.json, or a report of a dropkit before markers
+            return f"holds {_show(top)} but no dropkit report marker ({MARKER})"
         return f"is not empty and is not a dropkit report (it holds {_show(top)})"
     version = marker.get("version")
     if not isinstance(version, int) or version > FORMAT_VERSION:
@@ -248,7 +250,7 @@ class _Lock:
     def _try(self) -> bool:
         try:
             import fcntl
-        except ImportError:  # pragma: no cover - Windows: O_EXCL, a dead pid's file taken over
+        except ImportError:  # Windows: O_EXCL, and a dead pid's file is taken over
             return self._try_exclusive()
         for _ in range(100):
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
@@ -270,7 +272,7 @@ class _Lock:
             os.close(fd)
         return False  # pragma: no cover - the file replaced 100 times in a row
 
-    def _try_exclusive(self) -> bool:  # pragma: no cover - exercised only without fcntl
+    def _try_exclusive(self, retry: bool = True) -> bool:
         try:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
         except FileExistsError:
@@ -278,6 +280,7 @@ class _Lock:
             if owner.get("host") == socket.gethostname() and not _pid_alive(owner.get("pid")):
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(self.path)
+                return retry and self._try_exclusive(retry=False)
             return False
         self.fd = fd
         self._write_owner()
@@ -342,9 +345,9 @@ def clean_stale(out_dir: str | os.PathLike) -> list[str]:
 
     Call it holding :func:`lock`. Only folders named ``.<name>.dropkit-stage-*`` that hold an
     ``owner.json`` written by dropkit are candidates: those of a dead pid on this host, of this
-    process (an earlier call cut short), or older than :data:`STALE_AFTER_S`. A run killed between the two renames of the
-    fallback swap left the target missing and the old report in its staging folder: the old
-    report is moved back first.
+    process (an earlier call cut short), or older than :data:`STALE_AFTER_S`. A run killed
+    between the two renames of the fallback swap left the target missing and the old report in
+    its staging folder: the old report is moved back first.
     """
     target = os.path.abspath(os.fspath(out_dir))
     parent, name = os.path.split(target)
@@ -485,9 +488,10 @@ class Stage(os.PathLike):
     left behind.
     """
 
-    def __init__(self, target: str, holder: str) -> None:
+    def __init__(self, target: str, holder: str, keep: Iterable[str] = ()) -> None:
         self.target = target
         self.holder = holder
+        self.keep = list(keep)
         self.path = os.path.join(holder, "report")
         self.published = False
 
@@ -504,14 +508,15 @@ class Stage(os.PathLike):
         """Writes the marker, then puts the staged report at the target; returns the target.
 
         Raises:
-            OutputRefused: the target changed during the run and may no longer be replaced.
+            OutputRefused: the target changed during the run and may no longer be replaced (the
+                new report is discarded: a user's file is never traded for it).
             OSError: the disk is full, or the file system refused (the old report is intact).
         """
         if self.published:
             return self.target
         _write_marker(self.path)
         parent = os.path.dirname(self.target)
-        check_target(self.target)  # it may have changed since the run began
+        check_target(self.target, keep=self.keep)  # it may have changed since the run began
         with _signals_deferred():
             if os.path.lexists(self.target):
                 self._replace()
@@ -588,7 +593,7 @@ def staging(
         check_target(target, keep=keep)
         clean_stale(target)
         holder = _make_holder(parent, name)
-        stage = Stage(target, holder)
+        stage = Stage(target, holder, keep)
         try:
             yield stage
             stage.publish()
