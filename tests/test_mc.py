@@ -325,7 +325,7 @@ def test_input_of_the_wrong_shape_gives_a_clear_error() -> None:
         predict(net, [[1.0, 2.0, 3.0, 4.0]])
 
 
-def test_model_that_does_not_keep_the_batch_in_dim_0_gives_a_clear_error() -> None:
+def test_model_that_does_not_keep_the_batch_in_dim_0_is_served_by_the_loop() -> None:
     class Pools(nn.Module):
         def __init__(self) -> None:
             super().__init__()
@@ -334,8 +334,15 @@ def test_model_that_does_not_keep_the_batch_in_dim_0_gives_a_clear_error() -> No
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             return self.drop(x).sum(0, keepdim=True)  # mixes the rows
 
-    with pytest.raises(ValueError, match="batched=False"):
-        predict(Pools(), torch.randn(3, 4), T=4)
+    # The output mixes the rows, so batched passes cannot tell samples apart: the loop serves
+    # them, with the same masks, and mc_plan says so.
+    net, x = Pools(), torch.randn(3, 4)
+    samples = predict(net, x, T=4, seed=0)
+    assert samples.shape == (4, 1, 4)
+    assert torch.equal(samples, predict(net, x, T=4, seed=0, batched=False))
+    assert samples.std(0).min() > 0
+    plan = mc_plan(net, x)
+    assert plan.strategy == "loop" and "dim 0" in plan.reason
 
 
 def test_bad_memory_budget_is_refused() -> None:

@@ -66,13 +66,15 @@ def test_batched_prediction_equals_the_loop_for_rnn_dropout(cell):
     assert batched.std(0).min() > 0  # the samples differ
 
 
-def test_time_major_rnn_is_refused_by_predict_and_sampled_by_mc_dropout():
-    # predict keeps samples × rows in dim 0; a (L, N, F) input has time there: a clear error.
+def test_time_major_rnn_is_served_by_the_loop_and_sampled_by_mc_dropout():
+    # predict keeps samples × rows in dim 0; a (L, N, F) input has time there: the batched path
+    # cannot split it, so the loop serves the samples, with the same masks.
     torch.manual_seed(2)
     model = Forecaster(batch_first=False)
     x = torch.randn(6, 4, 3)  # (L, N, F)
-    with pytest.raises(ValueError, match="dim 0"):
-        predict(model, x, T=3, seed=0)
+    samples = predict(model, x, T=3, seed=0)
+    torch.testing.assert_close(samples, predict(model, x, T=3, seed=0, batched=False))
+    assert samples.shape == (3, 4, 1) and samples.std(0).min() > 0
     with torch.no_grad(), mc_dropout(model):
         samples = torch.stack([model(x) for _ in range(3)])
     assert samples.shape == (3, 4, 1) and samples.std(0).min() > 0

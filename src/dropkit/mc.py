@@ -86,17 +86,29 @@ inside a ``forward`` is not a module and is not switched on.
 from __future__ import annotations
 
 import contextlib
+import inspect as _pyinspect
+import math
 import numbers
+import warnings
 import weakref
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field, fields, is_dataclass
+from typing import Any
 
 import torch
 from torch import fx, nn
+from torch.nn import functional as TF
+from torch.overrides import TorchFunctionMode
 
 from dropkit import functional as F
 from dropkit import ops, rng
 from dropkit._validate import check_positive_int
+from dropkit.dropout_sites import (
+    FUNCTIONAL_DROPOUTS,
+    DropoutSites,
+    functional_rate,
+    scan,
+)
 from dropkit.layers.base import is_dropout_module
 from dropkit.layers.channel import Dropout1d, Dropout2d, Dropout3d
 from dropkit.layers.elementwise import AlphaDropout, Dropout, GaussianDropout
@@ -109,7 +121,15 @@ __all__ = [
     "MCPlan",
     "DEFAULT_PASS_BYTES",
     "is_stochastic_module",
+    "find_dropout_sites",
+    "DropoutSites",
+    "DeadDropoutWarning",
 ]
+
+
+class DeadDropoutWarning(UserWarning):
+    """MC dropout found dropout that is not sampled: a module that never ran, identical samples."""
+
 
 #: Target size of one batched pass when no budget is given: the estimated activations of a pass
 #: stay near 1 MiB — enough rows to amortise per-pass overhead, small enough to stay in cache and to
@@ -152,6 +172,7 @@ def is_stochastic_module(module: nn.Module) -> bool:
         is_dropout_module(module)
         or getattr(module, "mc_stochastic", False) is True
         or _rnn_with_dropout(module)
+        or (isinstance(module, nn.MultiheadAttention) and module.dropout > 0)
     )
 
 
@@ -171,22 +192,54 @@ def _is_active(module: nn.Module) -> bool:
         return True
 
 
-def _check_model(model: object) -> nn.Module:
+def _check_model_type(model: object) -> nn.Module:
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    if not any(is_stochastic_module(m) for m in model.modules()):
-        raise ValueError(
-            f"model ({type(model).__name__}) has no dropout module: MC dropout needs at least one "
-            "dropkit dropout module (DropoutBase), torch.nn Dropout/Dropout1d/2d/3d/AlphaDropout/"
-            "FeatureAlphaDropout, an RNN/LSTM/GRU with dropout > 0 and 2+ layers, or a "
-            "stochastic layer (mc_stochastic = True: Standout, VariationalLinear, LinearSVDO, "
-            "Conv2dSVDO); dropkit.convert.convert_dropout swaps torch.nn's for dropkit's"
-        )
     return model
 
 
+def _no_dropout_error(model: nn.Module, scanned: bool) -> ValueError:
+    where = (
+        "and no functional dropout gated on a module's flag ran on the given inputs"
+        if scanned
+        else "(pass example inputs, mc_dropout(model, x), to find functional dropout too)"
+    )
+    return ValueError(
+        f"model ({type(model).__name__}) has no dropout module {where}: MC dropout needs at least "
+        "one dropkit dropout module (DropoutBase), torch.nn Dropout/Dropout1d/2d/3d/AlphaDropout/"
+        "FeatureAlphaDropout, an RNN/LSTM/GRU with dropout > 0 and 2+ layers, a "
+        "MultiheadAttention with dropout > 0, a stochastic layer (mc_stochastic = True: Standout, "
+        "VariationalLinear, LinearSVDO, Conv2dSVDO) or a functional dropout; "
+        "dropkit.convert.convert_dropout swaps torch.nn's for dropkit's"
+    )
+
+
+def _check_model(model: object) -> nn.Module:
+    _check_model_type(model)
+    if not any(is_stochastic_module(m) for m in model.modules()):  # type: ignore[union-attr]
+        raise _no_dropout_error(model, scanned=False)  # type: ignore[arg-type]
+    return model  # type: ignore[return-value]
+
+
 @contextlib.contextmanager
-def mc_dropout(model: nn.Module) -> Iterator[list[str]]:
+def _switched(model: nn.Module, owners: list[str] = ()) -> Iterator[list[str]]:
+    """Eval mode, with the stochastic modules and the given owners' own flags on; restored."""
+    flags = [(m, m.training) for m in model.modules()]
+    try:
+        model.eval()
+        names = []
+        for name, m in model.named_modules():
+            if is_stochastic_module(m) or name in owners:
+                m.training = True
+                names.append(name)
+        yield names
+    finally:
+        for m, flag in flags:
+            m.training = flag
+
+
+@contextlib.contextmanager
+def mc_dropout(model: nn.Module, *example_args: Any, **example_kwargs: Any) -> Iterator[list[str]]:
     r"""Inside, only the stochastic-regularisation modules of ``model`` are in training mode.
 
     On entry every module is put in eval mode (BatchNorm uses its running statistics, and so on)
@@ -197,15 +250,26 @@ def mc_dropout(model: nn.Module) -> Iterator[list[str]]:
     of the approximate posterior. On exit every module's ``training`` flag is put back as it was,
     even if the body raised.
 
+    Functional dropout gated on a module's flag (Hugging Face attention:
+    ``dropout=self.attn_dropout.p if self.training else 0.0``) is found only by running the model:
+    given example inputs, ``mc_dropout(model, x, attention_mask=m)`` runs
+    :func:`find_dropout_sites` on them and also switches on the *owners* it finds safe (modules
+    whose flag gates nothing but dropout); :func:`predict` always does. Without example inputs,
+    a warning (:class:`DeadDropoutWarning`) on exit names each switched-on dropout module that
+    never ran inside the block although the model did (its rate is likely applied by its parent).
+
     Args:
-        model: any ``nn.Module`` holding at least one dropout module.
+        model: any ``nn.Module`` holding at least one dropout module (or, with example inputs,
+            functional dropout).
+        *example_args, **example_kwargs: optional inputs of one forward pass, to find functional
+            dropout (run without gradients, flags and RNG restored).
 
     Yields:
         The qualified names of the modules switched on ("" for the model itself).
 
     Raises:
         TypeError: ``model`` is not an ``nn.Module``.
-        ValueError: ``model`` holds no stochastic module.
+        ValueError: ``model`` holds no stochastic module (and no functional dropout was found).
 
     Example:
         >>> import torch, dropkit
@@ -218,19 +282,58 @@ def mc_dropout(model: nn.Module) -> Iterator[list[str]]:
         >>> net[1].training  # restored
         True
     """
-    _check_model(model)
-    flags = [(m, m.training) for m in model.modules()]
-    try:
-        model.eval()
-        names = []
-        for name, m in model.named_modules():
-            if is_stochastic_module(m):
-                m.training = True
-                names.append(name)
+    _check_model_type(model)
+    if not example_args and not example_kwargs:
+        _check_model(model)
+        watch = _RunWatch(model)
+        with _switched(model) as names, watch:
+            yield names
+        watch.warn()
+        return
+    with torch.no_grad(), _saved_global_rng(_device_of(example_args, example_kwargs, model)):
+        sites = _find_sites(model, example_args, example_kwargs)
+    if not sites.owners and not any(is_stochastic_module(m) for m in model.modules()):
+        raise _no_dropout_error(model, scanned=True)
+    with _switched(model, sites.owners) as names:
         yield names
-    finally:
-        for m, flag in flags:
-            m.training = flag
+
+
+class _RunWatch:
+    """Notes which active dropout modules run inside ``mc_dropout``; warns about the rest."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+        self.active = {m: n for n, m in model.named_modules() if _is_active(m)}
+        self.ran: set[nn.Module] = set()
+        self.model_ran = False
+        self._handles: list = []
+
+    def __enter__(self) -> _RunWatch:
+        def mark(module: nn.Module, args: tuple) -> None:
+            self.ran.add(module)
+
+        def model_ran(module: nn.Module, args: tuple) -> None:
+            self.model_ran = True
+
+        self._handles = [m.register_forward_pre_hook(mark) for m in self.active]
+        self._handles.append(self.model.register_forward_pre_hook(model_ran))
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for handle in self._handles:
+            handle.remove()
+
+    def warn(self) -> None:
+        dead = [n for m, n in self.active.items() if m not in self.ran]
+        if self.model_ran and dead:
+            warnings.warn(
+                f"mc_dropout: dropout module(s) {', '.join(repr(n) for n in dead)} never ran inside "
+                "the block: their rate is likely applied functionally by a parent left in eval "
+                "(Hugging Face attention), so it was not sampled; pass example inputs, "
+                "mc_dropout(model, x), or use dropkit.mc.predict",
+                DeadDropoutWarning,
+                stacklevel=3,
+            )
 
 
 # ------------------------------------------------------------------------------------------------
@@ -247,6 +350,7 @@ class _Sampler:
         self.first = 0  # index of the first sample of the current pass
         self.count = 1  # samples in the current pass
         self.calls = 0  # dropout calls so far in the current pass
+        self.ran: set[nn.Module] = set()  # stochastic modules whose forward ran
         self._generators: dict[int, torch.Generator] = {}
 
     def begin(self, first: int, count: int) -> None:
@@ -260,21 +364,110 @@ class _Sampler:
             self._generators[t] = gen
         return gen
 
-    def blocks(self, module: nn.Module, input: torch.Tensor) -> list[torch.Tensor]:
+    def blocks(self, module: nn.Module | str, input: torch.Tensor) -> list[torch.Tensor]:
         if not self.batched:
             return [input]
         self.check(module, input)
         return list(input.split(self.rows))
 
-    def check(self, module: nn.Module, input: torch.Tensor) -> None:
+    def check(self, module: nn.Module | str, input: torch.Tensor) -> None:
         """Raises unless ``input`` holds the current pass's count × rows rows in dim 0."""
         if self.batched and (input.dim() == 0 or input.shape[0] != self.count * self.rows):
             got = tuple(input.shape) if input.dim() else "a 0-d tensor"
-            raise ValueError(
-                f"MC batching: dropout module {type(module).__name__} got input of shape {got}, "
-                f"expected dim 0 = samples × rows = {self.count} × {self.rows}; the model must keep "
-                "the batch in dim 0 to be batched — use predict(..., batched=False)"
+            what = module if isinstance(module, str) else f"dropout module {type(module).__name__}"
+            raise _BatchingError(
+                f"MC batching: {what} got input of shape {got}, expected dim 0 = samples × rows "
+                f"= {self.count} × {self.rows}; the model must keep the batch in dim 0 to be "
+                "batched — use predict(..., batched=False)"
             )
+
+    def stream_dropout(self, name: str, x: torch.Tensor, p: float) -> torch.Tensor:
+        """Elementwise dropout of the current pass: the k-th call's stream, sample t at t·M."""
+        call = self.calls
+        self.calls += 1
+        self.check(name, x)
+        return ops.dropout_with_seed(
+            x,
+            p,
+            rng.mix_seed(self.seed, call),
+            self.first * (x.numel() // self.count),
+            ops.dropout_scale(p),
+        )
+
+    def functional(self, func: Callable, p: float, args: tuple, kwargs: dict) -> torch.Tensor:
+        """A functional dropout (or SDPA with dropout) routed to this pass's per-sample streams."""
+        name = f"torch.nn.functional.{FUNCTIONAL_DROPOUTS[func]}"
+        if func is TF.scaled_dot_product_attention:
+            return _attention(self, name, p, args, kwargs)
+        x = args[0] if args else kwargs["input"]
+        if func is TF.dropout:
+            return self.stream_dropout(name, x, p)
+        self.calls += 1
+        batched_rank = {TF.dropout1d: 3, TF.dropout2d: 4, TF.dropout3d: 5}.get(func)
+        outputs = []
+        for i, block in enumerate(self.blocks(name, x)):
+            gen = self.generator(self.first + i)
+            if func is TF.alpha_dropout:
+                outputs.append(F.alpha_dropout(block, p, True, False, generator=gen))
+                continue
+            shared = 2 if batched_rank is None or block.dim() == batched_rank else 1
+            noise_shape = (None,) * shared + (1,) * (block.dim() - shared)
+            if func is TF.feature_alpha_dropout:
+                outputs.append(
+                    F.alpha_dropout(block, p, True, False, noise_shape=noise_shape, generator=gen)
+                )
+            else:
+                outputs.append(
+                    F.dropout(block, p, True, False, noise_shape=noise_shape, generator=gen)
+                )
+        return outputs[0] if len(outputs) == 1 else torch.cat(outputs)
+
+
+class _BatchingError(ValueError):
+    """The model does not keep samples × rows in dim 0: the loop serves these samples."""
+
+
+def _attention(sampler: _Sampler, name: str, p: float, args: tuple, kwargs: dict) -> torch.Tensor:
+    """scaled_dot_product_attention's maths with its dropout drawn from the sampler's stream."""
+    names = ("query", "key", "value", "attn_mask", "dropout_p", "is_causal", "scale", "enable_gqa")
+    bound = dict(zip(names, args, strict=False)) | dict(kwargs)
+    query, key, value = bound["query"], bound["key"], bound["value"]
+    if bound.get("enable_gqa", False) and key.shape[-3] != query.shape[-3]:
+        repeats = query.shape[-3] // key.shape[-3]
+        key = key.repeat_interleave(repeats, dim=-3)
+        value = value.repeat_interleave(repeats, dim=-3)
+    scale = bound.get("scale")
+    scale = 1.0 / math.sqrt(query.shape[-1]) if scale is None else scale
+    scores = torch.matmul(query, key.transpose(-2, -1)) * scale
+    mask = bound.get("attn_mask")
+    if bound.get("is_causal", False):
+        allowed = torch.ones(
+            query.shape[-2], key.shape[-2], dtype=torch.bool, device=query.device
+        ).tril()
+        scores = scores.masked_fill(~allowed, float("-inf"))
+    elif mask is not None:
+        scores = (
+            scores.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else scores + mask
+        )
+    probs = torch.softmax(scores, dim=-1)
+    return torch.matmul(sampler.stream_dropout(name, probs, p), value)
+
+
+class _SampleMode(TorchFunctionMode):
+    """Routes functional dropout with a rate > 0 to the sampler (no other call is touched)."""
+
+    def __init__(self, sampler: _Sampler) -> None:
+        super().__init__()
+        self.sampler = sampler
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
+        kwargs = kwargs or {}
+        if func in FUNCTIONAL_DROPOUTS:
+            first = args[0] if args else next(iter(kwargs.values()), None)
+            rate = functional_rate(func, args, kwargs)
+            if rate > 0 and isinstance(first, torch.Tensor):
+                return self.sampler.functional(func, rate, args, dict(kwargs))
+        return func(*args, **kwargs)
 
 
 def _elementwise_scale(module: nn.Module) -> float | None:
@@ -339,6 +532,8 @@ def _cat_leaves(outputs: list, dim: int) -> object:
     first = outputs[0]
     if isinstance(first, torch.Tensor):
         return torch.cat(outputs, dim=dim)
+    if first is None:
+        return None
     if isinstance(first, (tuple, list)):
         return type(first)(_cat_leaves(list(leaves), dim) for leaves in zip(*outputs, strict=True))
     raise TypeError(
@@ -354,6 +549,7 @@ def _mc_forward(module: nn.Module, sampler: _Sampler) -> Callable[[torch.Tensor]
     rule = _functional_rule(module)
 
     def forward(input: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        sampler.ran.add(module)
         call = sampler.calls
         sampler.calls += 1
         if scale is not None and not args and not kwargs:
@@ -369,6 +565,15 @@ def _mc_forward(module: nn.Module, sampler: _Sampler) -> Callable[[torch.Tensor]
         blocks = sampler.blocks(module, input)
         outputs = []
         first, count, calls = sampler.first, sampler.count, sampler.calls
+        total = count * sampler.rows
+
+        def block_of(value: object, i: int) -> object:
+            # Other batch arguments (an attention's key and value) are split like the input.
+            if sampler.batched and len(blocks) > 1 and isinstance(value, torch.Tensor):
+                if value.dim() > 0 and value.shape[0] == total:
+                    return value[i * sampler.rows : (i + 1) * sampler.rows]
+            return value
+
         for i, block in enumerate(blocks):
             gen = sampler.generator(first + i)
             if rule is not None and not args and not kwargs:
@@ -378,7 +583,9 @@ def _mc_forward(module: nn.Module, sampler: _Sampler) -> Callable[[torch.Tensor]
                 # block, say) sees one sample at a time with the call count it has in the loop.
                 sampler.first, sampler.count, sampler.calls = first + i, 1, calls
                 _reseed_globals(rng.draw_seed(gen), sampler.device)
-                outputs.append(original(module, block, *args, **kwargs))
+                block_args = [block_of(a, i) for a in args]
+                block_kwargs = {k: block_of(v, i) for k, v in kwargs.items()}
+                outputs.append(original(module, block, *block_args, **block_kwargs))
         sampler.first, sampler.count = first, count
         if len(outputs) == 1:
             return outputs[0]
@@ -500,7 +707,7 @@ _TRACES: weakref.WeakKeyDictionary[nn.Module, tuple[tuple, fx.GraphModule | str]
 
 def _trace(model: nn.Module) -> fx.GraphModule | str:
     """The model's fx graph (dropout modules as leaves), or why it cannot be traced."""
-    signature = tuple((name, id(m), _is_active(m)) for name, m in model.named_modules())
+    signature = tuple((name, id(m), _is_active(m), m.training) for name, m in model.named_modules())
     cached = _TRACES.get(model)
     if cached is not None and cached[0] == signature:
         return cached[1]
@@ -526,8 +733,10 @@ def _fx_plan(model: nn.Module, x: torch.Tensor) -> MCPlan:
         inputs = n.all_input_nodes
         if n.op == "placeholder" or any(a in from_input for a in inputs):
             from_input.add(n)
-        if (n.op == "call_module" and _is_active(gm.get_submodule(n.target))) or any(
-            a in downstream for a in inputs
+        if (
+            (n.op == "call_module" and _is_active(gm.get_submodule(n.target)))
+            or (n.op == "call_function" and n.target in FUNCTIONAL_DROPOUTS)
+            or any(a in downstream for a in inputs)
         ):
             downstream.add(n)
     if not downstream:
@@ -593,8 +802,126 @@ def _fx_plan(model: nn.Module, x: torch.Tensor) -> MCPlan:
     return MCPlan("fx", [n.name for n in trunk_nodes if n.op != "get_attr"], _run=run)
 
 
-def _repeat_plan(model: nn.Module, x: torch.Tensor, reason: str) -> MCPlan:
-    def run(count: int) -> tuple[torch.Tensor, int]:
+class _Inputs:
+    """A forward pass's positional and keyword inputs; tensors with N rows in dim 0 are the batch."""
+
+    def __init__(self, args: tuple, kwargs: dict[str, Any]) -> None:
+        self.args, self.kwargs = args, kwargs
+        found = _first_tensor(args, "x" if len(args) == 1 else "args") or _first_tensor(kwargs, "")
+        if found is None:
+            kinds = ", ".join(type(a).__name__ for a in (*args, *kwargs.values())) or "nothing"
+            raise TypeError(
+                "x must be a torch.Tensor (or the inputs must hold one, with the batch in dim 0), "
+                f"got {kinds}"
+            )
+        path, tensor = found
+        if tensor.dim() == 0 or tensor.shape[0] == 0:
+            raise ValueError(
+                f"{path} must have a batch dim 0 with at least one row, got shape {tuple(tensor.shape)}"
+            )
+        self.first = tensor
+        self.rows = int(tensor.shape[0])
+        self.single = len(args) == 1 and not kwargs and isinstance(args[0], torch.Tensor)
+
+    def describe(self) -> str:
+        if self.single:
+            return f"x of shape {tuple(self.first.shape)}"
+        parts = [_shape_of(a) for a in self.args]
+        parts += [f"{k}={_shape_of(v)}" for k, v in self.kwargs.items()]
+        return f"inputs ({', '.join(parts)})"
+
+    def repeated(self, count: int) -> tuple[tuple, dict[str, Any]]:
+        def rep(path: str, value: object) -> object:
+            if isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape[0] == self.rows:
+                return _repeat(value, count)
+            return value
+
+        if count == 1:
+            return self.args, self.kwargs
+        return _tree_map(rep, self.args), _tree_map(rep, self.kwargs)
+
+    def spec(self) -> tuple:
+        leaves: list = []
+
+        def note(path: str, value: object) -> object:
+            if isinstance(value, torch.Tensor):
+                leaves.append((path, tuple(value.shape), value.dtype, value.device))
+            else:
+                leaves.append((path, type(value).__name__, value if _hashable(value) else None))
+            return value
+
+        _tree_map(note, (self.args, self.kwargs))
+        return tuple(leaves)
+
+
+def _hashable(value: object) -> bool:
+    try:
+        hash(value)
+    except TypeError:
+        return False
+    return True
+
+
+def _shape_of(value: object) -> str:
+    if isinstance(value, torch.Tensor):
+        return str(tuple(value.shape))
+    return type(value).__name__
+
+
+def _first_tensor(value: object, path: str) -> tuple[str, torch.Tensor] | None:
+    found: list[tuple[str, torch.Tensor]] = []
+
+    def visit(p: str, leaf: object) -> object:
+        if not found and isinstance(leaf, torch.Tensor):
+            found.append((p, leaf))
+        return leaf
+
+    _tree_map(visit, value, path)
+    return found[0] if found else None
+
+
+def _children(value: object) -> list[tuple[str, object]] | None:
+    """The parts of a container output: mappings (ModelOutput too), dataclasses, tuples, lists."""
+    if isinstance(value, Mapping):
+        return [(f"[{k!r}]" if not isinstance(k, str) else f".{k}", v) for k, v in value.items()]
+    if is_dataclass(value) and not isinstance(value, type):
+        return [(f".{f.name}", getattr(value, f.name)) for f in fields(value) if f.init]
+    if isinstance(value, (tuple, list)):
+        return [(f"[{i}]", v) for i, v in enumerate(value)]
+    return None
+
+
+def _tree_map(fn: Callable[[str, object], object], value: object, path: str = "") -> object:
+    """Applies ``fn(path, leaf)`` to every leaf and rebuilds the containers around the results."""
+    if isinstance(value, Mapping):
+        items = {
+            k: _tree_map(fn, v, f"{path}.{k}" if isinstance(k, str) else f"{path}[{k!r}]")
+            for k, v in value.items()
+        }
+        if is_dataclass(value):  # a Hugging Face ModelOutput: a dataclass that is also a mapping
+            return type(value)(**items)
+        try:
+            return type(value)(items)
+        except TypeError:
+            return dict(items)
+    if is_dataclass(value) and not isinstance(value, type):
+        return type(value)(
+            **{
+                f.name: _tree_map(fn, getattr(value, f.name), f"{path}.{f.name}")
+                for f in fields(value)
+                if f.init
+            }
+        )
+    if isinstance(value, (tuple, list)):
+        items_list = [_tree_map(fn, v, f"{path}[{i}]") for i, v in enumerate(value)]
+        if isinstance(value, tuple) and hasattr(value, "_fields"):  # a namedtuple
+            return type(value)(*items_list)
+        return type(value)(items_list)
+    return fn(path, value)
+
+
+def _repeat_plan(model: nn.Module, inputs: _Inputs, reason: str) -> MCPlan:
+    def run(count: int) -> tuple[object, int]:
         sizes = [0]
         hooks = [
             m.register_forward_hook(
@@ -603,41 +930,130 @@ def _repeat_plan(model: nn.Module, x: torch.Tensor, reason: str) -> MCPlan:
             for m in model.modules()
             if not list(m.children())
         ]
+        args, kwargs = inputs.repeated(count)
         try:
-            out = model(_repeat(x, count))
+            out = model(*args, **kwargs)
         finally:
             for h in hooks:
                 h.remove()
-        return out, sizes[0] + _tensor_bytes(x) * count
+        return out, sizes[0] + _tensor_bytes((args, kwargs))
 
     return MCPlan("repeat", reason=reason, _run=run)
 
 
-def _build_plan(model: nn.Module, x: torch.Tensor, trunk: str) -> MCPlan:
+def _build_plan(model: nn.Module, inputs: _Inputs, trunk: str) -> MCPlan:
     if trunk == "none":
-        return _repeat_plan(model, x, "trunk='none' was asked for")
+        return _repeat_plan(model, inputs, "trunk='none' was asked for")
+    if not inputs.single:
+        return _repeat_plan(
+            model,
+            inputs,
+            "the model takes several inputs: the whole model runs on the repeated batch",
+        )
+    x = inputs.first
     if isinstance(model, nn.Sequential) and type(model).forward is nn.Sequential.forward:
         plan = _sequential_plan(model, x)
     else:
         plan = _fx_plan(model, x)
     if plan.strategy == "repeat":
-        return _repeat_plan(model, x, plan.reason)
+        return _repeat_plan(model, inputs, plan.reason)
     return plan
+
+
+# ------------------------------------------------------------------------------------------------
+# Outputs: any nesting of tensors, with a leading sample dim added leaf by leaf
+# ------------------------------------------------------------------------------------------------
+def _sample_view(out: object, count: int, rows: int, batched: bool) -> tuple[object, bool]:
+    """Each tensor leaf as (count, ...): split (count·N, ...) into (count, N, ...) when batched.
+
+    Returns the view and whether every tensor leaf had N rows (batchable) — with count = 1 a
+    leaf of any shape is that sample's value.
+    """
+    batchable = [True]
+
+    def leaf(path: str, value: object) -> object:
+        if not isinstance(value, torch.Tensor):
+            return value
+        if value.dim() == 0 or value.shape[0] != count * rows:
+            batchable[0] = False
+            if count == 1:
+                return value.unsqueeze(0)
+            got = tuple(value.shape) if value.dim() else "a 0-d tensor"
+            raise _BatchingError(
+                f"MC batching: model output{path} has shape {got}, expected dim 0 = samples × rows "
+                f"= {count} × {rows}; use predict(..., batched=False)"
+            )
+        return value.reshape(count, rows, *value.shape[1:]) if batched else value.unsqueeze(0)
+
+    return _tree_map(leaf, out), batchable[0]
+
+
+class _Samples:
+    """Stores each pass's (transformed) output leaf by leaf into (T, ...) buffers."""
+
+    def __init__(self, T: int) -> None:
+        self.T = T
+        self.template: object = None
+        self.buffers: dict[str, torch.Tensor] = {}
+        self.started = False
+
+    def store(self, out: object, first: int, count: int) -> None:
+        seen = []
+
+        def leaf(path: str, value: object) -> object:
+            if value is None:
+                return None
+            where = f"model output{path}" if path else "model output"
+            if not isinstance(value, torch.Tensor):
+                raise TypeError(
+                    f"{where} is a {type(value).__name__}, not a tensor: MC samples are stacked "
+                    "tensors; drop it with a transform (transform=lambda out: out.logits) or the "
+                    "model's own option (use_cache=False)"
+                )
+            if value.dim() == 0 or value.shape[0] != count:
+                raise ValueError(
+                    f"{where} after transform has shape {tuple(value.shape)}; transform must keep "
+                    f"the leading sample dim ({count} here)"
+                )
+            if not self.started:
+                self.buffers[path] = value.new_empty((self.T, *value.shape[1:]))
+            elif path not in self.buffers or self.buffers[path].shape[1:] != value.shape[1:]:
+                raise ValueError(
+                    f"{where} changed structure or shape between samples ({tuple(value.shape)})"
+                )
+            self.buffers[path][first : first + count] = value
+            seen.append(path)
+            return value
+
+        template = _tree_map(leaf, out)
+        if not self.started:
+            if not seen:
+                raise TypeError("model output holds no tensor: nothing to sample")
+            self.template, self.started = template, True
+
+    def result(self) -> object:
+        return _tree_map(
+            lambda path, value: None if value is None else self.buffers[path], self.template
+        )
+
+
+def _all_samples_equal(samples: object) -> bool:
+    equal = [True]
+
+    def leaf(path: str, value: object) -> object:
+        if isinstance(value, torch.Tensor) and value.shape[0] > 1 and equal[0]:
+            equal[0] = bool((value == value[:1]).all()) or bool(
+                (value.isnan() & value[:1].isnan()).logical_or(value == value[:1]).all()
+            )
+        return value
+
+    _tree_map(leaf, samples)
+    return equal[0]
 
 
 # ------------------------------------------------------------------------------------------------
 # Public entry points
 # ------------------------------------------------------------------------------------------------
-def _check_input(x: object) -> torch.Tensor:
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
-    if x.dim() == 0 or x.shape[0] == 0:
-        raise ValueError(
-            f"x must have a batch dim 0 with at least one row, got shape {tuple(x.shape)}"
-        )
-    return x
-
-
 def _check_seed(seed: object) -> int:
     if seed is None:
         return rng.draw_seed()
@@ -656,23 +1072,109 @@ def _check_trunk(trunk: object) -> str:
     return trunk  # type: ignore[return-value]
 
 
-def _with_shape_context(model: nn.Module, x: torch.Tensor, call: Callable[[], object]) -> object:
+def _one_line(err: BaseException) -> str:
+    """The first line of an error: torch and fx append traces and graph dumps on later lines."""
+    text = str(err).strip().splitlines()
+    return text[0] if text else type(err).__name__
+
+
+def _with_shape_context(model: nn.Module, inputs: _Inputs, call: Callable[[], object]) -> object:
     try:
         return call()
-    except (RuntimeError, ValueError) as err:
-        if isinstance(err, ValueError) and str(err).startswith("MC batching"):
+    except (RuntimeError, ValueError, TypeError, IndexError) as err:
+        if isinstance(err, ValueError) and str(err).startswith(("MC batching", "max_memory")):
             raise
         raise ValueError(
-            f"model ({type(model).__name__}) failed on x of shape {tuple(x.shape)}: {err}"
-        ) from err
+            f"model ({type(model).__name__}) failed on {inputs.describe()}: {_one_line(err)}"
+        ) from None
 
 
-def mc_plan(model: nn.Module, x: torch.Tensor, *, trunk: str = "auto") -> MCPlan:
-    """Says how :func:`predict` will run ``model`` on ``x``: which part runs once, and why.
+def _device_of(args: tuple, kwargs: dict, model: nn.Module) -> torch.device:
+    found = _first_tensor((args, kwargs), "")
+    if found is not None:
+        return found[1].device
+    param = next(model.parameters(), None)
+    return param.device if param is not None else torch.device("cpu")
+
+
+# Sites found per model, reused while its modules, flags, rates and the input's shapes stay the same.
+_SITES: weakref.WeakKeyDictionary[nn.Module, tuple[tuple, DropoutSites]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _find_sites(model: nn.Module, args: tuple, kwargs: dict) -> DropoutSites:
+    inputs = _Inputs(args, kwargs)
+    key = (
+        tuple((name, id(m), m.training, _rate_key(m)) for name, m in model.named_modules()),
+        inputs.spec(),
+    )
+    cached = _SITES.get(model)
+    if cached is not None and cached[0] == key:
+        return cached[1]
+    sites = _with_shape_context(
+        model,
+        inputs,
+        lambda: scan(model, lambda: model(*args, **kwargs), is_stochastic_module),
+    )
+    _SITES[model] = (key, sites)  # type: ignore[assignment]
+    return sites  # type: ignore[return-value]
+
+
+def _rate_key(module: nn.Module) -> object:
+    for attr in ("p", "dropout"):
+        value = getattr(module, attr, None)
+        if isinstance(value, numbers.Real):
+            return float(value)
+    return None
+
+
+def find_dropout_sites(model: nn.Module, *args: Any, **kwargs: Any) -> DropoutSites:
+    """Where ``model`` drops on these inputs: :func:`dropkit.dropout_sites.scan`.
+
+    Runs a few forward passes without gradients (flags and torch's RNG state restored) and returns
+    the owners MC dropout switches on (modules whose flag gates functional dropout, e.g. Hugging
+    Face attention), the unsafe ones, the functional calls and the dead dropout modules. Module
+    names are qualified names ("" for the model itself).
+
+    Example:
+        >>> import torch
+        >>> from torch import nn
+        >>> from dropkit.mc import find_dropout_sites
+        >>> class Net(nn.Module):
+        ...     def __init__(self):
+        ...         super().__init__()
+        ...         self.fc = nn.Linear(4, 4)
+        ...     def forward(self, x):
+        ...         return nn.functional.dropout(self.fc(x), 0.3, self.training)
+        >>> find_dropout_sites(Net(), torch.randn(2, 4)).owners
+        ['']
+    """
+    _check_model_type(model)
+    with torch.no_grad(), _saved_global_rng(_device_of(args, kwargs, model)):
+        return _find_sites(model, args, kwargs)
+
+
+_UNSET: Any = object()
+
+
+def _legacy_T(inputs: tuple, T: object) -> tuple[tuple, object]:
+    """``predict(model, x, 20)`` (the old signature): a trailing positional int is T."""
+    if T is _UNSET:
+        last = inputs[-1] if len(inputs) >= 2 else None
+        if isinstance(last, numbers.Integral) and not isinstance(last, bool):
+            return inputs[:-1], int(last)
+        return inputs, 50
+    return inputs, T
+
+
+def mc_plan(model: nn.Module, *inputs: Any, trunk: str = "auto", **kwargs: Any) -> MCPlan:
+    """Says how :func:`predict` will run ``model`` on these inputs: which part runs once, and why.
 
     Args:
-        model: a model holding dropout modules.
-        x: an example input (N, ...); the trunk is evaluated on it.
+        model: a model holding dropout modules (or functional dropout).
+        *inputs, **kwargs: an example forward pass's inputs, as for :func:`predict`; the trunk is
+            evaluated on them.
         trunk: ``"auto"`` (split where possible) or ``"none"`` (always repeat the input).
 
     Returns:
@@ -687,60 +1189,118 @@ def mc_plan(model: nn.Module, x: torch.Tensor, *, trunk: str = "auto") -> MCPlan
         >>> plan.strategy, plan.trunk
         ('sequential', ['0', '1'])
     """
-    _check_model(model)
-    x = _check_input(x)
+    _check_model_type(model)
+    batch = _Inputs(inputs, kwargs)
     trunk = _check_trunk(trunk)
-    with torch.no_grad(), mc_dropout(model):
-        plan = _with_shape_context(model, x, lambda: _build_plan(model, x, trunk))
+    with torch.no_grad(), _saved_global_rng(batch.first.device):
+        sites = _find_sites(model, inputs, kwargs)
+        _require_dropout(model, sites)
+        sampler = _Sampler(0, batch.rows, batch.first.device, True)
+        mode = _SampleMode(sampler) if sites.functional else contextlib.nullcontext()
+        with _switched(model, sites.owners), _patched(model, sampler), mode:
+            plan = _with_shape_context(model, batch, lambda: _build_plan(model, batch, trunk))
+            sampler.begin(0, 1)
+            out, _ = _with_shape_context(model, batch, lambda: plan._run(1))  # type: ignore[union-attr]
+            _, batchable = _sample_view(out, 1, batch.rows, True)
+    if not batchable:
+        return MCPlan(
+            "loop",
+            reason="an output leaf does not have the input's rows in dim 0, so the T samples "
+            "cannot be told apart in one pass",
+        )
     return plan  # type: ignore[return-value]
+
+
+def _require_dropout(model: nn.Module, sites: DropoutSites) -> None:
+    has_module = any(is_stochastic_module(m) for m in model.modules())
+    if not has_module and not sites.functional:
+        raise _no_dropout_error(model, scanned=True)
+    if not any(_is_active(m) for m in model.modules()) and not sites.functional:
+        raise ValueError(
+            f"every dropout module of model ({type(model).__name__}) has p = 0: the T samples would "
+            "be identical; MC dropout needs a dropout module with p > 0"
+        )
 
 
 def predict(
     model: nn.Module,
-    x: torch.Tensor,
-    T: int = 50,
-    *,
+    *inputs: Any,
+    T: int = _UNSET,
     seed: int | None = None,
     batched: bool = True,
     max_batch_size: int | None = None,
     max_memory_bytes: int | None = None,
-    transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    transform: Callable[[Any], Any] | None = None,
     trunk: str = "auto",
-) -> torch.Tensor:
-    r"""T Monte-Carlo dropout samples of ``model(x)``: ŷ_t = f(x; ω̂_t), t = 1 … T.
+    strict: bool = False,
+    **kwargs: Any,
+) -> Any:
+    r"""T Monte-Carlo dropout samples of ``model(*inputs, **kwargs)``: ŷ_t = f(x; ω̂_t), t = 1 … T.
 
     Runs under :func:`mc_dropout` (dropout on, everything else in eval, flags restored) and
-    ``torch.no_grad``. Sample t's masks depend only on (``seed``, t) — see the module doc — so the
-    result does not depend on ``batched``, ``max_batch_size`` or ``max_memory_bytes`` (up to float
-    rounding of matmuls over more rows). torch's global RNG state is left as it was, apart from one
-    draw for the seed when ``seed`` is None.
+    ``torch.no_grad``, with every dropout the model runs sampled: its dropout modules, and the
+    functional dropout (``torch.nn.functional.dropout`` and friends, ``scaled_dot_product_attention``'s
+    ``dropout_p``) whose rate or ``training`` argument is gated on a module's flag, found by
+    :func:`find_dropout_sites` (cached per model and input shapes). Sample t's masks depend only on
+    (``seed``, t) — see the module doc — so the result does not depend on ``batched``,
+    ``max_batch_size`` or ``max_memory_bytes`` (up to float rounding of matmuls over more rows).
+    torch's global RNG state is left as it was, apart from one draw for the seed when ``seed`` is
+    None.
 
-    Batched mode (default) runs the trunk before the first dropout once and the rest on (T_c·N, ...)
-    chunks; the first sample is run alone to estimate the activation memory of one sample (the
-    peak of live tensors, an upper bound under no_grad), which sets
-    T_c = min(max_memory_bytes // bytes_per_sample, max_batch_size // N).
+    **Inputs.** ``predict(model, x)``, ``predict(model, x1, x2)``,
+    ``predict(model, input_ids, attention_mask=mask)``: positional and keyword inputs are passed to
+    the model as given. Every tensor (in any nesting of tuples, lists and dicts) whose dim 0 has the
+    N rows of the first tensor input is part of the batch and is repeated for batched passes; any
+    other input is shared by all samples. The old form ``predict(model, x, 20)`` (T positional)
+    still works: a trailing positional int is read as T — pass ``T=`` by keyword to give a model a
+    trailing int input. A model keyword named like one of predict's own (``T``, ``seed``, …) must
+    be bound beforehand (``functools.partial`` on a wrapper module).
+
+    **Outputs.** A tensor (N, *out) gives (T, N, *out). Any nesting of tuples, lists, dicts,
+    dataclasses and Hugging Face ``ModelOutput``\ s comes back with the same structure, each tensor
+    leaf with a new leading T dim (None stays None). ``transform`` runs first, on each pass's
+    output with every tensor leaf viewed as (T_c, N, …) (T_c samples in the pass); it may select
+    (``lambda out: out.logits.softmax(-1)``) or drop leaves (a Hugging Face cache must be dropped or
+    switched off, ``use_cache=False``), and its result's leaves must keep the leading T_c dim.
+
+    **Batching.** The batched path (default) runs the trunk before the first dropout once and the
+    rest on (T_c·N, ...) chunks; the first sample is run alone to estimate the activation memory of
+    one sample (the peak of live tensors, an upper bound under no_grad), which sets
+    T_c = min(max_memory_bytes // bytes_per_sample, max_batch_size // N). Where samples cannot be
+    told apart in a batched pass — an output leaf or a dropout input without T_c·N rows in dim 0
+    (a time-major RNN, a loss over the batch, dropout on a weight) — the remaining samples run as a
+    loop, with the same masks; :func:`mc_plan` says which.
+
+    **Dead dropout.** A warning (:class:`DeadDropoutWarning`; ``strict=True`` raises ValueError)
+    names every dropout module with p > 0 that never ran while sampling (and whose rate no owner
+    applied), every module whose ``p`` was read but never applied, every owner whose flag gates
+    more than dropout, and says when all T samples are identical.
 
     Args:
-        model: any ``nn.Module`` with at least one active dropout module (p > 0).
-        x: the input batch (N, ...).
+        model: any ``nn.Module`` with at least one active dropout (module with p > 0 or gated
+            functional dropout).
+        *inputs: the model's positional inputs; the first tensor among them (or among the keyword
+            inputs) sets the batch size N (dim 0).
         T: number of samples, ≥ 1.
         seed: int in [0, 2^64) for reproducible samples; None draws one from torch's generator.
-        batched: True for the fast batched path, False for a loop of T plain ``model(x)`` passes
-            (the same numbers).
+        batched: True for the fast batched path, False for a loop of T plain forward passes (the
+            same numbers).
         max_batch_size: at most this many rows (T_c·N) per forward pass; ≥ N.
         max_memory_bytes: a cap on the estimated activation bytes of one forward pass; it must
             cover one sample. None (default): passes of about :data:`DEFAULT_PASS_BYTES` (1 MiB),
             or one sample per pass if a sample needs more.
         transform: applied to each pass's output before it is stored (e.g. ``torch.softmax``).
         trunk: ``"auto"`` or ``"none"`` (never split the model, repeat the input).
+        strict: raise instead of warning about dead dropout.
+        **kwargs: the model's keyword inputs (``attention_mask=...``).
 
     Returns:
-        Tensor of shape (T, N, *out) where ``model(x)`` has shape (N, *out).
+        The output's structure with a leading T dim on every tensor leaf: (T, N, *out) for a tensor.
 
     Raises:
-        ValueError: T < 1, no active dropout module, a memory budget smaller than one sample, or a
-            model that fails on ``x`` / does not keep the batch in dim 0.
-        TypeError: wrong argument types.
+        ValueError: T < 1, no active dropout, a memory budget smaller than one sample, a model that
+            fails on the inputs, or (``strict=True``) dead dropout.
+        TypeError: wrong argument types, or an output leaf that is not a tensor after ``transform``.
 
     Example:
         >>> import torch, dropkit
@@ -753,16 +1313,20 @@ def predict(
         >>> torch.allclose(samples, predict(net, x, T=20, seed=0, batched=False), atol=1e-6)
         True
     """
-    _check_model(model)
-    x = _check_input(x)
+    _check_model_type(model)
+    inputs, T = _legacy_T(inputs, T)
     T = check_positive_int(T, "T")
     if not isinstance(batched, bool):
         raise TypeError(f"batched must be a bool, got {batched!r}")
+    if not isinstance(strict, bool):
+        raise TypeError(f"strict must be a bool, got {strict!r}")
+    batch = _Inputs(inputs, kwargs)
+    rows = batch.rows
     if max_batch_size is not None:
         max_batch_size = check_positive_int(max_batch_size, "max_batch_size")
-        if max_batch_size < x.shape[0]:
+        if max_batch_size < rows:
             raise ValueError(
-                f"max_batch_size must be at least the number of rows of x ({x.shape[0]}) so one sample "
+                f"max_batch_size must be at least the number of rows of x ({rows}) so one sample "
                 f"fits in a pass, got {max_batch_size}; pass fewer rows per call"
             )
     if max_memory_bytes is not None:
@@ -770,62 +1334,112 @@ def predict(
     if transform is not None and not callable(transform):
         raise TypeError(f"transform must be callable or None, got {type(transform).__name__}")
     trunk = _check_trunk(trunk)
-    if not any(_is_active(m) for m in model.modules()):
-        raise ValueError(
-            f"every dropout module of model ({type(model).__name__}) has p = 0: the T samples would "
-            "be identical; MC dropout needs a dropout module with p > 0"
-        )
     seed = _check_seed(seed)
-    rows = int(x.shape[0])
-    sampler = _Sampler(seed, rows, x.device, batched)
+    device = batch.first.device
+    samples = _Samples(T)
 
-    def store(out: object, first: int, count: int, samples: torch.Tensor | None) -> torch.Tensor:
-        if not isinstance(out, torch.Tensor):
-            raise TypeError(f"model output must be a tensor, got {type(out).__name__}")
-        if out.dim() == 0 or out.shape[0] != count * rows:
-            raise ValueError(
-                f"MC batching: model output has shape {tuple(out.shape)}, expected dim 0 = "
-                f"{count} × {rows} rows; use predict(..., batched=False) for a model that does not "
-                "keep the batch in dim 0"
-            )
-        out = out.reshape(count, rows, *out.shape[1:])
+    def store(out: object, first: int, count: int, is_batched: bool) -> bool:
+        view, batchable = _sample_view(out, count, rows, is_batched)
         if transform is not None:
-            out = transform(out)
-        if samples is None:
-            samples = out.new_empty((T, *out.shape[1:]))
-        samples[first : first + count] = out
-        return samples
+            view = transform(view)
+        samples.store(view, first, count)
+        return batchable
 
-    samples: torch.Tensor | None = None
-    with torch.no_grad(), mc_dropout(model), _saved_global_rng(x.device), _patched(model, sampler):
-        if not batched:
-            for t in range(T):
+    with torch.no_grad(), _saved_global_rng(device):
+        sites = _find_sites(model, inputs, kwargs)
+        _require_dropout(model, sites)
+        sampler = _Sampler(seed, rows, device, batched)
+        mode = _SampleMode(sampler) if sites.functional else contextlib.nullcontext()
+        with _switched(model, sites.owners), _patched(model, sampler), mode:
+            first = 0
+            if batched:
+                first = _batched_passes(
+                    model, batch, sampler, store, T, trunk, max_batch_size, max_memory_bytes
+                )
+            sampler.batched = False
+            for t in range(first, T):
                 sampler.begin(t, 1)
-                out = _with_shape_context(model, x, lambda: model(x))
-                samples = store(out, t, 1, samples)
-            return samples
-        plan = _with_shape_context(model, x, lambda: _build_plan(model, x, trunk))
+                out = _with_shape_context(model, batch, lambda: model(*inputs, **kwargs))
+                store(out, t, 1, False)
+    result = samples.result()
+    _report_dead(model, sites, sampler.ran, result, T, strict)
+    return result
+
+
+def _batched_passes(
+    model: nn.Module,
+    batch: _Inputs,
+    sampler: _Sampler,
+    store: Callable[[object, int, int, bool], bool],
+    T: int,
+    trunk: str,
+    max_batch_size: int | None,
+    max_memory_bytes: int | None,
+) -> int:
+    """Runs samples in batched passes; returns the first sample left to the loop (T when none)."""
+    rows = batch.rows
+    try:
+        plan = _with_shape_context(model, batch, lambda: _build_plan(model, batch, trunk))
         sampler.begin(0, 1)
-        out, peak = _with_shape_context(model, x, lambda: plan._run(1))
-        samples = store(out, 0, 1, samples)
-        if max_memory_bytes is not None and peak > max_memory_bytes:
-            raise ValueError(
-                f"max_memory_bytes={max_memory_bytes} is smaller than one sample's estimated "
-                f"activation memory ({peak} bytes for {rows} rows); raise it or pass fewer rows"
-            )
-        budget = max_memory_bytes if max_memory_bytes is not None else max(DEFAULT_PASS_BYTES, peak)
-        per_pass = min(T - 1, budget // max(peak, 1))
-        if max_batch_size is not None:
-            per_pass = min(per_pass, max_batch_size // rows)
-        per_pass = max(per_pass, 1)
-        # Equal passes (99 samples at ≤ 16 a pass: 7 passes of 14–15, not 6 of 16 and one of 3).
-        passes = -(-(T - 1) // per_pass)
-        per_pass = -(-(T - 1) // passes) if passes else 1
-        first = 1
-        while first < T:
-            count = min(per_pass, T - first)
-            sampler.begin(first, count)
-            out, _ = plan._run(count)
-            samples = store(out, first, count, samples)
-            first += count
-    return samples
+        out, peak = _with_shape_context(model, batch, lambda: plan._run(1))  # type: ignore[union-attr]
+    except _BatchingError:
+        return 0
+    if not store(out, 0, 1, True):
+        return 1
+    if max_memory_bytes is not None and peak > max_memory_bytes:
+        raise ValueError(
+            f"max_memory_bytes={max_memory_bytes} is smaller than one sample's estimated "
+            f"activation memory ({peak} bytes for {rows} rows); raise it or pass fewer rows"
+        )
+    budget = max_memory_bytes if max_memory_bytes is not None else max(DEFAULT_PASS_BYTES, peak)
+    per_pass = min(T - 1, budget // max(peak, 1))
+    if max_batch_size is not None:
+        per_pass = min(per_pass, max_batch_size // rows)
+    per_pass = max(per_pass, 1)
+    # Equal passes (99 samples at ≤ 16 a pass: 7 passes of 14–15, not 6 of 16 and one of 3).
+    passes = -(-(T - 1) // per_pass)
+    per_pass = -(-(T - 1) // passes) if passes else 1
+    first = 1
+    while first < T:
+        count = min(per_pass, T - first)
+        sampler.begin(first, count)
+        try:
+            out, _ = _with_shape_context(model, batch, lambda: plan._run(count))  # type: ignore[union-attr]
+            store(out, first, count, True)
+        except _BatchingError:
+            return first  # the loop serves these samples and the rest, with the same masks
+        first += count
+    return T
+
+
+def _report_dead(
+    model: nn.Module, sites: DropoutSites, ran: set[nn.Module], result: object, T: int, strict: bool
+) -> None:
+    names = {m: n for n, m in model.named_modules()}
+    problems = []
+    never = [
+        n
+        for m, n in names.items()
+        if _is_active(m)
+        and m not in ran
+        and n not in sites.covered
+        and n not in sites.read_not_applied
+    ]
+    if never:
+        problems.append(
+            f"dropout module(s) {', '.join(repr(n) for n in never)} never ran while sampling"
+        )
+    for name, reader in sites.read_not_applied.items():
+        problems.append(
+            f"the rate of {name!r} is read by {reader or '<model>'!r} but never applied"
+        )
+    for name, why in sites.unsafe.items():
+        problems.append(f"{name or '<model>'!r} was left in eval, its dropout unsampled: {why}")
+    if T > 1 and _all_samples_equal(result):
+        problems.append(f"all T = {T} samples are identical")
+    if not problems:
+        return
+    message = "MC dropout: " + "; ".join(problems) + " (see dropkit.mc.find_dropout_sites)"
+    if strict:
+        raise ValueError(message)
+    warnings.warn(message, DeadDropoutWarning, stacklevel=3)
