@@ -17,6 +17,14 @@ Only these exact classes are swapped: a user subclass of ``nn.Dropout`` may have
 paths is replaced by one dropkit module at all of them. Dropout modules have no parameters or
 buffers, so ``state_dict`` keys and values are unchanged.
 
+A Hugging Face ``transformers`` model's attention does not drop through its ``nn.Dropout`` module
+(the attention module reads its ``p`` and hands it to the attention function), so for such a model
+``convert_dropout`` also switches the attention implementation to dropkit's
+(:func:`dropkit.integrations.huggingface.use_dropkit_attention`): attention dropout in training
+then runs through dropkit's counter-based kernel too (mask regenerated in backward, reproduced by
+gradient checkpointing), while eval keeps torch's fused attention. ``attention=False`` leaves the
+attention implementation alone.
+
 One semantic difference to know: torch.nn.Dropout2d given a 3-D (N, C, L) input falls back (with a
 warning) to 1-D channel dropout, while dropkit.Dropout2d reads a 3-D input as one unbatched
 (C, H, W) sample; use Dropout1d for (N, C, L) inputs.
@@ -28,6 +36,7 @@ import torch
 from torch import nn
 
 from dropkit import functional as F
+from dropkit.integrations import huggingface
 from dropkit.layers.channel import Dropout1d, Dropout2d, Dropout3d
 from dropkit.layers.elementwise import AlphaDropout, Dropout
 
@@ -85,11 +94,16 @@ def _replacement(module: nn.Module) -> nn.Module:
     return new
 
 
-def convert_dropout(model: nn.Module) -> tuple[nn.Module, list[str]]:
+def convert_dropout(model: nn.Module, *, attention: bool = True) -> tuple[nn.Module, list[str]]:
     """Replaces every torch.nn dropout module of ``model`` by dropkit's equivalent, in place.
+
+    For a Hugging Face ``transformers`` model whose attention goes through transformers'
+    attention interface, attention dropout is switched to dropkit's kernel as well (see the
+    module doc); ``attention=False`` leaves it on torch's.
 
     Args:
         model: any ``nn.Module``.
+        attention: also route a transformers model's attention dropout through dropkit.
 
     Returns:
         ``(model, swapped)``: the model (the same object, unless ``model`` is itself a torch.nn
@@ -110,6 +124,14 @@ def convert_dropout(model: nn.Module) -> tuple[nn.Module, list[str]]:
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if not isinstance(attention, bool):
+        raise TypeError(f"attention must be a bool, got {attention!r}")
+    if (
+        attention
+        and huggingface.is_transformers_model(model)
+        and getattr(model, "_supports_attention_backend", False)
+    ):
+        huggingface.use_dropkit_attention(model)
     if type(model) in _SWAPS:
         return _replacement(model), [""]
     replacements: dict[int, nn.Module] = {}

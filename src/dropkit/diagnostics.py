@@ -36,6 +36,7 @@ __all__ = [
     "activation_stats",
     "Finding",
     "audit",
+    "dead_dropout_findings",
     "USUAL_RATES",
 ]
 
@@ -368,7 +369,8 @@ class Finding:
         code: a stable identifier (``dropout-active-in-eval``, ``training-flag-mismatch``,
             ``dropout-after-last-layer``, ``rate-out-of-range``, ``dropout-before-batchnorm``,
             ``consecutive-dropout``, ``functional-dropout-hardcoded``, ``random-in-eval``,
-            ``scale-mismatch``).
+            ``scale-mismatch``, ``dropout-rate-never-applied``, ``dropout-never-runs``,
+            ``dropout-flag-gates-more``).
         severity: ``"error"``, ``"warning"`` or ``"info"``.
         path: the module's path in the model (``""`` for the model itself).
         message: what is wrong.
@@ -540,6 +542,69 @@ def _outputs_equal(a: Any, b: Any) -> bool:
 _SEVERITY = {"error": 0, "warning": 1, "info": 2}
 
 
+def dead_dropout_findings(model: nn.Module, batch: Any) -> list[Finding]:
+    """The dead-dropout check: dropout whose rate is read but never applied, or that never runs.
+
+    Runs :func:`dropkit.dropout_sites.scan` on the batch (eval passes, then with the modules whose
+    flag gates functional dropout switched on, every rate at 0). Reports
+    ``dropout-rate-never-applied`` (warning): a module's ``p`` is read (by its attention module,
+    say) but the module never runs and the reader applies no dropout — e.g. an attention function
+    that ignores the rate it is given; ``dropout-never-runs`` (warning): a module with p > 0 that
+    neither runs nor has its rate read; ``dropout-flag-gates-more`` (info): a module whose
+    training flag gates functional dropout and something else, so MC dropout leaves it in eval.
+    A rate applied functionally by its owner (Hugging Face attention) is not dead.
+
+    Args:
+        model: the model.
+        batch: an input as for :func:`audit`.
+
+    Returns:
+        The findings, in module order.
+    """
+    from dropkit.dropout_sites import describe, scan
+    from dropkit.mc import is_stochastic_module
+
+    with torch.no_grad():
+        sites = scan(model, lambda: _call(model, batch), is_stochastic_module)
+    modules = dict(model.named_modules())
+    findings = []
+    for path, reader in sites.read_not_applied.items():
+        findings.append(
+            Finding(
+                "dropout-rate-never-applied",
+                "warning",
+                path,
+                f"{describe(modules[path])} never runs and its rate is read by "
+                f"{reader or 'the model'}, which applies no dropout with it: it regularises nothing.",
+                "call the module on the activations, or pass its rate to a dropout that is applied "
+                "(an attention function that honours dropout=).",
+            )
+        )
+    for path in sites.never_ran:
+        findings.append(
+            Finding(
+                "dropout-never-runs",
+                "warning",
+                path,
+                f"{describe(modules[path])} is never called in the forward pass and its rate is "
+                "never read: it regularises nothing.",
+                "call it in forward, or remove it.",
+            )
+        )
+    for path, why in sites.unsafe.items():
+        findings.append(
+            Finding(
+                "dropout-flag-gates-more",
+                "info",
+                path,
+                f"{type(modules[path]).__name__}'s training flag gates functional dropout, but "
+                f"{why}: MC dropout leaves it in eval and does not sample that dropout.",
+                "gate the dropout on the dropout module's own flag (self.drop.training) instead.",
+            )
+        )
+    return findings
+
+
 def audit(
     model: nn.Module,
     batch: Any = None,
@@ -576,6 +641,8 @@ def audit(
       ``TorchFunctionMode``, or dropkit's, patched for the duration) was called with
       ``training=True``; its path is the module whose ``forward`` made the call.
       ``random-in-eval`` (error): two eval passes of the batch gave different outputs.
+      ``dropout-rate-never-applied``, ``dropout-never-runs``, ``dropout-flag-gates-more``: dead
+      dropout, see :func:`dead_dropout_findings` (its own small check).
       ``scale-mismatch`` (error): see :func:`activation_stats`.
 
     Args:
@@ -792,6 +859,8 @@ def audit(
                     "look for dropout or noise called without the module's training flag.",
                 )
             )
+        with _preserved(model, seed):
+            findings.extend(dead_dropout_findings(model, batch))
         for stats in activation_stats(model, batch, tolerance=tolerance, seed=seed):
             if stats.scale_mismatch:
                 findings.append(

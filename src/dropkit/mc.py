@@ -86,7 +86,6 @@ inside a ``forward`` is not a module and is not switched on.
 from __future__ import annotations
 
 import contextlib
-import inspect as _pyinspect
 import math
 import numbers
 import warnings
@@ -1404,7 +1403,7 @@ def _batched_passes(
         count = min(per_pass, T - first)
         sampler.begin(first, count)
         try:
-            out, _ = _with_shape_context(model, batch, lambda: plan._run(count))  # type: ignore[union-attr]
+            out, _ = _with_shape_context(model, batch, lambda c=count: plan._run(c))  # type: ignore[union-attr]
             store(out, first, count, True)
         except _BatchingError:
             return first  # the loop serves these samples and the rest, with the same masks
