@@ -47,6 +47,7 @@ __all__ = [
     "scan",
     "functional_rate",
     "intercepting",
+    "interception",
     "outputs_close",
 ]
 
@@ -76,7 +77,8 @@ def intercepting() -> bool:
 
 
 @contextlib.contextmanager
-def _intercepting() -> Iterator[None]:
+def interception() -> Iterator[None]:
+    """Marks the block as routed by a dropkit function mode (see :func:`intercepting`)."""
     _STATE.depth = getattr(_STATE, "depth", 0) + 1
     try:
         yield
@@ -196,7 +198,7 @@ class _Recorder(TorchFunctionMode):
                 swapped[m] = type(m)
                 m.__class__ = _tracking_class(type(m))
             _STATE.recorder = self
-            with self, _intercepting():
+            with self, interception():
                 yield self
         finally:
             _STATE.recorder = None

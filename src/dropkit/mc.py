@@ -106,6 +106,7 @@ from dropkit.dropout_sites import (
     FUNCTIONAL_DROPOUTS,
     DropoutSites,
     functional_rate,
+    interception,
     scan,
 )
 from dropkit.layers.base import is_dropout_module
@@ -180,6 +181,15 @@ def _rnn_with_dropout(module: nn.Module) -> bool:
     return isinstance(module, nn.RNNBase) and module.num_layers > 1 and module.dropout > 0
 
 
+def _flag_gates_only_dropout(module: nn.Module) -> bool:
+    """torch.nn's transformer layers: their training flag gates their dropout and, in eval, a fused
+    fast path that computes the same function but skips the dropout modules. Switched on under MC
+    dropout so their dropout runs (their attention's own dropout is a MultiheadAttention's)."""
+    return isinstance(
+        module, (nn.TransformerEncoderLayer, nn.TransformerDecoderLayer, nn.TransformerEncoder)
+    ) and any(_is_active(m) for m in module.modules())
+
+
 def _is_active(module: nn.Module) -> bool:
     """A stochastic module whose rate is not 0 (p = 0 is deterministic: part of the trunk)."""
     if not is_stochastic_module(module):
@@ -228,7 +238,7 @@ def _switched(model: nn.Module, owners: list[str] = ()) -> Iterator[list[str]]:
         model.eval()
         names = []
         for name, m in model.named_modules():
-            if is_stochastic_module(m) or name in owners:
+            if is_stochastic_module(m) or name in owners or _flag_gates_only_dropout(m):
                 m.training = True
                 names.append(name)
         yield names
@@ -458,6 +468,16 @@ class _SampleMode(TorchFunctionMode):
     def __init__(self, sampler: _Sampler) -> None:
         super().__init__()
         self.sampler = sampler
+        self._scope = interception()
+
+    def __enter__(self) -> _SampleMode:
+        self._scope.__enter__()
+        return super().__enter__()
+
+    def __exit__(self, *exc: object) -> None:
+        super().__exit__(*exc)
+        self._scope.__exit__(*exc)
+        self._scope = interception()
 
     def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
         kwargs = kwargs or {}
