@@ -25,7 +25,7 @@ from transformers import (
 
 import dropkit
 from dropkit.convert import convert_dropout
-from dropkit.inspect import audit
+from dropkit.diagnostics import audit
 from dropkit.integrations import huggingface
 from dropkit.mc import DeadDropoutWarning, find_dropout_sites, mc_dropout, mc_plan, predict
 
