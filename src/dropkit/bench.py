@@ -363,7 +363,8 @@ def cpu_breakdown(e: int, repeats: int) -> None:
     print(table(["piece", "CPU time"], rows))
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
+    """The benchmark's command line."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
         "--quick", action="store_true", help="sizes 2^12, 2^16, 2^20, 2^25; 3 repeats"
@@ -392,7 +393,12 @@ def main() -> None:
         action="store_true",
         help="only print the CPU time of the pieces of a 2^25 forward (one thread)",
     )
-    args = parser.parse_args()
+    return parser
+
+
+def check_device_and_rerun(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Refuses ``--device cuda`` without a device, and re-executes this program under the chosen
+    ``--allocator`` (it does not return then)."""
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error(
             f"--device cuda: no CUDA device is available here (torch {torch.__version__}, "
@@ -407,28 +413,12 @@ def main() -> None:
         # program again (as a module, so `dropkit bench` works too) with them set.
         sys.stdout.flush()
         os.execve(sys.executable, [sys.executable, "-m", "dropkit.bench", *sys.argv[1:]], env)
-    if args.cpu_breakdown:
-        print(machine_info("cpu"))
-        print(f"command: python {' '.join(sys.argv)}\n")
-        cpu_breakdown(25, args.repeats or 9)
-        return
-    if args.threads:
-        import numba
 
-        torch.set_num_threads(args.threads)
-        numba.set_num_threads(args.threads)
-    device = args.device
-    exps = args.sizes or ([12, 16, 20, 25] if args.quick else [12, 14, 16, 18, 20, 22, 24, 25])
+
+def make_setup(args: argparse.Namespace) -> Setup:
+    """The measurement settings and the candidates (torch eager, torch.compile, dropkit's op)."""
     repeats = args.repeats or (3 if args.quick else 7)
     min_time = 0.02 if args.quick else 0.05
-
-    warnings.filterwarnings("ignore")
-    print(machine_info(device))
-    print(
-        f"float32, p = {P}, median of {repeats} repeats; ratios: torch / dropkit, dropkit / clone"
-    )
-    print(f"command: python {' '.join(sys.argv)}\n")
-
     threshold = kernels.threshold_from_p(P)
     scale = kernels.scale_from_threshold(threshold)
     seed = 0x5EED
@@ -444,16 +434,15 @@ def main() -> None:
     compiled = None
     if not args.no_compile:
         compiled = torch.compile(lambda t: F.dropout(t, P, training=True))
+    return Setup(
+        args.device, repeats, min_time, seed, threshold, scale, eager, compiled, ops_dropout
+    )
 
-    setup = Setup(device, repeats, min_time, seed, threshold, scale, eager, compiled, ops_dropout)
-    fwd_rows, bwd_rows, mem_rows = [], [], []
-    for e in exps:
-        fwd_row, bwd_row, mem_row = bench_size(e, setup)
-        fwd_rows.append(fwd_row)
-        bwd_rows.append(bwd_row)
-        mem_rows.append(mem_row)
-        print(f"  done 2^{e}", file=sys.stderr, flush=True)
 
+def print_tables(
+    fwd_rows: list[list[str]], bwd_rows: list[list[str]], mem_rows: list[list[str]]
+) -> None:
+    """The forward, forward + backward and saved-bytes tables."""
     print("Forward")
     print(
         table(
@@ -481,8 +470,43 @@ def main() -> None:
     print("\nBytes saved for backward")
     print(table(["n", "dropkit", "eager", "compile"], mem_rows))
 
-    if device == "cuda":
-        cuda_extras(seed, threshold, scale, repeats, min_time)
+
+def main() -> None:
+    parser = build_parser()
+    args = parser.parse_args()
+    check_device_and_rerun(parser, args)
+    if args.cpu_breakdown:
+        print(machine_info("cpu"))
+        print(f"command: python {' '.join(sys.argv)}\n")
+        cpu_breakdown(25, args.repeats or 9)
+        return
+    if args.threads:
+        import numba
+
+        torch.set_num_threads(args.threads)
+        numba.set_num_threads(args.threads)
+    exps = args.sizes or ([12, 16, 20, 25] if args.quick else [12, 14, 16, 18, 20, 22, 24, 25])
+
+    warnings.filterwarnings("ignore")
+    setup = make_setup(args)
+    print(machine_info(setup.device))
+    print(
+        f"float32, p = {P}, median of {setup.repeats} repeats; "
+        "ratios: torch / dropkit, dropkit / clone"
+    )
+    print(f"command: python {' '.join(sys.argv)}\n")
+
+    fwd_rows, bwd_rows, mem_rows = [], [], []
+    for e in exps:
+        fwd_row, bwd_row, mem_row = bench_size(e, setup)
+        fwd_rows.append(fwd_row)
+        bwd_rows.append(bwd_row)
+        mem_rows.append(mem_row)
+        print(f"  done 2^{e}", file=sys.stderr, flush=True)
+    print_tables(fwd_rows, bwd_rows, mem_rows)
+
+    if setup.device == "cuda":
+        cuda_extras(setup.seed, setup.threshold, setup.scale, setup.repeats, setup.min_time)
 
 
 def cuda_bandwidth_row(
