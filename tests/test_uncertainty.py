@@ -9,7 +9,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from stats import assert_mean_close
+from stats import assert_fraction_close, assert_mean_close
 from torch import nn
 
 import dropkit
@@ -104,10 +104,126 @@ def test_log_likelihood_stays_finite_far_from_every_sample() -> None:
 
 
 def test_tau_from_prior_follows_gals_formula() -> None:
-    # τ = l² (1 − p) / (2 N λ)
-    assert math.isclose(U.tau_from_prior(0.5, 0.2, 100, 1e-3), 0.25 * 0.8 / (2 * 100 * 1e-3))
+    # Gal & Ghahramani 2016, eq. 7: τ = p l² / (2 N λ) with the paper's p the keep probability.
+    keep, l, n, lam = 0.8, 0.5, 100, 1e-3
+    paper = keep * l**2 / (2 * n * lam)
+    assert math.isclose(U.tau_from_prior(l, 1 - keep, n, lam, convention="paper"), paper)
     with pytest.raises(ValueError, match="length_scale"):
-        U.tau_from_prior(0.0, 0.2, 100, 1e-3)
+        U.tau_from_prior(0.0, 0.2, 100, 1e-3, convention="paper")
+
+
+def test_tau_from_prior_needs_an_explicit_convention() -> None:
+    with pytest.raises(TypeError, match="convention"):
+        U.tau_from_prior(0.5, 0.2, 100, 1e-3)  # type: ignore[call-arg]
+    with pytest.raises(ValueError, match="convention must be one of"):
+        U.tau_from_prior(0.5, 0.2, 100, 1e-3, convention="keras")
+
+
+@pytest.mark.parametrize("convention, factor", [("paper", 1.0), ("code", 2.0), ("torch", 4.0)])
+def test_weight_decay_conventions_against_the_papers_formula(convention, factor) -> None:
+    keep, l, n, tau = 0.95, 1e-2, 404, 3.7
+    paper_lambda = keep * l**2 / (2 * n * tau)  # eq. 7 solved for λ
+    wd = U.weight_decay_from_tau(tau, 1 - keep, n, length_scale=l, convention=convention)
+    assert math.isclose(wd, factor * paper_lambda, rel_tol=1e-12)
+    back = U.tau_from_weight_decay(wd, 1 - keep, n, length_scale=l, convention=convention)
+    assert math.isclose(back, tau, rel_tol=1e-12)
+
+
+def test_the_authors_codes_reg_belongs_to_twice_the_tau_it_reports() -> None:
+    # net.py: reg = lengthscale² (1 − dropout) / (2 N τ), used as Keras l2(reg) on mean_squared_error.
+    l, p, n, tau = 1e-2, 0.05, 400, 0.5
+    reg = l**2 * (1 - p) / (2.0 * n * tau)
+    assert math.isclose(U.tau_from_weight_decay(reg, p, n, length_scale=l, convention="code"), 2 * tau)
+    assert math.isclose(U.tau_from_weight_decay(reg, p, n, length_scale=l, convention="paper"), tau)
+
+
+def test_each_convention_is_the_papers_objective_up_to_a_constant_factor() -> None:
+    # The gradient of each convention's objective is a constant times the gradient of the paper's
+    # objective at λ_paper: the same minimiser, so the same τ.
+    torch.manual_seed(0)
+    x, y = torch.randn(32, 3), torch.randn(32, 1)
+    lam_paper = 0.03
+    net = torch.nn.Linear(3, 1)
+
+    def grads(loss: torch.Tensor) -> torch.Tensor:
+        net.zero_grad()
+        loss.backward()
+        return torch.cat([net.weight.grad.flatten(), net.bias.grad.flatten()])
+
+    w = net.weight
+    mse = lambda: ((net(x) - y) ** 2).mean()  # noqa: E731
+    paper = grads(0.5 * mse() + lam_paper * w.square().sum())
+    factor_code = U.weight_decay_from_tau(1.0, 0.0, 1, convention="code") / U.weight_decay_from_tau(
+        1.0, 0.0, 1, convention="paper"
+    )
+    code = grads(mse() + factor_code * lam_paper * w.square().sum())
+    torch.testing.assert_close(code, 2 * paper)
+    # torch: Adam/SGD's weight_decay adds wd·W to the gradient of MSELoss (weights only here).
+    wd = 4 * lam_paper
+    g = grads(torch.nn.functional.mse_loss(net(x), y))
+    g[: w.numel()] += wd * w.detach().flatten()
+    torch.testing.assert_close(g, 2 * paper)
+
+
+# ------------------------------------------------------------------------------------------------
+# Predictive intervals and coverage
+# ------------------------------------------------------------------------------------------------
+def test_coverage_of_a_correct_gaussian_matches_the_level() -> None:
+    rng = np.random.default_rng(11)
+    n, sigma = 20_000, 2.5
+    mu = rng.normal(size=n)
+    y = mu + sigma * rng.normal(size=n)
+    cover = U.interval_coverage(mu[None], y, tau=1 / sigma**2, levels=(0.5, 0.9, 0.95))
+    for level, observed in cover.items():
+        assert_fraction_close(observed, n, level, what=f"coverage at {level}")
+
+
+def test_coverage_of_a_gaussian_mixture_matches_the_level() -> None:
+    # y ~ (1/T) Σ N(ŷ_t, 1/τ) exactly when y = ŷ_s + noise for a sample s drawn uniformly.
+    rng = np.random.default_rng(12)
+    n, t, tau = 10_000, 40, 4.0
+    samples = rng.normal(size=(t, n)) * rng.uniform(0.5, 3.0, size=n) + rng.normal(size=n)
+    y = samples[rng.integers(0, t, size=n), np.arange(n)] + rng.normal(size=n) / math.sqrt(tau)
+    cover = U.interval_coverage(samples, y, tau, levels=(0.5, 0.9, 0.95))
+    for level, observed in cover.items():
+        assert_fraction_close(observed, n, level, what=f"mixture coverage at {level}")
+
+
+def test_coverage_falls_short_for_an_overconfident_precision() -> None:
+    rng = np.random.default_rng(13)
+    n = 20_000
+    y = rng.normal(size=n)
+    # τ four times too large: intervals half as wide, 90% interval covers P(|Z| <= 1.645/2) = 0.59.
+    cover = U.interval_coverage(np.zeros((1, n)), y, tau=4.0, levels=[0.9])
+    expected = 2 * 0.5 * (1 + math.erf(1.6448536 / 2 / math.sqrt(2))) - 1
+    assert_fraction_close(cover[0.9], n, expected, what="over-confident coverage")
+
+
+def test_predictive_interval_inverts_the_predictive_cdf() -> None:
+    rng = np.random.default_rng(14)
+    samples = rng.normal(size=(30, 7))
+    low, high = U.predictive_interval(samples, tau=2.0, level=0.9)
+    np.testing.assert_allclose(U.predictive_cdf(samples, low, 2.0), 0.05, atol=1e-9)
+    np.testing.assert_allclose(U.predictive_cdf(samples, high, 2.0), 0.95, atol=1e-9)
+    # One sample: the Gaussian ŷ ± z σ.
+    low, high = U.predictive_interval(samples[:1], tau=4.0, level=0.95)
+    np.testing.assert_allclose(high - samples[0], 1.959963985 / 2.0, atol=1e-8)
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, match",
+    [
+        ({"levels": (0.5, 1.0)}, ValueError, "levels must be a number in \\(0, 1\\), got 1.0"),
+        ({"levels": 0.9}, TypeError, "levels must be a sequence"),
+        ({"tau": 0.0}, ValueError, "tau must be a positive finite number"),
+        ({"targets": np.zeros(4)}, ValueError, "targets must have shape"),
+    ],
+)
+def test_interval_coverage_refuses_bad_arguments(kwargs, error, match) -> None:
+    args = {"samples": np.zeros((2, 3)), "targets": np.zeros(3), "tau": 1.0}
+    args.update(kwargs)
+    with pytest.raises(error, match=match):
+        U.interval_coverage(**args)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -17,10 +17,15 @@ Regression (Gal & Ghahramani 2016, sec. 4 and eq. 8, homoscedastic noise of prec
 - E[y*] ≈ (1/T) Σ_t ŷ_t
 - Var[y*] ≈ τ⁻¹ + (1/T) Σ_t ŷ_t² − E[y*]²
 - log p(y* | x*) ≈ logsumexp_t(−τ/2 ‖y* − ŷ_t‖²) − log T − ½ log 2π + ½ log τ (per output dim)
-- τ from the prior: τ = l² (1 − p) / (2 N λ) with prior length-scale l, drop rate p (Gal's p is the
-  *keep* probability, here 1 − p), N training points and weight decay λ of Gal's objective
-  (1/(2N)) Σ ‖y − ŷ‖² + λ Σ ‖W‖². Training with torch's ``MSELoss`` (no ½) and an optimiser's
-  ``weight_decay=wd`` is that objective with λ = wd / 4.
+- τ and weight decay (eq. 7): τ = l² (1 − p) / (2 N λ) with prior length-scale l, drop rate p
+  (Gal's p is the *keep* probability, here 1 − p), N training points and the weight decay λ of the
+  paper's objective (1/N) Σ ½ ‖y − ŷ‖² + λ Σ ‖W‖². The same network trained on another objective
+  has another λ: :func:`weight_decay_from_tau` and :func:`tau_from_weight_decay` take the
+  ``convention`` explicitly (:data:`WEIGHT_DECAY_CONVENTIONS`).
+- Predictive intervals: the MC predictive distribution is the mixture (1/T) Σ_t N(ŷ_t, τ⁻¹);
+  :func:`predictive_cdf` is its CDF at the observed y (the probability integral transform),
+  :func:`predictive_interval` its central intervals and :func:`interval_coverage` the share of
+  observations inside them (a calibrated model covers a fraction equal to the level).
 
 Metrics: negative log-likelihood, Brier score, expected calibration error (ECE, equal-width
 confidence bins, Naeini et al. 2015; Guo et al. 2017) with a reliability diagram, AUROC of an
@@ -52,7 +57,13 @@ __all__ = [
     "variation_ratio",
     "class_variance",
     "tau_from_prior",
+    "WEIGHT_DECAY_CONVENTIONS",
+    "weight_decay_from_tau",
+    "tau_from_weight_decay",
     "gaussian_log_likelihood",
+    "predictive_cdf",
+    "predictive_interval",
+    "interval_coverage",
     "rmse",
     "nll",
     "brier_score",
@@ -285,27 +296,109 @@ def _regression_samples(samples: object) -> np.ndarray:
     return arr
 
 
-def tau_from_prior(length_scale: float, p: float, n_train: int, weight_decay: float) -> float:
-    r"""Gal & Ghahramani's model precision τ = l² (1 − p) / (2 N λ).
+#: Weight-decay conventions: the objective that a weight decay λ multiplies Σ ‖W‖² in, and λ's
+#: factor relative to the paper's λ for the same network and τ. Gal & Ghahramani 2016 write the
+#: objective with E = ½ ‖y − ŷ‖² (eq. 1 and sec. 3), so τ = l² (1 − p) / (2 N λ) (eq. 7). The
+#: authors' code (DropoutUncertaintyExps, ``net.py``) minimises Keras's ``mean_squared_error`` plus
+#: ``l2(reg)``: the same objective without the ½, i.e. twice the paper's with λ = reg / 2, so a
+#: consistent ``reg`` is twice the paper's λ. (That code computes ``reg`` with the paper's expression,
+#: l² (1 − p) / (2 N τ), so the network it trains belongs to 2τ rather than the τ it reports.)
+#: torch's optimisers add ``weight_decay · W`` to the gradient of ``MSELoss``: the objective
+#: (1/N) Σ (y − ŷ)² + (wd / 2) Σ ‖W‖², twice the paper's with λ = wd / 4.
+WEIGHT_DECAY_CONVENTIONS: dict[str, tuple[float, str]] = {
+    "paper": (1.0, "(1/N) Σ ½ (y − ŷ)² + λ Σ ‖W‖²  (Gal & Ghahramani 2016, eq. 1)"),
+    "code": (2.0, "(1/N) Σ (y − ŷ)² + λ Σ ‖W‖²  (the authors' Keras code: MSE + l2(λ))"),
+    "torch": (4.0, "torch MSELoss + optimiser weight_decay=λ, i.e. (1/N) Σ (y − ŷ)² + (λ/2) Σ ‖W‖²"),
+}
 
-    Args:
-        length_scale: prior length-scale l of the weights.
-        p: drop rate (dropkit's p; Gal's "p" is the keep probability 1 − p).
-        n_train: number of training points N.
-        weight_decay: λ of the objective (1/(2N)) Σ ‖y − ŷ‖² + λ Σ ‖W‖²; with torch's MSELoss and
-            ``weight_decay=wd`` in the optimiser, λ = wd / 4.
 
-    Example:
-        >>> tau_from_prior(1.0, 0.5, 1000, 1e-5)
-        25.0
-    """
+def _convention_factor(convention: object) -> float:
+    if not isinstance(convention, str) or convention not in WEIGHT_DECAY_CONVENTIONS:
+        raise ValueError(
+            f"convention must be one of {sorted(WEIGHT_DECAY_CONVENTIONS)} (the objective the weight "
+            f"decay belongs to), got {convention!r}"
+        )
+    return WEIGHT_DECAY_CONVENTIONS[convention][0]
+
+
+def _prior_terms(p: object, n_train: object, length_scale: object) -> float:
+    """l² (1 − p) / (2 N), the numerator of Gal's eq. 7 over 2N, after checking each argument."""
     from dropkit._validate import check_positive_int, check_probability
 
     l = _positive(length_scale, "length_scale")  # noqa: E741 - the paper's symbol
     p = check_probability(p, "p", allow_one=False)
     n = check_positive_int(n_train, "n_train")
-    lam = _positive(weight_decay, "weight_decay")
-    return l * l * (1.0 - p) / (2.0 * n * lam)
+    return l * l * (1.0 - p) / (2.0 * n)
+
+
+def weight_decay_from_tau(
+    tau: float, p: float, n_train: int, *, length_scale: float = 1.0, convention: str
+) -> float:
+    r"""The weight decay that makes dropout training match model precision τ (Gal & Ghahramani 2016).
+
+    λ = c · l² (1 − p) / (2 N τ), where c is the convention's factor
+    (:data:`WEIGHT_DECAY_CONVENTIONS`): 1 for the paper's objective (1/N) Σ ½ (y − ŷ)² + λ Σ ‖W‖²,
+    2 for the authors' code's (Keras MSE + ``l2(λ)``), 4 for torch's ``MSELoss`` with an
+    optimiser's ``weight_decay=λ``. There is no default: the factor of 2 between the paper and the
+    code is easy to get wrong silently.
+
+    Args:
+        tau: model precision τ > 0, in the units of the target the network is trained on.
+        p: drop rate (dropkit's p; the paper's p is the keep probability 1 − p).
+        n_train: number of training points N.
+        length_scale: prior length-scale l (the authors' code uses 10⁻²).
+        convention: ``"paper"``, ``"code"`` or ``"torch"``.
+
+    Example:
+        >>> weight_decay_from_tau(25.0, 0.5, 1000, convention="paper")
+        1e-05
+        >>> weight_decay_from_tau(25.0, 0.5, 1000, convention="torch")
+        4e-05
+    """
+    factor = _convention_factor(convention)
+    return factor * _prior_terms(p, n_train, length_scale) / _positive(tau, "tau")
+
+
+def tau_from_weight_decay(
+    weight_decay: float, p: float, n_train: int, *, length_scale: float = 1.0, convention: str
+) -> float:
+    r"""Model precision τ = c · l² (1 − p) / (2 N λ) of a network trained with weight decay λ.
+
+    The inverse of :func:`weight_decay_from_tau`; ``convention`` names the objective λ belongs to.
+
+    Example:
+        >>> tau_from_weight_decay(1e-5, 0.5, 1000, convention="paper")
+        25.0
+        >>> tau_from_weight_decay(1e-5, 0.5, 1000, convention="code")   # λ of MSE + l2(λ)
+        50.0
+    """
+    factor = _convention_factor(convention)
+    return factor * _prior_terms(p, n_train, length_scale) / _positive(weight_decay, "weight_decay")
+
+
+def tau_from_prior(
+    length_scale: float, p: float, n_train: int, weight_decay: float, *, convention: str
+) -> float:
+    r"""Gal & Ghahramani's model precision τ = l² (1 − p) / (2 N λ), λ in ``convention``'s objective.
+
+    The same as :func:`tau_from_weight_decay` with the prior's arguments first.
+
+    Args:
+        length_scale: prior length-scale l of the weights.
+        p: drop rate (dropkit's p; Gal's "p" is the keep probability 1 − p).
+        n_train: number of training points N.
+        weight_decay: λ.
+        convention: the objective λ belongs to: ``"paper"`` ((1/N) Σ ½ ‖y − ŷ‖² + λ Σ ‖W‖²),
+            ``"code"`` (the authors' Keras code, MSE + ``l2(λ)``) or ``"torch"`` (``MSELoss`` and an
+            optimiser's ``weight_decay=λ``); see :data:`WEIGHT_DECAY_CONVENTIONS`.
+
+    Example:
+        >>> tau_from_prior(1.0, 0.5, 1000, 1e-5, convention="paper")
+        25.0
+    """
+    return tau_from_weight_decay(
+        weight_decay, p, n_train, length_scale=length_scale, convention=convention
+    )
 
 
 @dataclass
@@ -402,6 +495,136 @@ def rmse(predictions: object, targets: object) -> float:
     if pred.shape != y.shape:
         raise ValueError(f"predictions {pred.shape} and targets {y.shape} must have the same shape")
     return float(np.sqrt(np.mean((pred - y) ** 2)))
+
+
+def _mixture(samples: object, tau: float, targets: object | None = None):
+    """(T, N) samples, τ, and (N,) targets checked against them (for the interval functions)."""
+    arr = _regression_samples(samples)
+    if arr.ndim != 2:
+        raise ValueError(f"samples must have shape (T, N) or (T, N, 1), got {arr.shape}")
+    if not np.isfinite(arr).all():
+        raise ValueError("samples must be finite (a NaN or inf prediction has no interval)")
+    tau = _positive(tau, "tau")
+    if targets is None:
+        return arr, tau, None
+    y = _array(targets, "targets").astype(np.float64)
+    if y.ndim == 2 and y.shape[-1] == 1:
+        y = y[:, 0]
+    if y.shape != arr.shape[1:]:
+        raise ValueError(
+            f"targets must have shape {arr.shape[1:]} to match samples {arr.shape}, got {y.shape}"
+        )
+    return arr, tau, y
+
+
+def _mixture_cdf(arr: np.ndarray, tau: float, y: np.ndarray) -> np.ndarray:
+    z = torch.from_numpy(math.sqrt(tau) * (y[None] - arr))
+    return torch.special.ndtr(z).mean(0).numpy()
+
+
+def predictive_cdf(samples: object, targets: object, tau: float) -> np.ndarray:
+    r"""F(y) = (1/T) Σ_t Φ(√τ (y − ŷ_t)), the MC predictive CDF at each observed y; shape (N,).
+
+    The predictive distribution of MC dropout with homoscedastic noise of precision τ is the
+    mixture (1/T) Σ_t N(ŷ_t, τ⁻¹); T = 1 (one deterministic prediction, weight scaling) is a plain
+    Gaussian. For a calibrated model these values (the probability integral transform) are uniform
+    on [0, 1], and y lies in the central interval of level c exactly when |F(y) − ½| ≤ c/2.
+
+    Args:
+        samples: (T, N) or (T, N, 1) predictions.
+        targets: (N,) observed values, in the samples' units.
+        tau: precision τ > 0 in those units.
+
+    Example:
+        >>> import numpy as np
+        >>> predictive_cdf(np.zeros((1, 3)), np.array([-1.0, 0.0, 1.0]), tau=1.0).round(4)
+        array([0.1587, 0.5   , 0.8413])
+    """
+    arr, tau, y = _mixture(samples, tau, targets)
+    return _mixture_cdf(arr, tau, y)
+
+
+def _check_level(level: object, name: str = "level") -> float:
+    if (
+        isinstance(level, bool)
+        or not isinstance(level, numbers.Real)
+        or not math.isfinite(level)
+        or not 0.0 < level < 1.0
+    ):
+        raise ValueError(f"{name} must be a number in (0, 1), got {level!r}")
+    return float(level)
+
+
+def predictive_interval(
+    samples: object, tau: float, level: float = 0.95
+) -> tuple[np.ndarray, np.ndarray]:
+    r"""The central ``level`` interval [F⁻¹((1 − c)/2), F⁻¹((1 + c)/2)] of the MC predictive mixture.
+
+    F is the mixture CDF of :func:`predictive_cdf`; its quantiles are found by bisection to about
+    10⁻⁹ of the interval's width (T = 1 gives ŷ ± z σ exactly, up to that tolerance).
+
+    Returns:
+        ``(lower, upper)``, two (N,) arrays.
+
+    Example:
+        >>> import numpy as np
+        >>> low, high = predictive_interval(np.zeros((1, 2)), tau=1.0, level=0.95)
+        >>> high.round(4)
+        array([1.96, 1.96])
+    """
+    arr, tau, _ = _mixture(samples, tau)
+    level = _check_level(level)
+    sigma = 1.0 / math.sqrt(tau)
+    bounds = []
+    for q in ((1.0 - level) / 2.0, (1.0 + level) / 2.0):
+        low = arr.min(0) - 12.0 * sigma
+        high = arr.max(0) + 12.0 * sigma
+        for _ in range(64):
+            mid = 0.5 * (low + high)
+            below = _mixture_cdf(arr, tau, mid) < q
+            low = np.where(below, mid, low)
+            high = np.where(below, high, mid)
+        bounds.append(0.5 * (low + high))
+    return bounds[0], bounds[1]
+
+
+def interval_coverage(
+    samples: object,
+    targets: object,
+    tau: float,
+    levels: object = (0.5, 0.9, 0.95),
+) -> dict[float, float]:
+    r"""Share of observations inside the central predictive interval of each level.
+
+    y is inside the central interval of level c when (1 − c)/2 ≤ F(y) ≤ (1 + c)/2, with F the
+    predictive CDF (:func:`predictive_cdf`); for a calibrated model the share is c, up to the
+    binomial noise √(c (1 − c) / N). Below c: intervals too narrow (over-confident); above:
+    too wide.
+
+    Args:
+        samples: (T, N) or (T, N, 1) predictions (T = 1 for a deterministic model).
+        targets: (N,) observed values.
+        tau: the noise precision τ > 0 in the targets' units.
+        levels: nominal levels in (0, 1).
+
+    Returns:
+        ``{level: observed share}``.
+
+    Example:
+        >>> import numpy as np
+        >>> y = np.random.default_rng(0).normal(size=4000)          # N(0, 1) observations
+        >>> cover = interval_coverage(np.zeros((1, 4000)), y, tau=1.0)
+        >>> {c: round(v, 2) for c, v in cover.items()}
+        {0.5: 0.5, 0.9: 0.9, 0.95: 0.95}
+    """
+    arr, tau, y = _mixture(samples, tau, targets)
+    if isinstance(levels, (str, bytes)) or not isinstance(levels, (list, tuple, np.ndarray)):
+        raise TypeError(f"levels must be a sequence of numbers in (0, 1), got {levels!r}")
+    checked = [_check_level(c, "levels") for c in levels]
+    if not checked:
+        raise ValueError("levels must hold at least one level, got none")
+    u = _mixture_cdf(arr, tau, y)
+    return {c: float((np.abs(u - 0.5) <= c / 2.0).mean()) for c in checked}
 
 
 # ------------------------------------------------------------------------------------------------
