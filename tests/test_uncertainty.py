@@ -105,9 +105,9 @@ def test_log_likelihood_stays_finite_far_from_every_sample() -> None:
 
 def test_tau_from_prior_follows_gals_formula() -> None:
     # Gal & Ghahramani 2016, eq. 7: τ = p l² / (2 N λ) with the paper's p the keep probability.
-    keep, l, n, lam = 0.8, 0.5, 100, 1e-3
-    paper = keep * l**2 / (2 * n * lam)
-    assert math.isclose(U.tau_from_prior(l, 1 - keep, n, lam, convention="paper"), paper)
+    keep, scale, n, lam = 0.8, 0.5, 100, 1e-3
+    paper = keep * scale**2 / (2 * n * lam)
+    assert math.isclose(U.tau_from_prior(scale, 1 - keep, n, lam, convention="paper"), paper)
     with pytest.raises(ValueError, match="length_scale"):
         U.tau_from_prior(0.0, 0.2, 100, 1e-3, convention="paper")
 
@@ -121,20 +121,24 @@ def test_tau_from_prior_needs_an_explicit_convention() -> None:
 
 @pytest.mark.parametrize("convention, factor", [("paper", 1.0), ("code", 2.0), ("torch", 4.0)])
 def test_weight_decay_conventions_against_the_papers_formula(convention, factor) -> None:
-    keep, l, n, tau = 0.95, 1e-2, 404, 3.7
-    paper_lambda = keep * l**2 / (2 * n * tau)  # eq. 7 solved for λ
-    wd = U.weight_decay_from_tau(tau, 1 - keep, n, length_scale=l, convention=convention)
+    keep, scale, n, tau = 0.95, 1e-2, 404, 3.7
+    paper_lambda = keep * scale**2 / (2 * n * tau)  # eq. 7 solved for λ
+    wd = U.weight_decay_from_tau(tau, 1 - keep, n, length_scale=scale, convention=convention)
     assert math.isclose(wd, factor * paper_lambda, rel_tol=1e-12)
-    back = U.tau_from_weight_decay(wd, 1 - keep, n, length_scale=l, convention=convention)
+    back = U.tau_from_weight_decay(wd, 1 - keep, n, length_scale=scale, convention=convention)
     assert math.isclose(back, tau, rel_tol=1e-12)
 
 
 def test_the_authors_codes_reg_belongs_to_twice_the_tau_it_reports() -> None:
     # net.py: reg = lengthscale² (1 − dropout) / (2 N τ), used as Keras l2(reg) on mean_squared_error.
-    l, p, n, tau = 1e-2, 0.05, 400, 0.5
-    reg = l**2 * (1 - p) / (2.0 * n * tau)
-    assert math.isclose(U.tau_from_weight_decay(reg, p, n, length_scale=l, convention="code"), 2 * tau)
-    assert math.isclose(U.tau_from_weight_decay(reg, p, n, length_scale=l, convention="paper"), tau)
+    scale, p, n, tau = 1e-2, 0.05, 400, 0.5
+    reg = scale**2 * (1 - p) / (2.0 * n * tau)
+    assert math.isclose(
+        U.tau_from_weight_decay(reg, p, n, length_scale=scale, convention="code"), 2 * tau
+    )
+    assert math.isclose(
+        U.tau_from_weight_decay(reg, p, n, length_scale=scale, convention="paper"), tau
+    )
 
 
 def test_each_convention_is_the_papers_objective_up_to_a_constant_factor() -> None:

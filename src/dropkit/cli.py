@@ -4,7 +4,10 @@ Subcommands:
 
 - ``dropkit study`` — the main job (:mod:`dropkit.study`): baseline, overfitting gap, rate search
   (one rate, then per layer), ablation, MC dropout, on MNIST-1D or ``--data FILE --label COLUMN``;
-  writes an HTML + JSON report folder atomically and prints a summary table.
+  writes an HTML + JSON report folder atomically and prints a summary table. With
+  ``--task regression`` (or a continuous label) it runs Gal & Ghahramani's regression protocol
+  instead (:mod:`dropkit.regression`): (p, τ) on validation, K random splits, MC dropout against
+  weight scaling.
 - ``dropkit bench`` — the kernel benchmark (``dropkit.bench``, also runnable as ``benchmarks/bench_kernels.py``
   where the package ships it): dropkit's fused dropout against torch eager, ``torch.compile`` and
   ``x.clone()``; prints its table. Arguments after ``bench`` go to the benchmark (``--quick``).
@@ -18,6 +21,7 @@ exits with status 2 and writes nothing.
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 import sys
 from collections.abc import Sequence
@@ -39,6 +43,18 @@ def _rate_list(text: str) -> tuple[float, ...]:
         ) from None
     if not values:
         raise argparse.ArgumentTypeError("expected at least one rate")
+    return values
+
+
+def _positive_list(text: str) -> tuple[float, ...]:
+    try:
+        values = tuple(float(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated numbers such as 0.5,1,2, got {text!r}"
+        ) from None
+    if not values:
+        raise argparse.ArgumentTypeError("expected at least one number")
     return values
 
 
@@ -72,9 +88,20 @@ def build_parser() -> argparse.ArgumentParser:
             "ablation and MC dropout, tests the final models once and writes a report folder."
         ),
     )
-    study.add_argument("--data", metavar="FILE", help="a CSV or NPZ file (default: MNIST-1D)")
+    study.add_argument(
+        "--data",
+        metavar="FILE",
+        help="a CSV or NPZ file, or 'diabetes' (scikit-learn's, bundled) (default: MNIST-1D)",
+    )
     study.add_argument(
         "--label", default="label", metavar="COLUMN", help="label column of --data (default: label)"
+    )
+    study.add_argument(
+        "--task",
+        choices=("auto", "classification", "regression"),
+        default="auto",
+        help="auto (default) detects it from the label where unambiguous: text or few distinct "
+        "integers are classes, non-integer numbers a regression target",
     )
     study.add_argument("--seed", type=int, default=0, help="seeds everything (default 0)")
     study.add_argument(
@@ -86,7 +113,11 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="DIR",
         help="report folder (default ./dropkit-report)",
     )
-    study.add_argument("--epochs", type=int, help="epochs per model (default 100, --quick 25)")
+    study.add_argument(
+        "--epochs",
+        type=int,
+        help="epochs per model (default 100, --quick 25; regression 400, --quick 40)",
+    )
     study.add_argument("--trials", type=int, help="per-layer TPE trials (default 10, --quick 3)")
     study.add_argument(
         "--seeds", type=int, help="seeds of the sensitivity analysis (default 2, --quick 1)"
@@ -95,29 +126,50 @@ def build_parser() -> argparse.ArgumentParser:
         "--final-seeds", type=int, help="seeds of the final models (default 3, --quick 1)"
     )
     study.add_argument(
-        "--mc-samples", type=int, metavar="T", help="MC dropout passes (default 100, --quick 30)"
+        "--mc-samples",
+        type=int,
+        metavar="T",
+        help="MC dropout passes (default 100, --quick 30; regression 1000, --quick 100)",
     )
     study.add_argument(
         "--hidden",
         type=_int_list,
-        default=(100, 100),
+        default=None,
         metavar="W,W",
-        help="hidden widths (default 100,100)",
+        help="hidden widths (default 100,100; regression 50)",
     )
-    study.add_argument("--lr", type=float, default=1e-2, help="Adam learning rate (default 0.01)")
-    study.add_argument("--batch-size", type=int, default=100, help="batch size (default 100)")
+    study.add_argument(
+        "--lr", type=float, default=None, help="Adam learning rate (default 0.01; regression 0.001)"
+    )
+    study.add_argument(
+        "--batch-size", type=int, default=None, help="batch size (default 100; regression 128)"
+    )
     study.add_argument(
         "--grid",
         type=_rate_list,
         default=None,
         metavar="P,P",
-        help="one-rate grid (default 0.1,...,0.5)",
+        help="rate grid (default 0.1,...,0.5; regression 0.005,0.01,0.05,0.1)",
     )
     study.add_argument(
         "--metric",
         choices=("val_acc", "val_loss"),
-        default="val_acc",
+        default=None,
         help="validation metric that chooses the rates (default val_acc)",
+    )
+    study.add_argument(
+        "--splits",
+        type=int,
+        default=None,
+        help="regression: random train/test splits (default 20, --quick 3)",
+    )
+    study.add_argument(
+        "--tau",
+        type=_positive_list,
+        default=None,
+        metavar="T,T",
+        help="regression: the τ grid, precisions of the standardised target (default: "
+        "τ0 × 0.25,0.5,1,2,4 with τ0 from a first fit)",
     )
     study.add_argument(
         "--threads",
@@ -152,26 +204,74 @@ def _error(command: str, err: BaseException | str, *, status: int = EXIT_BAD_INP
     return status
 
 
+#: Flags that only one kind of study reads (a flag the chosen study would ignore is an error).
+_CLASSIFICATION_ONLY = ("trials", "seeds", "final_seeds", "metric")
+_REGRESSION_ONLY = ("splits", "tau")
+
+
+def _decide_task(args: argparse.Namespace) -> tuple[str, str]:
+    """(task, the rule that chose it); raises ValueError where the choice is impossible."""
+    from dropkit import data as _data
+    from dropkit import regression
+
+    if args.data is None:
+        if args.task == "regression":
+            raise ValueError(
+                "--task regression needs --data: a CSV/NPZ file with a continuous label, or "
+                "'diabetes' (the default data, MNIST-1D, is a classification data set)"
+            )
+        return "classification", "MNIST-1D, the default data, is a classification data set"
+    if args.data in regression.BUILTIN and not os.path.exists(args.data):
+        if args.task == "classification":
+            raise ValueError(
+                f"--data {args.data} is a regression data set (a continuous target); "
+                "use --task regression"
+            )
+        return "regression", f"the built-in data set {args.data!r} is a regression data set"
+    if args.task != "auto":
+        return args.task, f"--task {args.task} was given"
+    _, _, labels = _data.read_table(args.data, args.label)
+    return _data.detect_task(labels, path=args.data, label=args.label)
+
+
+def _check_flags(args: argparse.Namespace, task: str) -> None:
+    unused = _REGRESSION_ONLY if task == "classification" else _CLASSIFICATION_ONLY
+    for name in unused:
+        if getattr(args, name) is not None:
+            flag = "--" + name.replace("_", "-")
+            raise ValueError(
+                f"{flag} applies to {'regression' if task == 'classification' else 'classification'} "
+                f"studies only, and this study is a {task} one"
+            )
+
+
 def _study(args: argparse.Namespace, argv: Sequence[str]) -> int:
     import torch
 
     from dropkit import report, study, tune
 
+    try:
+        task, rule = _decide_task(args)
+        _check_flags(args, task)
+    except (ValueError, TypeError, FileNotFoundError, IsADirectoryError, PermissionError) as err:
+        return _error("study", err)
+    if task == "regression":
+        return _regression_study(args, argv, rule)
     config = study.StudyConfig(
         data=args.data,
         label=args.label,
         seed=args.seed,
         quick=args.quick,
         epochs=args.epochs,
-        hidden=args.hidden,
-        lr=args.lr,
-        batch_size=args.batch_size,
+        hidden=args.hidden if args.hidden is not None else (100, 100),
+        lr=args.lr if args.lr is not None else 1e-2,
+        batch_size=args.batch_size if args.batch_size is not None else 100,
         grid=args.grid if args.grid is not None else tune.DEFAULT_GRID,
         trials=args.trials,
         seeds=args.seeds,
         final_seeds=args.final_seeds,
         mc_samples=args.mc_samples,
-        metric=args.metric,
+        metric=args.metric if args.metric is not None else "val_acc",
         progress=not args.no_progress,
     )
     # Everything that can be wrong with the input is checked before any file is written.
@@ -200,6 +300,7 @@ def _study(args: argparse.Namespace, argv: Sequence[str]) -> int:
     try:
         with report.staging(out_dir, keep=keep) as stage:
             result = study.run_study(config, stage, dataset=dataset)
+            result.numbers["task_rule"] = rule
             report.write_files(stage, result.numbers, result.figures, command=command)
             if _SIGNALLED:
                 # The handler's KeyboardInterrupt can land where Python ignores exceptions (a
@@ -240,6 +341,89 @@ def _write_failed(command: str, err: OSError, stage) -> int:
         left = "nothing was written"
     what = err.strerror or str(err)
     return _error(command, f"could not write the report ({what}); {left}", status=EXIT_WRITE_FAILED)
+
+
+_FLAGS = {
+    "rates": "--grid",
+    "taus": "--tau",
+    "splits": "--splits",
+    "epochs": "--epochs",
+    "mc_samples": "--mc-samples",
+    "hidden": "--hidden",
+    "batch_size": "--batch-size",
+    "lr": "--lr",
+    "seed": "--seed",
+}
+
+
+def _flag_name(message: str) -> str:
+    """A config error names the flag (``--grid``), not the field (``rates``)."""
+    for field, flag in _FLAGS.items():
+        if message.startswith(field):
+            return flag + message[len(field) :]
+    return message
+
+
+def _regression_study(args: argparse.Namespace, argv: Sequence[str], rule: str) -> int:
+    import numpy as np
+    import torch
+
+    from dropkit import regression, report
+
+    config = regression.RegressionConfig(
+        data=args.data,
+        label=args.label,
+        seed=args.seed,
+        quick=args.quick,
+        splits=args.splits,
+        epochs=args.epochs,
+        hidden=args.hidden if args.hidden is not None else (50,),
+        lr=args.lr if args.lr is not None else 1e-3,
+        batch_size=args.batch_size if args.batch_size is not None else 128,
+        rates=args.grid if args.grid is not None else regression.DEFAULT_RATES,
+        taus=args.tau,
+        mc_samples=args.mc_samples,
+        progress=not args.no_progress,
+    )
+    try:
+        try:
+            resolved = config.resolved()
+        except (ValueError, TypeError) as err:
+            raise type(err)(_flag_name(str(err))) from None
+        if args.threads < 1:
+            raise ValueError(f"--threads must be an int >= 1, got {args.threads}")
+        keep = [args.data] if args.data and os.path.exists(args.data) else []
+        out_dir = report.check_target(args.out, keep=keep)
+        dataset = regression.load_regression_data(resolved.data, resolved.label)
+        regression.check_splits(len(dataset.y), resolved, f"data {dataset.name!r}")
+        if not (np.isfinite(dataset.x).all()):
+            raise ValueError(f"data {dataset.name!r}: the features hold NaN or infinite values")
+    except (ValueError, TypeError, FileNotFoundError, IsADirectoryError, PermissionError) as err:
+        return _error("study", err)
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(args.threads)
+    command = "dropkit " + " ".join(shlex.quote(a) for a in argv)
+    _SIGNALLED.clear()
+    previous = _on_sigterm(_raise_interrupt)
+    stage = None
+    try:
+        with report.staging(out_dir, keep=keep) as stage:
+            result = regression.run_regression_study(config, dataset=dataset, task_rule=rule)
+            report.write_files(stage, result.numbers, result.figures, command=command)
+            if _SIGNALLED:
+                raise KeyboardInterrupt
+        print(regression.format_regression_summary(result.numbers, args.out))
+    except KeyboardInterrupt:
+        return _interrupted("study", stage)
+    except (ValueError, TypeError, FloatingPointError) as err:
+        return _error("study", err)
+    except OSError as err:
+        return _write_failed("study", err, stage)
+    finally:
+        _on_sigterm(previous)
+        torch.set_num_threads(threads)
+    return 0
 
 
 _SIGNALLED: list[int] = []

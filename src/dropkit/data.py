@@ -22,6 +22,9 @@ __all__ = [
     "load_diabetes",
     "split_train_val",
     "load_table",
+    "read_table",
+    "detect_task",
+    "regression_target",
 ]
 
 
@@ -297,11 +300,19 @@ def _encode_labels(path: str, label: str, labels: list[str]) -> tuple[np.ndarray
         classes = sorted(set(numbers))
         if not all(np.isfinite(classes)):
             raise ValueError(f"data file {path!r}: label column {label!r} has infinite values")
+        fractional = next((v for v in classes if not float(v).is_integer()), None)
+        if fractional is not None:
+            raise ValueError(
+                f"data file {path!r}: label column {label!r} looks continuous, not like classes: "
+                f"it holds non-integer numbers (e.g. {fractional:g}; {len(classes)} distinct values "
+                f"in {len(labels)} rows), and the rule is that non-integer numeric labels are a "
+                "continuous target; run a regression study with `dropkit study --task regression`"
+            )
         index = {c: i for i, c in enumerate(classes)}
         codes = np.array([index[v] for v in numbers], dtype=np.int64)
         names = [f"{c:g}" for c in classes]
     except ValueError as err:
-        if "infinite" in str(err):
+        if "infinite" in str(err) or "looks continuous" in str(err):
             raise
         classes_text = sorted(set(labels))
         index_text = {c: i for i, c in enumerate(classes_text)}
@@ -391,25 +402,9 @@ def load_table(
         (torch.Size([16, 2]), torch.Size([4, 2]), ['no', 'yes'])
     """
     path = os.fspath(path)
-    if not isinstance(label, str) or not label:
-        raise TypeError(f"label must be a non-empty column name, got {label!r}")
     if not 0.0 < test_fraction < 1.0:
         raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction!r}")
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"data file {path!r} does not exist")
-    if os.path.isdir(path):
-        raise ValueError(f"data file {path!r} is a folder, expected a .csv or .npz file")
-    if os.path.getsize(path) == 0:
-        raise ValueError(f"data file {path!r} is empty")
-    if path.lower().endswith(".npz"):
-        features, x, labels = _parse_npz(path, label)
-    else:
-        try:
-            features, x, labels = _parse_csv(path, label)
-        except UnicodeDecodeError:
-            raise ValueError(
-                f"data file {path!r} is not a UTF-8 text CSV (a .npz archive must end in .npz)"
-            ) from None
+    features, x, labels = read_table(path, label)
     n = len(labels)
     if n < MIN_TABLE_ROWS:
         raise ValueError(
@@ -435,3 +430,128 @@ def load_table(
         classes=classes,
         features=features,
     )
+
+
+def read_table(
+    path: str | os.PathLike, label: str = "label"
+) -> tuple[list[str], np.ndarray, list[str]]:
+    r"""The feature names, the (N, D) float64 features and the N raw label strings of a CSV or NPZ file.
+
+    The file part of :func:`load_table` (same formats, same checks on the file and the features),
+    with the label left as text so the caller decides what it is (:func:`detect_task`,
+    :func:`regression_target`).
+
+    Example:
+        >>> import os, tempfile
+        >>> path = os.path.join(tempfile.mkdtemp(), "toy.csv")
+        >>> _ = open(path, "w").write("a,b,y\n1,2,0.5\n3,4,1.5\n")
+        >>> features, x, labels = read_table(path, label="y")
+        >>> features, x.shape, labels
+        (['a', 'b'], (2, 2), ['0.5', '1.5'])
+    """
+    path = os.fspath(path)
+    if not isinstance(label, str) or not label:
+        raise TypeError(f"label must be a non-empty column name, got {label!r}")
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"data file {path!r} does not exist")
+    if os.path.isdir(path):
+        raise ValueError(f"data file {path!r} is a folder, expected a .csv or .npz file")
+    if os.path.getsize(path) == 0:
+        raise ValueError(f"data file {path!r} is empty")
+    if path.lower().endswith(".npz"):
+        features, x, labels = _parse_npz(path, label)
+    else:
+        try:
+            features, x, labels = _parse_csv(path, label)
+        except UnicodeDecodeError:
+            raise ValueError(
+                f"data file {path!r} is not a UTF-8 text CSV (a .npz archive must end in .npz)"
+            ) from None
+    return features, x, labels
+
+
+def _auto_class_limit(n: int) -> int:
+    """The most distinct integer values auto-detection takes as classes in n rows."""
+    return max(10, min(50, n // 5))
+
+
+def detect_task(labels: list[str], *, path: str = "data", label: str = "label") -> tuple[str, str]:
+    r"""``("classification" | "regression", rule)`` for a label column, only where unambiguous.
+
+    The rules, in order: text labels are classes; non-integer numbers (2.37) are a continuous
+    target; integer-valued numbers are classes when they take at most max(10, min(50, N/5))
+    distinct values. Anything else (many distinct integers: counts, years, scores) is ambiguous and
+    raises a ValueError that asks for ``--task``. ``rule`` says in words which rule decided.
+
+    Raises:
+        ValueError: an ambiguous label, or no label value at all.
+
+    Example:
+        >>> detect_task(["0.5", "1.25", "3"])[0]
+        'regression'
+        >>> detect_task(["1", "2", "1", "2"])
+        ('classification', 'the label holds 2 distinct integer values in 4 rows (at most 10 are taken as classes)')
+    """
+    present = [v.strip() for v in labels if v.strip().lower() not in _MISSING]
+    if not present:
+        raise ValueError(f"data file {path!r}: label column {label!r} holds no values")
+    numbers: list[float] = []
+    for v in present:
+        try:
+            numbers.append(float(v))
+        except ValueError:
+            return "classification", f"the label holds text (e.g. {v!r}): classes"
+    fractional = next((v for v in numbers if not float(v).is_integer()), None)
+    if fractional is not None:
+        return (
+            "regression",
+            f"the label holds non-integer numbers (e.g. {fractional:g}): a continuous target",
+        )
+    distinct, n = len(set(numbers)), len(labels)
+    limit = _auto_class_limit(n)
+    if distinct <= limit:
+        return (
+            "classification",
+            f"the label holds {distinct} distinct integer values in {n} rows (at most {limit} are "
+            "taken as classes)",
+        )
+    raise ValueError(
+        f"data file {path!r}: label column {label!r} holds {distinct} distinct integer values in "
+        f"{n} rows: classes or a continuous target? Pass --task regression or --task "
+        f"classification (auto-detection takes integer labels as classes only up to {limit} "
+        "distinct values)"
+    )
+
+
+def regression_target(labels: list[str], *, path: str = "data", label: str = "label") -> np.ndarray:
+    r"""The label column as an (N,) float64 regression target, checked: numbers, finite, not constant.
+
+    Raises:
+        ValueError: a missing (NaN) or infinite value, text, or a constant column, each naming the
+            row (1-based data row) and the column.
+
+    Example:
+        >>> regression_target(["1.5", "2", "-3e2"])
+        array([   1.5,    2. , -300. ])
+    """
+    y = np.empty(len(labels), dtype=np.float64)
+    for i, v in enumerate(labels):
+        text = v.strip()
+        where = f"data file {path!r}: label column {label!r}, row {i + 1}"
+        if text.lower() in _MISSING:
+            raise ValueError(f"{where}: missing value {text!r} (NaN); fill or drop it first")
+        try:
+            y[i] = float(text)
+        except ValueError:
+            raise ValueError(
+                f"{where}: {text!r} is not a number; a regression target must be numeric"
+            ) from None
+        if not np.isfinite(y[i]):
+            what = "NaN" if np.isnan(y[i]) else "infinite"
+            raise ValueError(f"{where}: {what} value {text!r}; a regression target must be finite")
+    if len(y) and np.all(y == y[0]):
+        raise ValueError(
+            f"data file {path!r}: label column {label!r} is constant (every row is {y[0]:g}): "
+            "there is nothing to regress"
+        )
+    return y

@@ -308,7 +308,10 @@ def _regression_samples(samples: object) -> np.ndarray:
 WEIGHT_DECAY_CONVENTIONS: dict[str, tuple[float, str]] = {
     "paper": (1.0, "(1/N) Σ ½ (y − ŷ)² + λ Σ ‖W‖²  (Gal & Ghahramani 2016, eq. 1)"),
     "code": (2.0, "(1/N) Σ (y − ŷ)² + λ Σ ‖W‖²  (the authors' Keras code: MSE + l2(λ))"),
-    "torch": (4.0, "torch MSELoss + optimiser weight_decay=λ, i.e. (1/N) Σ (y − ŷ)² + (λ/2) Σ ‖W‖²"),
+    "torch": (
+        4.0,
+        "torch MSELoss + optimiser weight_decay=λ, i.e. (1/N) Σ (y − ŷ)² + (λ/2) Σ ‖W‖²",
+    ),
 }
 
 

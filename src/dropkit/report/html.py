@@ -8,7 +8,7 @@ import json
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-__all__ = ["render_html"]
+__all__ = ["render_html", "render_regression_html"]
 
 _CSS = """
 body { font: 15px/1.5 system-ui, -apple-system, "Segoe UI", sans-serif; color: #1d2330;
@@ -92,6 +92,8 @@ def render_html(
         >>> page.startswith("<!DOCTYPE html>"), 'src="data:image/png;base64,cG5n"' in page
         (True, True)
     """
+    if numbers.get("task") == "regression":
+        return render_regression_html(numbers, figures, command=command)
     d = numbers.get("data", {})
     cfg = numbers.get("config", {})
     final = numbers.get("final", {})
@@ -106,6 +108,8 @@ def render_html(
         f"<style>{_CSS}</style></head><body>",
         f"<h1>dropkit study: {_e(d.get('name', ''))}</h1>",
     ]
+    if numbers.get("task_rule"):
+        parts.append(f'<p class="sub">Task: classification ({_e(numbers["task_rule"])}).</p>')
     if d.get("n_train") is not None:
         parts.append(
             f'<p class="sub">{_e(d.get("source", ""))}. {d["n_train"]} training examples '
@@ -291,6 +295,180 @@ def render_html(
         "<p>Every number of this page is in <code>report.json</code>; the searches are in the "
         "Optuna SQLite file <code>search.db</code> (<code>dropkit.tune.load_search</code>).</p>"
     )
+    timing = numbers.get("timing")
+    env = numbers.get("environment")
+    if timing or env:
+        parts.append(
+            "<details><summary>Run details</summary><pre>"
+            + _e(json.dumps({"timing": timing, "environment": env}, indent=2))
+            + "</pre></details>"
+        )
+    parts.append("</body></html>\n")
+    return "\n".join(parts)
+
+
+def _pm(mean: Any, se: Any, digits: int = 3) -> str:
+    if mean is None:
+        return "—"
+    return f"{mean:.{digits}f} ± {se:.{digits}f}" if se is not None else f"{mean:.{digits}f}"
+
+
+def _head(title: str) -> list[str]:
+    return [
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        '<meta name="viewport" content="width=device-width, initial-scale=1">',
+        '<link rel="icon" href="data:,">',
+        f"<title>{_e(title)}</title>",
+        f"<style>{_CSS}</style></head><body>",
+    ]
+
+
+def render_regression_html(
+    numbers: Mapping[str, Any],
+    figures: Mapping[str, tuple[str, str, bytes]],
+    *,
+    command: str | None = None,
+) -> str:
+    """The report page of a regression study (:func:`dropkit.regression.run_regression_study`).
+
+    Example:
+        >>> page = render_regression_html({"task": "regression", "data": {"name": "toy"}}, {})
+        >>> "dropkit study (regression): toy" in page
+        True
+    """
+    d = numbers.get("data", {})
+    cfg = numbers.get("config", {})
+    models = numbers.get("models", {})
+    splits = numbers.get("splits", [])
+    checks = numbers.get("checks", {})
+    labels = {
+        "mc_dropout": f"MC dropout (T = {cfg.get('mc_samples')})",
+        "weight_scaling": "weight scaling, own (p, τ)",
+        "weight_scaling_same_network": "weight scaling, MC's network and τ",
+    }
+    parts = _head(f"dropkit study (regression) — {d.get('name', 'report')}")
+    parts.append(f"<h1>dropkit study (regression): {_e(d.get('name', ''))}</h1>")
+    if d.get("n_rows") is not None:
+        parts.append(
+            f'<p class="sub">{_e(d.get("source", ""))}: {d["n_rows"]} rows, {d.get("n_features")} '
+            f"features, target mean {d.get('target_mean', 0):.4g} and std {d.get('target_std', 0):.4g}. "
+            f"{cfg.get('splits')} random splits of {d.get('n_train')} training rows ({d.get('n_fit')} "
+            f"to fit and {d.get('n_val')} to validate while choosing p and τ) and {d.get('n_test')} "
+            f"test rows; seed {_e(cfg.get('seed'))}.</p>"
+        )
+    if numbers.get("task_rule"):
+        parts.append(f'<p class="sub">Task: regression ({_e(numbers["task_rule"])}).</p>')
+    parts.append(
+        "<p>Gal &amp; Ghahramani's protocol (2016): an MLP "
+        f"[D, {', '.join(map(str, cfg.get('hidden', [])))}, 1] with dropout p on its input and hidden "
+        "layer, trained with Adam (learning rate "
+        f"{_e(cfg.get('lr'))}, batches of {_e(cfg.get('batch_size'))}, {_e(cfg.get('epochs'))} epochs) "
+        "on the paper's objective with weight decay λ = l² (1 − p) / (2 N τ) (l = "
+        f"{_e(cfg.get('length_scale'))}); inputs and target standardised on the training part, "
+        "predictions unstandardised. For each split, (p, τ) is chosen on the validation part by MC "
+        "log-likelihood over p ∈ {"
+        + ", ".join(f"{p:g}" for p in cfg.get("rates", []))
+        + "} and "
+        + (
+            "the given τ grid"
+            if cfg.get("taus")
+            else "τ ∈ τ₀ × {¼, ½, 1, 2, 4}, τ₀ the inverse validation residual variance of a first fit"
+        )
+        + "; the choice is retrained on the whole training split and tested once.</p>"
+    )
+    if models:
+        parts.append("<h2>Summary</h2>")
+        levels = list(models.get("mc_dropout", {}).get("coverage", {}))
+        rows = []
+        for key, label in labels.items():
+            m = models.get(key)
+            if not m:
+                continue
+            rows.append(
+                [
+                    label,
+                    _pm(m.get("test_rmse"), m.get("test_rmse_se")),
+                    _pm(m.get("test_log_likelihood"), m.get("test_log_likelihood_se")),
+                    *[
+                        f"{100 * m['coverage'][c]:.1f}% ± {100 * m['coverage_se'][c]:.1f}"
+                        for c in levels
+                    ],
+                ]
+            )
+        parts.append(
+            _table(
+                ["model", "test RMSE", "test log-likelihood"]
+                + [f"{100 * float(c):g}% interval coverage" for c in levels],
+                rows,
+            )
+        )
+        parts.append(
+            "<p>Mean ± standard error over splits. Log-likelihood: per test point, in the target's "
+            "units (τ of the standardised target divided by the target's variance); for MC dropout "
+            "logsumexp over the T passes − log T − ½ log 2π + ½ log τ.</p>"
+        )
+        if checks:
+            better = checks.get("mc_ll_at_least_ws_ll")
+            parts.append(
+                "<ul>"
+                + _check(
+                    better,
+                    "MC dropout's test log-likelihood is at least weight scaling's: difference "
+                    f"{checks.get('mc_ll_minus_ws_ll', 0):+.3f} ± {checks.get('mc_ll_minus_ws_ll_se', 0):.3f} "
+                    f"(paired over splits; MC at least as good on {checks.get('mc_ll_better_per_split')} "
+                    f"of {len(splits)} splits)",
+                )
+                + "</ul>"
+            )
+    for name, (title, caption, png) in figures.items():
+        parts.append(_figure(name, title, caption, png))
+    if splits:
+        parts.append("<h2>Per split</h2>")
+        rows = []
+        for r in splits:
+            mc, ws = r["mc_dropout"], r["weight_scaling"]
+            rows.append(
+                [
+                    r["split"],
+                    f"{mc['p']:g}",
+                    f"{mc['tau']:.3g}",
+                    f"{mc['rmse']:.3f}",
+                    f"{mc['log_likelihood']:.3f}",
+                    f"{100 * mc['coverage'].get('0.95', 0):.0f}%",
+                    f"{ws['p']:g}",
+                    f"{ws['tau']:.3g}",
+                    f"{ws['rmse']:.3f}",
+                    f"{ws['log_likelihood']:.3f}",
+                    f"{100 * ws['coverage'].get('0.95', 0):.0f}%",
+                ]
+            )
+        parts.append(
+            _table(
+                [
+                    "split",
+                    "MC p",
+                    "MC τ",
+                    "MC RMSE",
+                    "MC LL",
+                    "MC 95%",
+                    "WS p",
+                    "WS τ",
+                    "WS RMSE",
+                    "WS LL",
+                    "WS 95%",
+                ],
+                rows,
+            )
+        )
+        parts.append(
+            "<p>τ is the precision of the standardised target chosen on validation (MC: by MC "
+            "log-likelihood; WS: by weight scaling's). Every validation score of every grid point "
+            "is in <code>report.json</code> (<code>splits[i].validation</code>).</p>"
+        )
+    parts.append("<h2>Reproduce</h2>")
+    if command:
+        parts.append(f"<pre>{_e(command)}</pre>")
     timing = numbers.get("timing")
     env = numbers.get("environment")
     if timing or env:
