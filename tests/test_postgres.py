@@ -248,8 +248,38 @@ def test_two_workers_share_a_study_and_a_killed_workers_trial_is_failed_and_reru
 
 
 def test_a_worker_for_a_missing_study_exits_with_a_clear_error(postgres_url, capsys):
+    from dropkit.tune import resolve_storage
     from dropkit.worker import main
 
+    resolve_storage(postgres_url)  # Optuna's tables, whichever test runs first
     assert main(["--storage", postgres_url, "--study", "missing"]) == 2
     err = capsys.readouterr().err
     assert "no study 'missing'" in err and "127.0.0.1" in err
+
+
+def test_a_worker_adds_no_tables_to_a_database_without_them_unless_asked(postgres_url, capsys):
+    import sqlalchemy
+
+    from dropkit.worker import main
+
+    bare = (
+        postgres_url.rsplit("/", 1)[0] + "/postgres"
+    )  # the server's own database: no Optuna tables
+    assert main(["--storage", bare, "--study", "s"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "is not an Optuna storage" in err[0] and "--create" in err[0]
+    engine = sqlalchemy.create_engine(bare)
+    try:
+        assert sqlalchemy.inspect(engine).get_table_names() == []
+    finally:
+        engine.dispose()
+
+
+def test_a_bare_postgresql_url_works_with_the_installed_driver(postgres_url):
+    from dropkit.tune import resolve_storage
+
+    bare = "postgresql://" + postgres_url.split("://", 1)[1]
+    storage = resolve_storage(bare)
+    assert isinstance(storage, optuna.storages.RDBStorage)
+    optuna.create_study(storage=storage, study_name="bare-url")
+    assert "bare-url" in optuna.get_all_study_names(storage)

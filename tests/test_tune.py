@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 
 import optuna
 import pytest
@@ -302,9 +303,137 @@ def test_builtin_search_is_stored_and_a_worker_rebuilds_it_from_the_study(tmp_pa
 def test_worker_cli_reports_a_missing_study_with_exit_code_2(tmp_path, capsys):
     from dropkit.worker import main
 
+    resolve_storage(tmp_path / "w.db")  # an empty Optuna storage
     code = main(["--storage", str(tmp_path / "w.db"), "--study", "nope"])
     assert code == 2
     assert "no study 'nope'" in capsys.readouterr().err
+
+
+def _worker_error(capsys, *argv: str) -> str:
+    from dropkit.worker import main
+
+    assert main(list(argv)) == 2
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("dropkit tune-worker: error: "), captured.err
+    return lines[0]
+
+
+def test_worker_without_create_never_creates_a_storage_file_or_a_study(tmp_path, capsys):
+    target = "tests._tune_targets:QUICK_GRID"
+    missing = tmp_path / "typo.db"
+    line = _worker_error(capsys, "--storage", str(missing), "--study", "s", "--objective", target)
+    assert f"storage file {str(missing)!r} does not exist" in line and "--create" in line
+    assert os.listdir(tmp_path) == []
+    resolve_storage(tmp_path / "w.db")
+    line = _worker_error(
+        capsys, "--storage", str(tmp_path / "w.db"), "--study", "s", "--objective", target
+    )
+    assert "no study 's'" in line and "--create" in line
+    assert optuna.get_all_study_names(resolve_storage(tmp_path / "w.db")) == []
+    # Asked to, it creates the file, the study, and runs the study's trials.
+    from dropkit.worker import main
+
+    argv = ["--storage", str(tmp_path / "new.db"), "--study", "s", "--objective", target]
+    assert main([*argv, "--create"]) == 0
+    assert load_search(tmp_path / "new.db", "s").counts() == {"COMPLETE": 2}
+
+
+def test_worker_adds_no_tables_to_an_unrelated_sqlite_file(tmp_path, capsys):
+    import sqlite3
+
+    path = tmp_path / "notes.db"
+    with sqlite3.connect(path) as db:
+        db.execute("CREATE TABLE notes (body TEXT)")
+    before = path.read_bytes()
+    line = _worker_error(capsys, "--storage", str(path), "--study", "s")
+    assert "is not an Optuna storage (its tables are ['notes'])" in line and "--create" in line
+    assert path.read_bytes() == before
+
+
+@pytest.mark.parametrize("damage", ["garbage", "truncated", "schema"])
+def test_worker_reports_a_damaged_sqlite_study_file_in_one_line(tmp_path, capsys, damage):
+    import sqlite3
+
+    path = tmp_path / "s.db"
+    from tests._tune_targets import QUICK_GRID
+
+    QUICK_GRID.create_study(path, "s")
+    if damage == "garbage":
+        path.write_bytes(os.urandom(8192))
+    elif damage == "truncated":
+        data = path.read_bytes()
+        path.write_bytes(data[: len(data) // 2])
+    else:
+        with sqlite3.connect(path) as db:
+            db.execute("DROP TABLE trial_values")
+            db.execute("CREATE TABLE trial_values (x INTEGER)")
+    line = _worker_error(capsys, "--storage", str(path), "--study", "s")
+    expected = {
+        "garbage": "is not a sound SQLite database (file is not a database)",
+        "truncated": "is not a sound SQLite database",
+        "schema": "is a damaged Optuna storage: table 'trial_values' lacks columns",
+    }[damage]
+    assert expected in line
+
+
+def test_worker_reports_a_storage_failing_mid_run_in_one_line(monkeypatch, capsys):
+    import sqlalchemy.exc
+
+    from dropkit import worker
+
+    def failing(*args, **kwargs):
+        cause = sqlalchemy.exc.DatabaseError("SELECT", {}, Exception("disk image is malformed"))
+        raise optuna.exceptions.StorageInternalError(
+            "An exception is raised during the commit."
+        ) from cause
+
+    monkeypatch.setattr(worker, "run_worker", failing)
+    line = _worker_error(capsys, "--storage", "x.db", "--study", "s")
+    assert "storage 'x.db' failed: DatabaseError:" in line and "disk image is malformed" in line
+
+
+def test_bare_postgresql_url_uses_the_installed_driver():
+    from dropkit.tune import _with_installed_driver
+
+    url = "postgresql://u:pw@host:5/db"
+    only = lambda *names: set(names).__contains__  # noqa: E731
+    assert (
+        _with_installed_driver(url, "", only("psycopg2")) == "postgresql+psycopg2://u:pw@host:5/db"
+    )
+    assert (
+        _with_installed_driver(url, "", only("psycopg", "psycopg2")) == url
+    )  # SQLAlchemy 2.1's own
+    assert _with_installed_driver("mysql://u@h/db", "", only("pymysql")) == "mysql+pymysql://u@h/db"
+    named = "postgresql+psycopg2://u@h/db"
+    assert _with_installed_driver(named, "", only("psycopg2")) == named
+    with pytest.raises(
+        ConnectionError, match=r"driver 'psycopg2' \(module psycopg2\) is not installed"
+    ):
+        _with_installed_driver(named, "shown", only("psycopg"))
+
+
+def test_postgresql_url_without_driver_connects_with_psycopg2_when_that_is_installed():
+    pytest.importorskip("psycopg2")
+    # Nothing listens on port 1: the error must be about the connection, not a missing driver.
+    with pytest.raises(ConnectionError) as info:
+        resolve_storage("postgresql://u@127.0.0.1:1/db")
+    message = str(info.value)
+    assert "driver is not installed" not in message and "OperationalError" in message
+    assert "\n" not in message
+
+
+def test_mysql_url_without_a_driver_names_mysql_packages(monkeypatch):
+    import dropkit.tune
+
+    real = dropkit.tune._importable
+    mysql = ("MySQLdb", "pymysql", "mysql.connector")
+    monkeypatch.setattr(dropkit.tune, "_importable", lambda m: m not in mysql and real(m))
+    with pytest.raises(ConnectionError) as info:
+        resolve_storage("mysql://u@127.0.0.1:1/db")
+    message = str(info.value)
+    assert "no mysql driver is installed" in message
+    assert "PyMySQL (for mysql+pymysql://)" in message and "psycopg" not in message
 
 
 # ---------------------------------------------------------------- bad input -------------------

@@ -9,7 +9,11 @@ trial marks it FAIL and re-queues its rates, so the trial is re-run and nothing 
 Command line (``python -m dropkit.worker`` or ``dropkit tune-worker``)::
 
     python -m dropkit.worker --storage postgresql+psycopg2://user:pw@db-host/dropkit \
-        --study mnist1d-rates [--objective mypackage.tuning:search] [--n-trials 40]
+        --study mnist1d-rates [--objective mypackage.tuning:search] [--n-trials 40] [--create]
+
+A worker joins an existing study: a missing study, a missing SQLite file or a database without
+Optuna's tables is an error unless ``--create`` is given (then a ``RateSearch`` objective creates
+the study, and Optuna its tables).
 
 Without ``--objective`` the study must have been created by :func:`dropkit.tune.builtin_search`
 (an MLP on an embedded data set), whose settings are stored in the study. With it, the target is
@@ -27,6 +31,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import optuna
+import sqlalchemy.exc
 
 from dropkit._validate import check_positive_int
 from dropkit.tune import RateSearch, _mask_url, _quiet, builtin_search, resolve_storage, run_trials
@@ -68,6 +73,7 @@ def run_worker(
     max_retry: int | None = 3,
     catch: tuple[type[Exception], ...] = (),
     wait_for_running: bool = True,
+    create: bool = False,
 ) -> int:
     r"""Joins the study and runs trials until it holds ``n_trials`` finished trials.
 
@@ -85,13 +91,17 @@ def run_worker(
         catch: exception types that fail a trial without stopping the worker.
         wait_for_running: when enough trials are finished but others still run, wait until they
             finish or are declared dead and re-run (so a killed worker's trial is never dropped).
+        create: create what is missing — the SQLite file, Optuna's tables, and the study (for a
+            :class:`~dropkit.tune.RateSearch` objective). False joins only an existing study.
 
     Returns:
         The number of trials this worker ran.
 
     Raises:
-        KeyError: the study does not exist and ``objective`` cannot create it.
-        ValueError: no way to know the objective or ``n_trials``.
+        KeyError: the study does not exist and ``create`` is False or ``objective`` cannot create
+            it.
+        ValueError: no way to know the objective or ``n_trials``; a damaged storage; (without
+            ``create``) a missing SQLite file or a database without Optuna's tables.
         ConnectionError: the storage cannot be reached.
     """
     storage_obj = resolve_storage(
@@ -99,6 +109,7 @@ def run_worker(
         heartbeat_interval=heartbeat_interval,
         grace_period=grace_period,
         max_retry=max_retry,
+        create=create,
     )
     if isinstance(objective, str):
         objective = load_objective(objective)
@@ -116,6 +127,13 @@ def run_worker(
             )
         objective = builtin_search(**spec)
     if isinstance(objective, RateSearch):
+        if not create:
+            with _quiet():
+                try:
+                    optuna.load_study(study_name=study_name, storage=storage_obj)
+                except KeyError as err:
+                    hint = "; pass create=True (--create) to create it"
+                    raise KeyError(_missing(study_name, storage_obj) + hint) from err
         study = objective.create_study(storage_obj, study_name, n_trials)
         func: Callable[[optuna.Trial], float] = objective.objective
         exhausted = objective._grid_exhausted if objective.mode == "grid" else None
@@ -179,6 +197,11 @@ def _parser() -> argparse.ArgumentParser:
         "--grace-period", type=int, default=None, help="seconds before a silent trial is dead"
     )
     parser.add_argument("--max-retry", type=int, default=3, help="re-runs of a dead trial")
+    parser.add_argument(
+        "--create",
+        action="store_true",
+        help="create the SQLite file, Optuna's tables and the study (RateSearch objective) if missing",
+    )
     return parser
 
 
@@ -194,10 +217,20 @@ def main(argv: Sequence[str] | None = None) -> int:
             heartbeat_interval=args.heartbeat_interval,
             grace_period=args.grace_period,
             max_retry=args.max_retry,
+            create=args.create,
         )
     except (ValueError, KeyError, TypeError, ConnectionError, ModuleNotFoundError) as err:
         message = err.args[0] if isinstance(err, KeyError) and err.args else err
-        print(f"dropkit tune-worker: error: {message}", file=sys.stderr)
+        print(f"dropkit tune-worker: error: {' '.join(str(message).split())}", file=sys.stderr)
+        return 2
+    except (optuna.exceptions.StorageInternalError, sqlalchemy.exc.SQLAlchemyError) as err:
+        # The storage failed mid-run (a file damaged under the worker, a server gone): one line.
+        cause = err.__cause__ or err
+        print(
+            f"dropkit tune-worker: error: storage {_mask_url(str(args.storage))!r} failed: "
+            f"{type(cause).__name__}: {' '.join(str(cause).split())[:300]}",
+            file=sys.stderr,
+        )
         return 2
     print(f"dropkit tune-worker: ran {ran} trials of study {args.study!r}", file=sys.stderr)
     return 0
