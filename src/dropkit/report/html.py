@@ -76,219 +76,245 @@ def _check(ok: Any, text: str) -> str:
     return f"<li>{mark} {_e(text)}</li>"
 
 
-def render_html(
-    numbers: Mapping[str, Any],
-    figures: Mapping[str, tuple[str, str, bytes]],
-    *,
-    command: str | None = None,
-) -> str:
-    """The report page for a study's numbers and figures.
-
-    Every figure is an ``<img>`` with a ``data:image/png;base64`` source, so the page needs no
-    other file and makes no request (the favicon is an empty data URL too).
-
-    Example:
-        >>> page = render_html({"data": {"name": "toy"}}, {"f": ("A plot", "caption", b"png")})
-        >>> page.startswith("<!DOCTYPE html>"), 'src="data:image/png;base64,cG5n"' in page
-        (True, True)
-    """
-    if numbers.get("task") == "regression":
-        return render_regression_html(numbers, figures, command=command)
-    d = numbers.get("data", {})
-    cfg = numbers.get("config", {})
-    final = numbers.get("final", {})
-    mc = numbers.get("mc_dropout", {})
-    checks = numbers.get("checks", {})
-    parts: list[str] = [
+def _head(title: str) -> list[str]:
+    """The page's head (charset, viewport, an empty favicon, the inline CSS), up to ``<body>``."""
+    return [
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8">',
         '<meta name="viewport" content="width=device-width, initial-scale=1">',
         '<link rel="icon" href="data:,">',
-        f"<title>dropkit study — {_e(d.get('name', 'report'))}</title>",
+        f"<title>{_e(title)}</title>",
         f"<style>{_CSS}</style></head><body>",
-        f"<h1>dropkit study: {_e(d.get('name', ''))}</h1>",
     ]
-    if numbers.get("task_rule"):
-        parts.append(f'<p class="sub">Task: classification ({_e(numbers["task_rule"])}).</p>')
-    if d.get("n_train") is not None:
-        parts.append(
-            f'<p class="sub">{_e(d.get("source", ""))}. {d["n_train"]} training examples '
-            f"({d.get('n_fit')} to fit, {d.get('n_val')} for validation), {d.get('n_test')} test, "
-            f"{d.get('n_features')} features, {d.get('n_classes')} classes. Seed {_e(cfg.get('seed'))}, "
-            f"{_e(cfg.get('epochs'))} epochs per model, rates chosen on {_e(cfg.get('metric'))}.</p>"
-        )
 
-    if final:
-        parts.append("<h2>Summary</h2>")
-        rows = []
-        for key, label in (("baseline", "baseline, no dropout"), ("dropout", "chosen dropout")):
-            if key not in final:
-                continue
-            row = final[key]
-            extra = mc.get("weight_scaling") if key == "dropout" else None
-            rows.append(
-                [
-                    label,
-                    _fmt(row.get("rates")),
-                    _fmt(row.get("train_acc"), "pct"),
-                    _fmt(row.get("test_acc"), "pct")
-                    + (f" ± {_fmt(row['test_acc_std'], 'pts')}" if row.get("test_acc_std") else ""),
-                    _fmt(row.get("gap"), "pts"),
-                    _fmt(row.get("test_loss")),
-                    _fmt(extra.get("ece"), "pct") if extra else "—",
-                ]
-            )
-        if mc.get("mc"):
-            rows.append(
-                [
-                    f"chosen dropout + MC dropout (T = {mc.get('T')})",
-                    "",
-                    "",
-                    _fmt(mc["mc"].get("acc"), "pct"),
-                    "",
-                    _fmt(mc["mc"].get("nll")),
-                    _fmt(mc["mc"].get("ece"), "pct"),
-                ]
-            )
-        parts.append(
-            _table(
-                ["model", "rates", "train acc", "test acc", "gap (points)", "test NLL", "test ECE"],
-                rows,
-                left=2,
-            )
-        )
-        seeds = final.get("baseline", {}).get("seeds") or []
-        if len(seeds) > 1:
-            parts.append(
-                f"<p>Train, test, gap and NLL are means over seeds {_e(', '.join(map(str, seeds)))} "
-                f"(± one standard deviation); ECE and the MC dropout row are for seed {seeds[0]}.</p>"
-            )
-            per_seed = []
-            for key in ("baseline", "dropout"):
-                for run in final.get(key, {}).get("runs", []):
-                    per_seed.append(
-                        [
-                            key,
-                            run["seed"],
-                            _fmt(run["train_acc"], "pct"),
-                            _fmt(run["test_acc"], "pct"),
-                            _fmt(run["gap"], "pts"),
-                        ]
-                    )
-            parts.append(
-                "<details><summary>Final models per seed</summary>"
-                + _table(["model", "seed", "train acc", "test acc", "gap (points)"], per_seed)
-                + "</details>"
-            )
-    if checks:
-        items = [
-            _check(checks.get("baseline_overfits"), "the baseline overfits (train − test gap > ε)"),
-            _check(checks.get("dropout_shrinks_gap"), "the chosen dropout shrinks the gap"),
-            _check(
-                checks.get("dropout_keeps_test_acc"),
-                "the chosen dropout does not lower test accuracy",
-            ),
-        ]
-        if "baseline_within_3_points_of_paper" in checks:
-            items.append(
-                _check(
-                    checks["baseline_within_3_points_of_paper"],
-                    f"the baseline is within 3 points of the MNIST-1D paper's MLP "
-                    f"({_fmt(checks.get('paper_mlp_test_acc'), 'pct')} test)",
-                )
-            )
-        parts.append("<ul>" + "".join(items) + "</ul>")
 
-    base = numbers.get("baseline")
-    if base:
-        parts.append("<h2>Overfitting without dropout</h2>")
-        flagged = base.get("flagged_epoch")
-        parts.append(
-            f"<p>On the validation split the baseline reaches {_fmt(base.get('train_acc'), 'pct')} "
-            f"training and {_fmt(base.get('val_acc'), 'pct')} validation accuracy: a gap of "
-            f"{_fmt(base.get('gap'), 'pts')} points against ε = {_fmt(base.get('epsilon'), 'pts')} points"
-            + (f", first passed at epoch {flagged}" if flagged else "")
-            + ".</p>"
-        )
-    for name, (title, caption, png) in figures.items():
-        parts.append(_figure(name, title, caption, png))
+def _task_line(rule: str | None) -> list[str]:
+    """How the task was told (``--task`` or the labels it was detected from)."""
+    if not rule:
+        return []
+    return [f'<p class="sub">Task: classification ({_e(rule)}).</p>']
 
-    sens = numbers.get("sensitivity")
-    if sens:
-        parts.append("<h2>Rate search</h2>")
-        acc = {s["p"]: s for s in sens.get("val_acc", [])}
-        loss = {s["p"]: s for s in sens.get("val_loss", [])}
-        gaps = {s["p"]: s for s in sens.get("gap", [])}
-        rows = [
-            [
-                _fmt(p),
-                f"{_fmt(acc[p]['mean'], 'pct')} ± {_fmt(acc[p]['std'], 'pts')}",
-                f"{_fmt(loss[p]['mean'])} ± {_fmt(loss[p]['std'])}",
-                f"{_fmt(gaps[p]['mean'], 'pts')} ± {_fmt(gaps[p]['std'], 'pts')}",
-                acc[p]["n"],
-            ]
-            for p in sorted(acc)
-        ]
-        parts.append(
-            "<p>One rate p on the hidden layers, mean ± std over seeds "
-            f"{_e(sens.get('seeds'))} (validation split):</p>"
-            + _table(["p", "val acc", "val loss", "gap (points)", "seeds"], rows)
-        )
-    chosen = numbers.get("chosen")
-    if chosen:
-        parts.append(
-            f"<p>Optuna grid search (seed {_e(cfg.get('seed'))}): p* = "
-            f"{_fmt(chosen.get('grid_best_p'))} ({_e(chosen.get('metric'))} "
-            f"{_fmt(chosen.get('grid_best_value'))}). Over all seeds the best mean is at p = "
-            f"{_fmt(chosen.get('p_best'))}; the one-standard-error rule (standard error "
-            f"{_fmt(chosen.get('noise'))}) takes the largest rate within one standard error of it: "
-            f"<b>p = {_fmt(chosen.get('p_one_se'))}</b>. The per-layer TPE search starts there "
-            f"({_fmt(chosen.get('one_rate_value'))}) and finds {_fmt(chosen.get('per_layer_best_value'))}; "
-            f"it replaces the one rate only when better by more than the standard error. Chosen "
-            f"({_e(str(chosen.get('from', '')).replace('_', ' '))}): "
-            f"{_e(_fmt(chosen.get('rates')))}.</p>"
-        )
-    per_layer = numbers.get("per_layer_search")
-    if per_layer:
-        rows = [
-            [r["trial"], r["state"], _fmt(r.get("rates")), _fmt(r.get("value"))]
-            for r in per_layer.get("records", [])
-        ]
-        parts.append(
-            "<details><summary>Per-layer trials</summary>"
-            + _table(["trial", "state", "rates", per_layer.get("metric", "value")], rows, left=3)
-            + "</details>"
-        )
-    abl = numbers.get("ablation")
-    if abl:
-        loss = {s["config"]: s for s in abl.get("val_loss", [])}
-        rows = [
-            [s["config"], _fmt(s["mean"], "pct"), _fmt(loss.get(s["config"], {}).get("mean"))]
-            for s in abl.get("val_acc", [])
-        ]
-        parts.append("<h2>Ablation</h2>" + _table(["configuration", "val acc", "val loss"], rows))
-    if mc.get("mc"):
-        parts.append("<h2>MC dropout</h2>")
-        rows = [
+
+def _data_line(d: Mapping[str, Any], cfg: Mapping[str, Any]) -> list[str]:
+    """The data set's sizes and the run's seed, epochs and metric under the title."""
+    if d.get("n_train") is None:
+        return []
+    return [
+        f'<p class="sub">{_e(d.get("source", ""))}. {d["n_train"]} training examples '
+        f"({d.get('n_fit')} to fit, {d.get('n_val')} for validation), {d.get('n_test')} test, "
+        f"{d.get('n_features')} features, {d.get('n_classes')} classes. Seed {_e(cfg.get('seed'))}, "
+        f"{_e(cfg.get('epochs'))} epochs per model, rates chosen on {_e(cfg.get('metric'))}.</p>"
+    ]
+
+
+def _summary(final: Mapping[str, Any], mc: Mapping[str, Any]) -> list[str]:
+    """The final models' table (baseline, chosen dropout, + MC dropout) and their per-seed runs."""
+    if not final:
+        return []
+    rows = []
+    for key, label in (("baseline", "baseline, no dropout"), ("dropout", "chosen dropout")):
+        if key not in final:
+            continue
+        row = final[key]
+        extra = mc.get("weight_scaling") if key == "dropout" else None
+        rows.append(
             [
                 label,
-                _fmt(mc[key].get("acc"), "pct"),
-                _fmt(mc[key].get("nll")),
-                _fmt(mc[key].get("brier")),
-                _fmt(mc[key].get("ece"), "pct"),
+                _fmt(row.get("rates")),
+                _fmt(row.get("train_acc"), "pct"),
+                _fmt(row.get("test_acc"), "pct")
+                + (f" ± {_fmt(row['test_acc_std'], 'pts')}" if row.get("test_acc_std") else ""),
+                _fmt(row.get("gap"), "pts"),
+                _fmt(row.get("test_loss")),
+                _fmt(extra.get("ece"), "pct") if extra else "—",
             ]
-            for key, label in (
-                ("weight_scaling", "weight scaling (dropout off, one pass)"),
-                ("mc", f"MC dropout, T = {mc.get('T')}"),
-            )
-        ]
-        parts.append(_table(["inference", "test acc", "NLL", "Brier", "ECE"], rows))
-        parts.append(
-            f"<p>AUROC of the uncertainty for spotting wrong predictions: "
-            f"{_fmt(mc.get('auroc_entropy'))} (predictive entropy), {_fmt(mc.get('auroc_bald'))} "
-            f"(mutual information).</p>"
         )
-    parts.append("<h2>Reproduce</h2>")
+    if mc.get("mc"):
+        rows.append(
+            [
+                f"chosen dropout + MC dropout (T = {mc.get('T')})",
+                "",
+                "",
+                _fmt(mc["mc"].get("acc"), "pct"),
+                "",
+                _fmt(mc["mc"].get("nll")),
+                _fmt(mc["mc"].get("ece"), "pct"),
+            ]
+        )
+    parts = [
+        "<h2>Summary</h2>",
+        _table(
+            ["model", "rates", "train acc", "test acc", "gap (points)", "test NLL", "test ECE"],
+            rows,
+            left=2,
+        ),
+    ]
+    return parts + _per_seed(final)
+
+
+def _per_seed(final: Mapping[str, Any]) -> list[str]:
+    """When the final models ran on several seeds: what the means cover, and each seed's run."""
+    seeds = final.get("baseline", {}).get("seeds") or []
+    if len(seeds) <= 1:
+        return []
+    per_seed = []
+    for key in ("baseline", "dropout"):
+        for run in final.get(key, {}).get("runs", []):
+            per_seed.append(
+                [
+                    key,
+                    run["seed"],
+                    _fmt(run["train_acc"], "pct"),
+                    _fmt(run["test_acc"], "pct"),
+                    _fmt(run["gap"], "pts"),
+                ]
+            )
+    return [
+        f"<p>Train, test, gap and NLL are means over seeds {_e(', '.join(map(str, seeds)))} "
+        f"(± one standard deviation); ECE and the MC dropout row are for seed {seeds[0]}.</p>",
+        "<details><summary>Final models per seed</summary>"
+        + _table(["model", "seed", "train acc", "test acc", "gap (points)"], per_seed)
+        + "</details>",
+    ]
+
+
+def _checks(checks: Mapping[str, Any]) -> list[str]:
+    """The study's claims, each ticked or crossed."""
+    if not checks:
+        return []
+    items = [
+        _check(checks.get("baseline_overfits"), "the baseline overfits (train − test gap > ε)"),
+        _check(checks.get("dropout_shrinks_gap"), "the chosen dropout shrinks the gap"),
+        _check(
+            checks.get("dropout_keeps_test_acc"),
+            "the chosen dropout does not lower test accuracy",
+        ),
+    ]
+    if "baseline_within_3_points_of_paper" in checks:
+        items.append(
+            _check(
+                checks["baseline_within_3_points_of_paper"],
+                f"the baseline is within 3 points of the MNIST-1D paper's MLP "
+                f"({_fmt(checks.get('paper_mlp_test_acc'), 'pct')} test)",
+            )
+        )
+    return ["<ul>" + "".join(items) + "</ul>"]
+
+
+def _overfitting(base: Mapping[str, Any] | None) -> list[str]:
+    """The baseline's train/validation gap against ε, and the epoch it first passed ε."""
+    if not base:
+        return []
+    flagged = base.get("flagged_epoch")
+    return [
+        "<h2>Overfitting without dropout</h2>",
+        f"<p>On the validation split the baseline reaches {_fmt(base.get('train_acc'), 'pct')} "
+        f"training and {_fmt(base.get('val_acc'), 'pct')} validation accuracy: a gap of "
+        f"{_fmt(base.get('gap'), 'pts')} points against ε = {_fmt(base.get('epsilon'), 'pts')} points"
+        + (f", first passed at epoch {flagged}" if flagged else "")
+        + ".</p>",
+    ]
+
+
+def _sensitivity(sens: Mapping[str, Any] | None) -> list[str]:
+    """The one-rate sweep: validation accuracy, loss and gap per p, mean ± std over seeds."""
+    if not sens:
+        return []
+    acc = {s["p"]: s for s in sens.get("val_acc", [])}
+    loss = {s["p"]: s for s in sens.get("val_loss", [])}
+    gaps = {s["p"]: s for s in sens.get("gap", [])}
+    rows = [
+        [
+            _fmt(p),
+            f"{_fmt(acc[p]['mean'], 'pct')} ± {_fmt(acc[p]['std'], 'pts')}",
+            f"{_fmt(loss[p]['mean'])} ± {_fmt(loss[p]['std'])}",
+            f"{_fmt(gaps[p]['mean'], 'pts')} ± {_fmt(gaps[p]['std'], 'pts')}",
+            acc[p]["n"],
+        ]
+        for p in sorted(acc)
+    ]
+    return [
+        "<h2>Rate search</h2>",
+        "<p>One rate p on the hidden layers, mean ± std over seeds "
+        f"{_e(sens.get('seeds'))} (validation split):</p>"
+        + _table(["p", "val acc", "val loss", "gap (points)", "seeds"], rows),
+    ]
+
+
+def _chosen(chosen: Mapping[str, Any] | None, cfg: Mapping[str, Any]) -> list[str]:
+    """How the rates were chosen: grid best, the one-standard-error rule, the per-layer search."""
+    if not chosen:
+        return []
+    return [
+        f"<p>Optuna grid search (seed {_e(cfg.get('seed'))}): p* = "
+        f"{_fmt(chosen.get('grid_best_p'))} ({_e(chosen.get('metric'))} "
+        f"{_fmt(chosen.get('grid_best_value'))}). Over all seeds the best mean is at p = "
+        f"{_fmt(chosen.get('p_best'))}; the one-standard-error rule (standard error "
+        f"{_fmt(chosen.get('noise'))}) takes the largest rate within one standard error of it: "
+        f"<b>p = {_fmt(chosen.get('p_one_se'))}</b>. The per-layer TPE search starts there "
+        f"({_fmt(chosen.get('one_rate_value'))}) and finds {_fmt(chosen.get('per_layer_best_value'))}; "
+        f"it replaces the one rate only when better by more than the standard error. Chosen "
+        f"({_e(str(chosen.get('from', '')).replace('_', ' '))}): "
+        f"{_e(_fmt(chosen.get('rates')))}.</p>"
+    ]
+
+
+def _per_layer_trials(per_layer: Mapping[str, Any] | None) -> list[str]:
+    """Every trial of the per-layer search, folded."""
+    if not per_layer:
+        return []
+    rows = [
+        [r["trial"], r["state"], _fmt(r.get("rates")), _fmt(r.get("value"))]
+        for r in per_layer.get("records", [])
+    ]
+    return [
+        "<details><summary>Per-layer trials</summary>"
+        + _table(["trial", "state", "rates", per_layer.get("metric", "value")], rows, left=3)
+        + "</details>"
+    ]
+
+
+def _ablation(abl: Mapping[str, Any] | None) -> list[str]:
+    """Validation accuracy and loss of each ablation configuration."""
+    if not abl:
+        return []
+    loss = {s["config"]: s for s in abl.get("val_loss", [])}
+    rows = [
+        [s["config"], _fmt(s["mean"], "pct"), _fmt(loss.get(s["config"], {}).get("mean"))]
+        for s in abl.get("val_acc", [])
+    ]
+    return ["<h2>Ablation</h2>" + _table(["configuration", "val acc", "val loss"], rows)]
+
+
+def _mc_dropout(mc: Mapping[str, Any]) -> list[str]:
+    """Weight scaling against MC dropout on the test set, and the uncertainty's AUROC."""
+    if not mc.get("mc"):
+        return []
+    rows = [
+        [
+            label,
+            _fmt(mc[key].get("acc"), "pct"),
+            _fmt(mc[key].get("nll")),
+            _fmt(mc[key].get("brier")),
+            _fmt(mc[key].get("ece"), "pct"),
+        ]
+        for key, label in (
+            ("weight_scaling", "weight scaling (dropout off, one pass)"),
+            ("mc", f"MC dropout, T = {mc.get('T')}"),
+        )
+    ]
+    return [
+        "<h2>MC dropout</h2>",
+        _table(["inference", "test acc", "NLL", "Brier", "ECE"], rows),
+        f"<p>AUROC of the uncertainty for spotting wrong predictions: "
+        f"{_fmt(mc.get('auroc_entropy'))} (predictive entropy), {_fmt(mc.get('auroc_bald'))} "
+        f"(mutual information).</p>",
+    ]
+
+
+def _reproduce(command: str | None, numbers: Mapping[str, Any]) -> list[str]:
+    """The command that made the report, where its numbers are, and the run's timing/environment."""
+    parts = ["<h2>Reproduce</h2>"]
     if command:
         parts.append(f"<pre>{_e(command)}</pre>")
     parts.append(
@@ -303,7 +329,49 @@ def render_html(
             + _e(json.dumps({"timing": timing, "environment": env}, indent=2))
             + "</pre></details>"
         )
-    parts.append("</body></html>\n")
+    return parts
+
+
+def render_html(
+    numbers: Mapping[str, Any],
+    figures: Mapping[str, tuple[str, str, bytes]],
+    *,
+    command: str | None = None,
+) -> str:
+    """The report page for a study's numbers and figures.
+
+    Every figure is an ``<img>`` with a ``data:image/png;base64`` source, so the page needs no
+    other file and makes no request (the favicon is an empty data URL too). The page is its
+    sections in order, each a function of the numbers it shows that returns nothing when the
+    study has no such numbers.
+
+    Example:
+        >>> page = render_html({"data": {"name": "toy"}}, {"f": ("A plot", "caption", b"png")})
+        >>> page.startswith("<!DOCTYPE html>"), 'src="data:image/png;base64,cG5n"' in page
+        (True, True)
+    """
+    if numbers.get("task") == "regression":
+        return render_regression_html(numbers, figures, command=command)
+    d = numbers.get("data", {})
+    cfg = numbers.get("config", {})
+    mc = numbers.get("mc_dropout", {})
+    parts = [
+        *_head(f"dropkit study — {d.get('name', 'report')}"),
+        f"<h1>dropkit study: {_e(d.get('name', ''))}</h1>",
+        *_task_line(numbers.get("task_rule")),
+        *_data_line(d, cfg),
+        *_summary(numbers.get("final", {}), mc),
+        *_checks(numbers.get("checks", {})),
+        *_overfitting(numbers.get("baseline")),
+        *(_figure(name, title, caption, png) for name, (title, caption, png) in figures.items()),
+        *_sensitivity(numbers.get("sensitivity")),
+        *_chosen(numbers.get("chosen"), cfg),
+        *_per_layer_trials(numbers.get("per_layer_search")),
+        *_ablation(numbers.get("ablation")),
+        *_mc_dropout(mc),
+        *_reproduce(command, numbers),
+        "</body></html>\n",
+    ]
     return "\n".join(parts)
 
 
@@ -311,17 +379,6 @@ def _pm(mean: Any, se: Any, digits: int = 3) -> str:
     if mean is None:
         return "—"
     return f"{mean:.{digits}f} ± {se:.{digits}f}" if se is not None else f"{mean:.{digits}f}"
-
-
-def _head(title: str) -> list[str]:
-    return [
-        "<!DOCTYPE html>",
-        '<html lang="en"><head><meta charset="utf-8">',
-        '<meta name="viewport" content="width=device-width, initial-scale=1">',
-        '<link rel="icon" href="data:,">',
-        f"<title>{_e(title)}</title>",
-        f"<style>{_CSS}</style></head><body>",
-    ]
 
 
 def render_regression_html(
