@@ -13,6 +13,7 @@ from stats import assert_fraction_close, assert_mean_close, assert_variance_clos
 from torch import nn
 
 import dropkit
+import dropkit.kernels.noise
 from dropkit import functional_learned as FL
 
 # --------------------------------------------------------------------------------------------------
@@ -22,7 +23,9 @@ from dropkit import functional_learned as FL
 def test_relaxed_mask_is_the_papers_formula() -> None:
     p, t = 0.3, 0.1
     m = FL.relaxed_bernoulli_mask(p, (1000,), t, generator=torch.Generator().manual_seed(5))
-    u = torch.rand(1000, generator=torch.Generator().manual_seed(5))
+    # u is the counter-based uniform noise of the seed the call drew from the generator
+    seed = dropkit.rng.draw_seed(torch.Generator().manual_seed(5))
+    u = dropkit.kernels.noise.uniform(1000, seed, 0)
     eps = 1e-7
     z = torch.sigmoid(
         (math.log(p + eps) - math.log(1 - p + eps) + torch.log(u + eps) - torch.log(1 - u + eps))

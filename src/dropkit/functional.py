@@ -40,6 +40,7 @@ from collections.abc import Sequence
 
 import torch
 
+from dropkit import noise as _noise
 from dropkit import ops
 from dropkit._validate import (
     check_float_tensor,
@@ -484,9 +485,12 @@ def gaussian_dropout(
     if not training or p == 0.0:
         return input
     std = math.sqrt(p / (1.0 - p))
-    shape = mask_shape if mask_shape is not None else tuple(input.shape)
-    noise = torch.randn(shape, device=input.device, dtype=input.dtype, generator=generator)
-    return input * noise.mul_(std).add_(1.0)
+    # Counter-based noise (dropkit.noise): the same in eager and compiled code and on every device;
+    # the per-element form is one fused kernel whose backward regenerates z from the seed.
+    if mask_shape is None:
+        return _noise.gaussian_dropout(input, std, generator)
+    z = _noise.normal(mask_shape, dtype=input.dtype, device=input.device, generator=generator)
+    return input * z.mul_(std).add_(1.0)
 
 
 # The structured, weight-level, sequence and learned variants live in files of their own; their

@@ -17,12 +17,12 @@ r"""Functional forms of the dropout variants whose rate is learned: the maths li
   networks", NeurIPS): keep probabilities computed from the activations; :func:`standout_keep_prob`,
   :func:`standout`.
 
-Why these masks do not go through :mod:`dropkit.ops`: ``ops.keep_mask`` and
-``ops.dropout_elementwise`` draw Bernoulli masks with one scalar rate. The Concrete relaxation needs
-the uniform noise itself (the mask is a continuous function of u and p), the Gaussian variants need
-normal noise, and Standout's keep probability differs per unit and per example. Each of them draws
-its noise from torch's generator (``generator=`` for reproducibility), as torch's own
-``torch.bernoulli`` and ``torch.randn`` do.
+Noise: these rules need the noise itself (the Concrete mask is a continuous function of a uniform
+u and p, the Gaussian variants need normal noise, Standout compares u with a per-unit keep
+probability), so they go through :mod:`dropkit.noise` rather than the Bernoulli mask path. The
+noise is counter-based like the masks: one seed per call from torch's generator (``generator=``
+for reproducibility, salted per data-parallel rank), the same noise in eager and compiled code
+and on every device, and backward regenerates it from the seed instead of storing it.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ import numbers
 import torch
 import torch.nn.functional as F
 
+from dropkit import noise as _noise
 from dropkit._validate import check_float_tensor, check_positive_int
 
 __all__ = [
@@ -206,7 +207,7 @@ def relaxed_bernoulli_mask(
     eps = _check_real(eps, "eps", nonneg=True)
     shape = tuple(int(s) for s in shape)
     _check_broadcasts(p, torch.Size(shape), "p", "mask")
-    u = torch.rand(shape, dtype=p.dtype, device=p.device, generator=generator)
+    u = _noise.uniform(shape, dtype=p.dtype, device=p.device, generator=generator)
     logit = (
         torch.log(p + eps)
         - torch.log(1.0 - p + eps)
@@ -257,8 +258,10 @@ def concrete_dropout(
     _check_broadcasts(p, input.shape, "p", "input")
     if not training:
         return input
-    keep = relaxed_bernoulli_mask(p, input.shape, temperature, eps=eps, generator=generator)
-    return input * keep / (1.0 - p)
+    temperature = _check_real(temperature, "temperature", positive=True)
+    eps = _check_real(eps, "eps", nonneg=True)
+    # relaxed_bernoulli_mask's maths in one op whose backward regenerates u from the seed.
+    return _noise.concrete_dropout(input, p, temperature, eps, generator)
 
 
 def concrete_dropout_regularizer(
@@ -381,8 +384,7 @@ def variational_dropout(
     if not training:
         return input
     std = torch.exp(0.5 * log_alpha.clamp(max=0.0))
-    noise = torch.randn(input.shape, dtype=input.dtype, device=input.device, generator=generator)
-    return input * (1.0 + std * noise)
+    return _noise.gaussian_noise_mul(input, std, generator)
 
 
 def variational_linear(
@@ -433,8 +435,7 @@ def variational_linear(
         return mean
     alpha = torch.exp(log_alpha.clamp(max=0.0))
     var = F.linear(input * input, alpha * weight * weight)
-    noise = torch.randn(mean.shape, dtype=mean.dtype, device=mean.device, generator=generator)
-    return mean + torch.sqrt(var + _VAR_EPS) * noise
+    return _noise.gaussian_reparam(mean, var, _VAR_EPS, generator)
 
 
 def variational_dropout_kl(log_alpha: torch.Tensor) -> torch.Tensor:
@@ -549,8 +550,7 @@ def sparse_variational_linear(
         return F.linear(input, weight * (log_alpha < threshold).to(weight.dtype), bias)
     mean = F.linear(input, weight, bias)
     var = F.linear(input * input, torch.exp(log_sigma2))
-    noise = torch.randn(mean.shape, dtype=mean.dtype, device=mean.device, generator=generator)
-    return mean + torch.sqrt(var + _VAR_EPS) * noise
+    return _noise.gaussian_reparam(mean, var, _VAR_EPS, generator)
 
 
 def sparse_variational_conv2d(
@@ -609,8 +609,7 @@ def sparse_variational_conv2d(
         return conv(input, weight * (log_alpha < threshold).to(weight.dtype), bias)
     mean = conv(input, weight, bias)
     var = conv(input * input, torch.exp(log_sigma2), None)
-    noise = torch.randn(mean.shape, dtype=mean.dtype, device=mean.device, generator=generator)
-    return mean + torch.sqrt(var + _VAR_EPS) * noise
+    return _noise.gaussian_reparam(mean, var, _VAR_EPS, generator)
 
 
 def sparse_variational_dropout_kl(log_alpha: torch.Tensor) -> torch.Tensor:
@@ -743,10 +742,7 @@ def standout(
             raise ValueError("keep_prob must lie in [0, 1] everywhere, got values outside it")
     if not training:
         return input * keep_prob
-    # π differs per unit and per example, so ops.keep_mask (one scalar rate) cannot draw it: compare
-    # one uniform per element with its own π.
-    u = torch.rand(input.shape, dtype=keep_prob.dtype, device=input.device, generator=generator)
-    mask = (u < keep_prob).to(input.dtype)
-    # Straight-through local expectation: the value is m, the gradient in π that of π.
-    mask = keep_prob + (mask - keep_prob).detach()
-    return input * mask
+    # π differs per unit and per example, so ops.keep_mask (one scalar rate) cannot draw it: one
+    # uniform per element is compared with its own π. The value is m ⊙ a; the gradient in π is
+    # the local expectation's (a ⊙ grad), and backward regenerates m from the seed.
+    return _noise.standout(input, keep_prob, generator)

@@ -31,6 +31,7 @@ import torch.nn.functional as TF
 from torch.nn.utils.rnn import PackedSequence
 
 from dropkit import functional as F
+from dropkit import noise as _noise
 from dropkit import ops
 from dropkit._validate import (
     check_float_tensor,
@@ -750,7 +751,7 @@ def drop_connect_moment_matching(
         input, weight, bias, p, drop_bias=drop_bias, scaling=scaling
     )
     std = var.clamp_min(0.0).sqrt()
-    noise = torch.randn(
+    noise = _noise.normal(
         (num_samples,) + tuple(mean.shape),
         dtype=mean.dtype,
         device=mean.device,

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dropkit import functional_learned as FL
+from dropkit import noise
 from dropkit._validate import check_positive_int, check_probability
 from dropkit.layers.base import DropoutBase
 
@@ -491,7 +492,7 @@ class Conv2dSVDO(_SVDOMixin, nn.Conv2d):
         # padding_mode (reflect, replicate, circular) applies to both convolutions.
         mean = self._conv_forward(input, self.weight, self.bias)
         var = self._conv_forward(input * input, torch.exp(self.log_sigma2), None)
-        return mean + torch.sqrt(var + FL._VAR_EPS) * torch.randn_like(mean)
+        return noise.gaussian_reparam(mean, var, FL._VAR_EPS)
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", threshold={self.threshold}"
