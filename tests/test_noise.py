@@ -17,7 +17,6 @@ from dropkit import noise, rng
 from dropkit.functional_variants import drop_connect_moment_matching
 from tests.stats import assert_fraction_close, assert_mean_close, assert_variance_close
 
-
 _DATA_DEPENDENT_CHECKS = ("ConcreteDropout", "Standout")
 
 
