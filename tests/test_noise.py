@@ -255,3 +255,39 @@ def test_noise_functions_reject_bad_arguments():
         noise.normal((2, -1))
     with pytest.raises(TypeError, match="dtype must be a floating-point torch.dtype"):
         noise.uniform((2,), dtype=torch.int64)
+
+
+@pytest.mark.parametrize("name", list(_layers()))
+def test_torch_func_grad_sees_the_same_noise_as_eager_autograd(name):
+    layer, shape = _layers()[name]
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(3))
+    params = {k: v.detach() for k, v in layer.named_parameters()}
+    weights = torch.arange(math.prod(_run(layer, x, 0)[0].shape)).float().sin()
+
+    def loss(p: dict, t: torch.Tensor) -> torch.Tensor:
+        y = torch.func.functional_call(layer, p, (t,))
+        return (y * weights.view_as(y)).sum()
+
+    torch.manual_seed(4)
+    value = loss(params, x)
+    torch.manual_seed(4)
+    grad_x = torch.func.grad(loss, argnums=1)(params, x)
+    x_eager = x.clone().requires_grad_()
+    torch.manual_seed(4)
+    value_eager = loss(params, x_eager)
+    value_eager.backward()
+    assert torch.equal(value, value_eager.detach())
+    torch.testing.assert_close(grad_x, x_eager.grad, rtol=1e-5, atol=1e-6)
+
+
+def test_vmap_honours_the_randomness_flag():
+    x = torch.ones(4, 64)
+    f = lambda t: dropkit.functional.gaussian_dropout(t, 0.3)  # noqa: E731
+    torch.manual_seed(0)
+    different = torch.func.vmap(f, randomness="different")(x)
+    torch.manual_seed(0)
+    assert torch.equal(different, dropkit.functional.gaussian_dropout(x, 0.3))
+    same = torch.func.vmap(f, randomness="same")(x)
+    assert (same == same[0]).all() and (same[0] != 1).any()
+    with pytest.raises(RuntimeError, match="randomness error mode"):
+        torch.func.vmap(f)(x)

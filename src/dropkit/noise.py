@@ -23,7 +23,12 @@ bit-identical to eager):
 * ``concrete_dropout(x, p, seed, temperature, eps)``: Gal et al.'s relaxed-Bernoulli dropout;
 * ``standout(a, keep_prob, seed)``: ``a · [u < keep_prob]`` with the local-expectation gradient.
 
-Double backward through these ops is not supported (their backward ops have no autograd).
+Under ``torch.func`` transforms (``grad``, ``vjp``, ``jacrev``, ``vmap``) custom ops cannot run, so
+each rule is computed from the same noise with plain torch ops (autograd then keeps the noise, as
+torch's own random ops do); ``vmap``'s ``randomness`` flag is honoured as for torch's dropout:
+``"different"`` draws noise over the whole batch, ``"same"`` one sample's noise shared by the
+batch, ``"error"`` raises. Double backward through the ops is not supported (their backward ops
+have no autograd); under ``torch.func`` it is.
 
 Example:
     >>> import torch
@@ -100,6 +105,63 @@ def _uniform_like(t: torch.Tensor, seed: torch.Tensor, dtype: torch.dtype) -> to
 
 
 # ------------------------------------------------------------------------------------------------
+# torch.func transforms: the noise as a transform-aware Function, the rules in plain torch ops
+# ------------------------------------------------------------------------------------------------
+_functorch_active = getattr(torch._C, "_are_functorch_transforms_active", lambda: False)
+
+
+def _plain_noise(
+    shape: Sequence[int], seed: int, normal: bool, dtype: torch.dtype, device: torch.device
+) -> torch.Tensor:
+    n = 1
+    for s in shape:
+        n *= s
+    if normal:
+        z = kernels.normal(n, seed, 0, device, _noise_dtype(dtype))
+    else:
+        z = kernels.uniform(n, seed, 0, device)
+    return z.to(dtype).view(tuple(shape))
+
+
+class _FuncNoise(torch.autograd.Function):
+    """Noise of ``like``'s shape for ``torch.func``: not differentiable; under vmap it follows the
+    ``randomness`` flag (``"different"``: noise over the whole batch, each sample its own)."""
+
+    @staticmethod
+    def forward(like, seed, normal, dtype):  # noqa: D102
+        return _plain_noise(like.shape, seed, normal, dtype, like.device)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):  # noqa: D102
+        ctx.mark_non_differentiable(output)
+
+    @staticmethod
+    def backward(ctx, grad):  # noqa: D102
+        return None, None, None, None
+
+    @staticmethod
+    def vmap(info, in_dims, like, seed, normal, dtype):  # noqa: D102
+        if info.randomness == "error":
+            raise RuntimeError(
+                "vmap: called random operation while in randomness error mode. Please either use "
+                "the 'same' or 'different' randomness flags on vmap or perform the randomness "
+                "operation out of vmap"
+            )
+        dim = in_dims[0]
+        sample_shape = tuple(like.shape) if dim is None else tuple(like.movedim(dim, 0).shape[1:])
+        if info.randomness == "different":
+            shape = (info.batch_size, *sample_shape)
+            return _plain_noise(shape, seed, normal, dtype, like.device), 0
+        return _plain_noise(sample_shape, seed, normal, dtype, like.device), None
+
+
+def _func_noise(
+    like: torch.Tensor, generator: torch.Generator | None, normal: bool, dtype: torch.dtype
+) -> torch.Tensor:
+    return _FuncNoise.apply(like, rng.draw_seed(generator), normal, dtype)
+
+
+# ------------------------------------------------------------------------------------------------
 # noise: plain U[0, 1) / N(0, 1) tensors
 # ------------------------------------------------------------------------------------------------
 @torch.library.custom_op("dropkit::noise", mutates_args=())
@@ -155,6 +217,8 @@ def uniform(
     shape = _check_shape(shape)
     dtype = _check_dtype(dtype)
     device = torch.device("cpu" if device is None else device)
+    if _functorch_active():
+        return _plain_noise(shape, rng.draw_seed(generator), False, dtype, device)
     return _noise_op(shape, draw_seed_tensor(generator), False, dtype, device)
 
 
@@ -176,6 +240,8 @@ def normal(
     shape = _check_shape(shape)
     dtype = _check_dtype(dtype)
     device = torch.device("cpu" if device is None else device)
+    if _functorch_active():
+        return _plain_noise(shape, rng.draw_seed(generator), True, dtype, device)
     return _noise_op(shape, draw_seed_tensor(generator), True, dtype, device)
 
 
@@ -224,6 +290,11 @@ def gaussian_dropout(
         >>> noise.gaussian_dropout(torch.ones(3), 0.0)
         tensor([1., 1., 1.])
     """
+    if _functorch_active():
+        if x.dtype in (torch.float32, torch.float64):
+            return x * (1.0 + float(std) * _func_noise(x, generator, True, x.dtype))
+        z = _func_noise(x, generator, True, torch.float32)
+        return (x.float() * (1.0 + float(std) * z)).to(x.dtype)
     return _gaussian_dropout_op(x, draw_seed_tensor(generator), float(std))
 
 
@@ -283,6 +354,8 @@ def gaussian_noise_mul(
         >>> noise.gaussian_noise_mul(torch.ones(2, 3), torch.zeros(3)).tolist()
         [[1.0, 1.0, 1.0], [1.0, 1.0, 1.0]]
     """
+    if _functorch_active():
+        return x * (1.0 + std * _func_noise(x, generator, True, x.dtype))
     return _noise_mul_op(x, std, draw_seed_tensor(generator))
 
 
@@ -347,6 +420,8 @@ def gaussian_reparam(
         >>> noise.gaussian_reparam(torch.ones(3), torch.zeros(3), 0.0).tolist()
         [1.0, 1.0, 1.0]
     """
+    if _functorch_active():
+        return mean + torch.sqrt(var + float(eps)) * _func_noise(mean, generator, True, mean.dtype)
     return _reparam_op(mean, var, draw_seed_tensor(generator), float(eps))
 
 
@@ -440,6 +515,15 @@ def concrete_dropout(
         >>> noise.concrete_dropout(torch.zeros(3), torch.tensor(0.2), 0.1, 1e-7).tolist()
         [0.0, 0.0, 0.0]
     """
+    if _functorch_active():
+        u = _func_noise(x, generator, False, p.dtype)
+        logit = (
+            torch.log(p + eps)
+            - torch.log(1.0 - p + eps)
+            + torch.log(u + eps)
+            - torch.log(1.0 - u + eps)
+        )
+        return x * (1.0 - torch.sigmoid(logit / temperature)) / (1.0 - p)
     return _concrete_op(x, p, draw_seed_tensor(generator), float(temperature), float(eps))
 
 
@@ -499,4 +583,8 @@ def standout(
         >>> noise.standout(torch.ones(3), torch.ones(3)).tolist()
         [1.0, 1.0, 1.0]
     """
+    if _functorch_active():
+        mask = (_func_noise(a, generator, False, keep_prob.dtype) < keep_prob).to(a.dtype)
+        # The value is m ⊙ a, the gradient in π the local expectation's.
+        return a * (keep_prob + (mask - keep_prob).detach())
     return _standout_op(a, keep_prob, draw_seed_tensor(generator))

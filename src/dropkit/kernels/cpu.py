@@ -560,6 +560,8 @@ class _PathChooser:
 
 
 _CHOOSER = _PathChooser()
+#: Public for the noise kernels (:mod:`dropkit.kernels.noise_cpu`), which keep their own instance.
+PathChooser = _PathChooser
 
 # GNU OpenMP (numba's "omp" threading layer) cannot run in a child forked from a process that
 # used it: the child is terminated ("fork() called from a process already using GNU OpenMP").

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 import os
+import time
 
 import numba
 import numpy as np
@@ -23,7 +24,7 @@ import torch
 from numba import prange
 
 from dropkit.kernels._checks import check_tensor
-from dropkit.kernels.cpu import philox_fill
+from dropkit.kernels.cpu import PathChooser, philox_fill
 
 __all__ = ["CHUNK", "PARALLEL_MIN", "uniform", "normal", "gaussian_multiply"]
 
@@ -248,11 +249,30 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=lambda: _FORKED.__setitem__(0, True))
 
 
+_CHOOSER = PathChooser()
+_WARM: set[tuple[object, str]] = set()
+
+
 def _run(drivers, out: np.ndarray, offset: int, seed: int, aux: tuple) -> None:
+    """Serial below ``PARALLEL_MIN`` elements (or in a forked child), else the faster twin as
+    measured (the Bernoulli kernels' chooser: on an oversubscribed machine a parallel region can
+    wait a whole scheduler time slice)."""
+    n = out.shape[0]
+    args = (out, np.int64(offset), np.uint64(seed & 0xFFFFFFFF), np.uint64(seed >> 32), aux)
     parallel, serial = drivers
-    use_parallel = out.shape[0] >= PARALLEL_MIN and not _FORKED[0]
+    if n < PARALLEL_MIN or _FORKED[0]:
+        serial(*args)
+        return
+    use_parallel, size_class = _CHOOSER.pick(n)
     driver = parallel if use_parallel else serial
-    driver(out, np.int64(offset), np.uint64(seed & 0xFFFFFFFF), np.uint64(seed >> 32), aux)
+    key = (driver, str(out.dtype))
+    if key not in _WARM:  # the first call compiles or loads from the cache: not a timing
+        _WARM.add(key)
+        driver(*args)
+        return
+    start = time.perf_counter()
+    driver(*args)
+    _CHOOSER.record(size_class, use_parallel, (time.perf_counter() - start) / n)
 
 
 def _check_stream(n: int, seed: int, offset: int) -> None:
