@@ -14,7 +14,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from dropkit import ops, rng
+from dropkit import noise, ops, rng
 
 WORLD = 2
 N = 4096
@@ -34,12 +34,16 @@ def _worker(rank: int, init_file: str, result_file: str) -> None:
         results = {}
         torch.manual_seed(0)  # the same seed on every rank
         results["data_parallel"] = _gather(ops.dropout_elementwise(ones, 0.5, 2.0))
+        # counter-based noise (dropkit.noise) follows the same salts as the masks
+        results["noise_data_parallel"] = _gather(noise.gaussian_dropout(ones, 0.5))
         with rng.model_parallel_region(dist.group.WORLD):
             results["shared_region"] = _gather(ops.dropout_elementwise(ones, 0.5, 2.0))
             results["shared_mask"] = _gather(ops.keep_mask((N,), 0.5, "cpu").to(torch.float32))
+            results["noise_shared_region"] = _gather(noise.gaussian_dropout(ones, 0.5))
         rng.model_parallel_manual_seed(0, dist.group.WORLD)
         with rng.get_rng_tracker().fork():
             results["tracker_fork"] = _gather(ops.dropout_elementwise(ones, 0.5, 2.0))
+            results["noise_tracker_fork"] = _gather(noise.uniform((N,)))
         # Two data-parallel groups of one rank each: each rank is rank 0 of its group, so the
         # default salt is the same and the ranks (now one model replica) share masks.
         singletons = [dist.new_group([r]) for r in range(WORLD)]
@@ -65,7 +69,8 @@ def test_data_parallel_ranks_differ_and_tensor_parallel_groups_share(tmp_path):
     assert not torch.equal(rank0, rank1)
     agreement = int(((rank0 != 0) == (rank1 != 0)).sum())
     assert abs(agreement - N / 2) <= 6 * (N / 4) ** 0.5  # independent masks agree half the time
-    for key in ("shared_region", "shared_mask", "same_dp_rank"):
+    for key in ("shared_region", "shared_mask", "same_dp_rank", "noise_shared_region"):
         assert torch.equal(*results[key]), key
-    assert not torch.equal(*results["tracker_fork"])
+    for key in ("tracker_fork", "noise_data_parallel", "noise_tracker_fork"):
+        assert not torch.equal(*results[key]), key
     assert not torch.equal(results["shared_region"][0], results["data_parallel"][0])
