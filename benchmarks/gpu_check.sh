@@ -2,7 +2,8 @@
 # Every check dropkit needs a GPU for, as one prepared command for a session that is lent one:
 #
 #   1. the CUDA-only tests: the Triton kernels compiled for the device give the CPU's bits for every
-#      op and dtype (tests/test_ops.py), WeightDrop on cuDNN's RNN kernels (tests/test_weights.py);
+#      op and dtype (tests/test_ops.py), WeightDrop on cuDNN's RNN kernels (tests/test_weights.py),
+#      the noise kernels' bits and the noise layers' CPU = GPU noise (tests/test_noise_kernels.py);
 #   2. the kernel benchmark on the device: forward / forward + backward against torch eager,
 #      torch.compile and x.clone(), the copy bandwidth of forward and backward, and fused
 #      bias + dropout + residual against eager (issue 3's GPU targets: >= 90 % of the copy
@@ -37,11 +38,16 @@ status=${PIPESTATUS[0]}
 [ "$status" -eq 0 ] || exit "$status"
 
 "$PYTHON" -m pytest -q -o addopts="" -p no:cacheprovider \
-    tests/test_ops.py tests/test_weights.py -k "cuda or cudnn" 2>&1 | tee "$OUT/tests.txt"
+    tests/test_ops.py tests/test_weights.py tests/test_noise_kernels.py -k "cuda or cudnn" 2>&1 \
+    | tee "$OUT/tests.txt"
 tests=${PIPESTATUS[0]}
 
 "$PYTHON" -m dropkit.bench --device cuda 2>&1 | tee "$OUT/bench_cuda.txt"
 bench=${PIPESTATUS[0]}
+
+# Counter-based noise: saved bytes per layer, Gaussian dropout against randn_like on the device.
+"$PYTHON" benchmarks/bench_noise.py --device cuda --quick 2>&1 | tee "$OUT/bench_noise_cuda.txt"
+[ "${PIPESTATUS[0]}" -eq 0 ] || bench=1
 
 echo "tests: exit $tests; benchmark: exit $bench (files in $OUT)"
 [ "$tests" -eq 0 ] && [ "$bench" -eq 0 ]

@@ -296,3 +296,39 @@ def test_triton_noise_kernels_compile_for_sm90_without_fma_or_approximations():
         {"BLOCK": 1024},
     )
     assert "mul.hi.u32" in code
+
+
+# --- on a GPU (benchmarks/gpu_check.sh runs these where a CUDA device is lent) ----------------
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+@needs_cuda
+@pytest.mark.parametrize("n,seed,offset", CASES)
+def test_cuda_noise_equals_the_reference_bit_for_bit(n, seed, offset):
+    u = noise.uniform(n, seed, offset, "cuda").cpu().numpy()
+    assert (_bits(u) == _bits(ref.uniform_reference(n, seed, offset))).all()
+    for dtype, np_dtype in ((torch.float32, np.float32), (torch.float64, np.float64)):
+        z = noise.normal(n, seed, offset, "cuda", dtype).cpu().numpy()
+        assert (_bits(z) == _bits(ref.normal_reference(n, seed, offset, np_dtype))).all(), dtype
+        x = torch.randn(n, dtype=dtype, generator=torch.Generator().manual_seed(n))
+        y = noise.gaussian_multiply(x.cuda(), seed, offset, 0.7).cpu().numpy()
+        expected = ref.gaussian_multiply_reference(x.numpy(), seed, offset, 0.7)
+        assert (_bits(y) == _bits(expected)).all(), dtype
+
+
+@needs_cuda
+def test_cuda_and_cpu_layers_draw_the_same_noise_for_the_same_manual_seed():
+    import dropkit
+
+    x = torch.randn(64, 32, generator=torch.Generator().manual_seed(0))
+    std = torch.full((32,), 0.4)
+    for fn in (
+        lambda t, s: dropkit.functional.gaussian_dropout(t, 0.3),
+        lambda t, s: dropkit.functional_learned.variational_dropout(t, s.log() * 2),
+        lambda t, s: dropkit.functional_learned.standout(t.abs(), (t.abs() / 4).clamp(max=1)),
+    ):
+        torch.manual_seed(1)
+        on_cpu = fn(x, std)
+        torch.manual_seed(1)
+        on_gpu = fn(x.cuda(), std.cuda()).cpu()
+        assert torch.equal(on_cpu, on_gpu)
