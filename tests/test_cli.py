@@ -227,3 +227,64 @@ def test_a_file_named_npz_that_is_not_an_archive_says_so(tmp_path, capsys, conte
     line = _run_bad(tmp_path, capsys, "--data", str(tmp_path / "d.npz"))
     assert "'" + str(tmp_path / "d.npz") + "' is not an NPZ archive" in line and what in line
     assert "pickle" not in line
+
+
+def test_threads_beyond_the_cores_is_one_line_not_a_crash(tmp_path):
+    # A subprocess: before the check, torch.set_num_threads(100000) killed the process.
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    src = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "src")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([src, os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "dropkit.cli",
+            "study",
+            "--no-progress",
+            "--threads",
+            "100000",
+            "--out",
+            str(tmp_path / "report"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert proc.stderr.strip().splitlines() == [
+        f"dropkit study: error: --threads must be an int in [1, {cores}] (the CPU cores this "
+        "process may use), got 100000"
+    ]
+    assert os.listdir(tmp_path) == []
+
+
+def test_hidden_width_too_large_for_memory_is_refused_with_the_estimate(tmp_path, capsys):
+    line = _run_bad(tmp_path, capsys, "--hidden", "1099511627776")
+    assert line.startswith("dropkit study: error: --hidden 1099511627776 needs at least ")
+    assert "PiB of memory" in line and "iB is available; choose smaller widths" in line
+
+
+@pytest.mark.parametrize("out", ["/proc/dropkit-report", "/sys/dropkit-report/nested"])
+def test_unwritable_out_is_refused_before_any_work(tmp_path, capsys, out):
+    line = _run_bad(tmp_path, capsys, "--out", out)
+    parent = "/" + out.split("/")[1]
+    assert line.startswith(
+        f"dropkit study: error: --out {out!r}: cannot write a report under {parent!r}"
+    )
+    assert not os.path.exists(out)
+
+
+@pytest.mark.parametrize(
+    ("args", "allowed"),
+    [
+        (["--seed", "4294967296"], "[0, 4294967295]"),
+        (["--seed", "-1"], "[0, 4294967295]"),
+        (["--seed", "4294967295", "--final-seeds", "3"], "[0, 4294967293]"),
+    ],
+)
+def test_seed_outside_32_bits_names_the_flag_and_the_range(tmp_path, capsys, args, allowed):
+    line = _run_bad(tmp_path, capsys, *args)
+    assert line.startswith(f"dropkit study: error: --seed must be an int in {allowed}")
+    assert line.endswith(f"got {args[1]}")

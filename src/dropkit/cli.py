@@ -243,6 +243,116 @@ def _check_flags(args: argparse.Namespace, task: str) -> None:
                 f"{flag} applies to {'regression' if task == 'classification' else 'classification'} "
                 f"studies only, and this study is a {task} one"
             )
+    _check_seed(args.seed)
+    _check_threads(args.threads)
+    _check_writable(args.out)
+
+
+#: The largest seed: NumPy's legacy generator and Optuna's samplers take 32-bit seeds.
+MAX_SEED = 2**32 - 1
+
+
+def _check_seed(seed: int) -> None:
+    if not 0 <= seed <= MAX_SEED:
+        raise ValueError(f"--seed must be an int in [0, {MAX_SEED}] (32 bits), got {seed}")
+
+
+def _usable_cores() -> int:
+    """The CPU cores this process may run on (its affinity mask, else the machine's count)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def _check_threads(threads: int) -> None:
+    # torch.set_num_threads(100000) asks OpenMP for that many threads and crashes the process.
+    cores = _usable_cores()
+    if not 1 <= threads <= cores:
+        raise ValueError(
+            f"--threads must be an int in [1, {cores}] (the CPU cores this process may use), "
+            f"got {threads}"
+        )
+
+
+def _check_writable(out: str) -> None:
+    """Refuses an --out under which no folder can be made, before any work.
+
+    ``os.access`` says yes to root everywhere, /proc and /sys included, so a folder is made and
+    removed in the nearest existing parent: the report's staging folder will be made there.
+    """
+    import tempfile
+
+    parent = os.path.dirname(os.path.abspath(out))
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        return  # a file where a folder should be: the output check names it
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".dropkit-probe-", dir=parent))
+    except OSError as err:
+        raise ValueError(
+            f"--out {out!r}: cannot write a report under {parent!r} ({err.strerror or err}); "
+            "choose a writable folder"
+        ) from None
+
+
+def _check_memory(hidden: Sequence[int], n_features: int, n_outputs: int, rows: int) -> None:
+    """Refuses widths whose model cannot fit in memory, before it is built.
+
+    A floor, not a guess: one MLP trained with Adam holds its weights, their gradients and
+    Adam's two moments (4 float32 per parameter), and a forward pass over ``rows`` examples
+    holds every layer's activations. Past the available memory the run can only crash.
+    """
+    sizes = [n_features, *hidden, n_outputs]
+    parameters = sum(a * b + b for a, b in zip(sizes[:-1], sizes[1:], strict=False))
+    needed = 4 * (4 * parameters + rows * sum(sizes))
+    available = _available_memory()
+    if available is not None and needed > available:
+        widths = ",".join(map(str, hidden))
+        raise ValueError(
+            f"--hidden {widths} needs at least {_bytes(needed)} of memory ({parameters:,} parameters "
+            f"with gradients and Adam's moments, plus activations), but {_bytes(available)} is "
+            "available; choose smaller widths"
+        )
+
+
+def _available_memory() -> int | None:
+    """Bytes this process can still allocate: MemAvailable, capped by a cgroup limit; None if unknown."""
+    found: list[int] = []
+    try:
+        with open("/proc/meminfo") as handle:
+            for line in handle:
+                if line.startswith("MemAvailable:"):
+                    found.append(int(line.split()[1]) * 1024)
+    except (OSError, ValueError, IndexError):
+        pass
+    for limit, usage in (
+        ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
+        (
+            "/sys/fs/cgroup/memory/memory.limit_in_bytes",
+            "/sys/fs/cgroup/memory/memory.usage_in_bytes",
+        ),
+    ):
+        try:
+            with open(limit) as a, open(usage) as b:
+                found.append(int(a.read().strip()) - int(b.read().strip()))
+        except (OSError, ValueError):
+            continue
+    if not found:
+        try:
+            found.append(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+        except (AttributeError, ValueError, OSError):
+            return None
+    return max(min(found), 0)
+
+
+def _bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB"):
+        if n < 1024 or unit == "PiB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1024
+    return f"{n:.1f} PiB"
 
 
 def _study(args: argparse.Namespace, argv: Sequence[str]) -> int:
@@ -276,17 +386,20 @@ def _study(args: argparse.Namespace, argv: Sequence[str]) -> int:
     )
     # Everything that can be wrong with the input is checked before any file is written.
     try:
-        resolved = config.resolved()
+        try:
+            resolved = config.resolved()
+        except (ValueError, TypeError) as err:
+            raise type(err)(_flag_name(str(err))) from None
         for i, p in enumerate(resolved.grid):
             if not 0.0 < p < 1.0:
                 raise ValueError(f"--grid rates must be in (0, 1), got {p!r} at position {i}")
         if len(set(resolved.grid)) != len(resolved.grid):
             raise ValueError(f"--grid must not repeat a rate, got {list(resolved.grid)}")
-        if args.threads < 1:
-            raise ValueError(f"--threads must be an int >= 1, got {args.threads}")
         keep = [args.data] if args.data else []
         out_dir = report.check_target(args.out, keep=keep)
         dataset = study.load_study_data(resolved)
+        rows = min(resolved.batch_size, len(dataset.x_train))
+        _check_memory(resolved.hidden, dataset.n_features, dataset.n_classes, rows)
     except (ValueError, TypeError, FileNotFoundError, IsADirectoryError, PermissionError) as err:
         return _error("study", err)
 
@@ -353,6 +466,9 @@ _FLAGS = {
     "batch_size": "--batch-size",
     "lr": "--lr",
     "seed": "--seed",
+    "final_seeds": "--final-seeds",
+    "trials": "--trials",
+    "metric": "--metric",
 }
 
 
@@ -390,12 +506,13 @@ def _regression_study(args: argparse.Namespace, argv: Sequence[str], rule: str) 
             resolved = config.resolved()
         except (ValueError, TypeError) as err:
             raise type(err)(_flag_name(str(err))) from None
-        if args.threads < 1:
-            raise ValueError(f"--threads must be an int >= 1, got {args.threads}")
         keep = [args.data] if args.data and os.path.exists(args.data) else []
         out_dir = report.check_target(args.out, keep=keep)
         dataset = regression.load_regression_data(resolved.data, resolved.label)
         regression.check_splits(len(dataset.y), resolved, f"data {dataset.name!r}")
+        _check_memory(
+            resolved.hidden, dataset.x.shape[1], 1, min(resolved.batch_size, len(dataset.y))
+        )
         if not (np.isfinite(dataset.x).all()):
             raise ValueError(f"data {dataset.name!r}: the features hold NaN or infinite values")
     except (ValueError, TypeError, FileNotFoundError, IsADirectoryError, PermissionError) as err:

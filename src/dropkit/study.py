@@ -142,6 +142,13 @@ class StudyConfig:
             raise ValueError(f"metric must be 'val_acc' or 'val_loss', got {self.metric!r}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
             raise ValueError(f"seed must be an int >= 0, got {self.seed!r}")
+        # Seeds seed .. seed + k − 1 seed NumPy's legacy generator and Optuna's samplers: 32 bits.
+        largest = 2**32 - max(out.seeds, out.final_seeds)
+        if self.seed > largest:
+            raise ValueError(
+                f"seed must be an int in [0, {largest}] (seeds up to seed + "
+                f"{max(out.seeds, out.final_seeds) - 1} are used, and they are 32-bit), got {self.seed}"
+            )
         out.grid = tuple(float(p) for p in self.grid)
         return out
 
