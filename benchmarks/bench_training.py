@@ -11,9 +11,16 @@ from other processes hits them alike, and every step is timed on its own: the ta
 variant's median step (robust to the preemptions of a shared machine) and its overhead over the
 median no-dropout step.
 
+A fourth variant, ``dropkit-serial``, is dropkit with its CPU kernels forced serial
+(``dropkit.kernels.cpu.set_max_threads(1)``): dropkit's kernels follow ``torch.get_num_threads()``,
+and this row shows that they never make a step slower than running them on one thread would. With
+``--batch 1000`` each activation has 10^5 elements, above the size where the parallel kernels may
+run (``PARALLEL_MIN`` = 2^16); ``--threads 1 2`` makes one table per torch thread count.
+
 Run:
     .venv/bin/python benchmarks/bench_training.py            # 15 rounds x 200 steps, 1 thread
     .venv/bin/python benchmarks/bench_training.py --clock cpu   # CPU time, steadier on a busy machine
+    .venv/bin/python benchmarks/bench_training.py --threads 1 2 --batch 1000 --steps 50
 """
 
 from __future__ import annotations
@@ -24,12 +31,13 @@ import platform
 import statistics
 import time
 
+import numba
 import torch
 from torch import nn
 
 import dropkit
 from dropkit.data import load_mnist1d
-from dropkit.kernels import native
+from dropkit.kernels import cpu, native
 
 
 def make_model(dropout: str, p: float) -> nn.Sequential:
@@ -38,7 +46,7 @@ def make_model(dropout: str, p: float) -> nn.Sequential:
     def drop() -> nn.Module:
         if dropout == "torch":
             return nn.Dropout(p)
-        if dropout == "dropkit":
+        if dropout in ("dropkit", "dropkit-serial"):
             return dropkit.Dropout(p)
         return nn.Identity()
 
@@ -60,6 +68,7 @@ class Trainer:
     def __init__(
         self, dropout: str, p: float, x: torch.Tensor, y: torch.Tensor, batch: int
     ) -> None:
+        self.serial = dropout == "dropkit-serial"
         self.model = make_model(dropout, p).train()
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=1e-2)
         self.loss = nn.CrossEntropyLoss()
@@ -79,11 +88,61 @@ class Trainer:
     def time_steps(self, steps: int, clock=time.perf_counter) -> list[float]:
         """Seconds taken by each of ``steps`` steps."""
         times = []
-        for _ in range(steps):
-            start = clock()
-            self.step()
-            times.append(clock() - start)
+        cpu.set_max_threads(1 if self.serial else None)
+        try:
+            for _ in range(steps):
+                start = clock()
+                self.step()
+                times.append(clock() - start)
+        finally:
+            cpu.set_max_threads(None)
         return times
+
+
+def run(args: argparse.Namespace, threads: int, data) -> None:
+    """Times every variant at ``threads`` torch threads and prints one table."""
+    clock = time.perf_counter if args.clock == "wall" else time.process_time
+    torch.set_num_threads(threads)
+    variants = ["none", "torch", "dropkit", "dropkit-serial"]
+    trainers = {v: Trainer(v, args.p, data.x_train, data.y_train, args.batch) for v in variants}
+    for trainer in trainers.values():  # warm-up: numba loading, allocator, Adam state
+        trainer.time_steps(50)
+
+    times: dict[str, list[float]] = {v: [] for v in variants}
+    for _ in range(args.rounds):
+        for v in variants:
+            times[v].extend(trainers[v].time_steps(args.steps, clock))
+
+    try:
+        load = f"{os.getloadavg()[0]:.2f}"
+    except OSError:
+        load = "?"
+    print(
+        f"machine: {platform.machine()} {platform.processor() or ''} {os.cpu_count()} CPUs, "
+        f"load {load}, python {platform.python_version()}, torch {torch.__version__}, "
+        f"threads {torch.get_num_threads()} (dropkit kernels {cpu.kernel_threads()}, numba layer "
+        f"{numba.config.THREADING_LAYER}), {args.clock} clock"
+    )
+    print(f"dropkit's C++ autograd node: {native.status()}")
+    print(
+        f"MNIST-1D MLP 40-100-100-10, batch {args.batch} ({args.batch * 100} elements per dropout), "
+        f"Adam, two dropout layers p={args.p}; {args.rounds} interleaved rounds x {args.steps} "
+        "steps; median step"
+    )
+    print(f"{'variant':<15} {'us/step':>9} {'vs none':>9} {'per dropout layer (fwd+bwd)':>29}")
+    base = statistics.median(times["none"])
+    for v in variants:
+        step = statistics.median(times[v])
+        per_layer = (step - base) / 2 * 1e6
+        layer = f"{per_layer:8.1f} us" if v != "none" else ""
+        print(f"{v:<15} {step * 1e6:9.1f} {(step / base - 1) * 100:+8.1f}% {layer:>29}")
+    ratio = statistics.median(times["torch"]) / statistics.median(times["dropkit"])
+    serial = statistics.median(times["dropkit-serial"]) / statistics.median(times["dropkit"])
+    print(
+        f"dropkit step is {ratio:.2f}x faster than torch.nn.Dropout's (target: dropout adds <= 10%); "
+        f"forced-serial / dropkit = {serial:.2f} (>= 1: following torch's threads never loses)"
+    )
+    print()
 
 
 def main() -> None:
@@ -95,9 +154,10 @@ def main() -> None:
     parser.add_argument(
         "--threads",
         type=int,
-        default=1,
-        help="torch intra-op threads (default 1: a 100x100 layer gains nothing from more, and on a "
-        "shared machine OpenMP barriers make multi-thread step times meaningless)",
+        nargs="+",
+        default=[1],
+        help="torch intra-op threads, one table each (default 1: a 100x100 layer gains nothing "
+        "from more, and on a shared machine OpenMP barriers make multi-thread step times noisy)",
     )
     parser.add_argument(
         "--clock",
@@ -107,41 +167,9 @@ def main() -> None:
         "use with --threads 1)",
     )
     args = parser.parse_args()
-    clock = time.perf_counter if args.clock == "wall" else time.process_time
-    torch.set_num_threads(args.threads)
-
     data = load_mnist1d()
-    variants = ["none", "torch", "dropkit"]
-    trainers = {v: Trainer(v, args.p, data.x_train, data.y_train, args.batch) for v in variants}
-    for trainer in trainers.values():  # warm-up: numba loading, allocator, Adam state
-        trainer.time_steps(50)
-
-    times: dict[str, list[float]] = {v: [] for v in variants}
-    for _ in range(args.rounds):
-        for v in variants:
-            times[v].extend(trainers[v].time_steps(args.steps, clock))
-
-    print(
-        f"machine: {platform.machine()} {platform.processor() or ''} {os.cpu_count()} CPUs, "
-        f"python {platform.python_version()}, torch {torch.__version__}, "
-        f"threads {torch.get_num_threads()}, {args.clock} clock"
-    )
-    print(f"dropkit's C++ autograd node: {native.status()}")
-    print(
-        f"MNIST-1D MLP 40-100-100-10, batch {args.batch}, Adam, two dropout layers p={args.p}; "
-        f"{args.rounds} interleaved rounds x {args.steps} steps; median step"
-    )
-    print(f"{'variant':<10} {'us/step':>9} {'vs none':>9} {'per dropout layer (fwd+bwd)':>29}")
-    base = statistics.median(times["none"])
-    for v in variants:
-        step = statistics.median(times[v])
-        per_layer = (step - base) / 2 * 1e6
-        layer = f"{per_layer:8.1f} us" if v != "none" else ""
-        print(f"{v:<10} {step * 1e6:9.1f} {(step / base - 1) * 100:+8.1f}% {layer:>29}")
-    ratio = statistics.median(times["torch"]) / statistics.median(times["dropkit"])
-    print(
-        f"dropkit step is {ratio:.2f}x faster than torch.nn.Dropout's (target: dropout adds <= 10%)"
-    )
+    for threads in args.threads:
+        run(args, threads, data)
 
 
 if __name__ == "__main__":

@@ -51,6 +51,7 @@ import torch
 
 from dropkit import kernels, rng
 from dropkit._validate import check_float_tensor, check_generator, check_probability
+from dropkit.kernels import warmup
 
 __all__ = [
     "THRESHOLD_RANGE",
@@ -157,7 +158,13 @@ class _SmallCPU:
 
     def accepts(self, x: torch.Tensor) -> bool:
         return (
-            x.is_cpu and 0 < x.numel() < self.limit and x.dtype in self.loops and x.is_contiguous()
+            x.is_cpu
+            and 0 < x.numel() < self.limit
+            and x.dtype in self.loops
+            and x.is_contiguous()
+            # numba's code cached (or compiled here); on a fresh install it is being compiled in
+            # the background meanwhile and kernels.dropout_forward serves (same bits)
+            and (x.dtype in _NUMBA_READY or warmup.numba_ready(x.dtype))
         )
 
     def _entry_point(self, dtype: torch.dtype):
@@ -206,6 +213,7 @@ class _SmallCPU:
 
 
 _SMALL = _SmallCPU()
+_NUMBA_READY = warmup.READY
 
 
 def _apply(x: torch.Tensor, seed: int, offset: int, thresh: int, scale: float) -> torch.Tensor:
@@ -381,8 +389,9 @@ def _differentiable_raw(x: torch.Tensor, stream: tuple, inplace: bool) -> torch.
     return _RAW_APPLY(x, stream, inplace)
 
 
-# The C++ autograd node of dropkit.kernels.native, loaded (built once per machine) on first use:
-# [dropout(x, seed, offset, thresh, scale), dropout_seeded(x, thresh, scale)], or Nones.
+# The C++ autograd node of dropkit.kernels.native, loaded on first use once built (in the
+# background, once per environment): [dropout(x, seed, offset, thresh, scale),
+# dropout_seeded(x, thresh, scale)], or Nones.
 _UNLOADED = object()
 _NATIVE: list = [_UNLOADED, None]
 
@@ -390,8 +399,10 @@ _NATIVE: list = [_UNLOADED, None]
 def _load_native() -> list:
     from dropkit.kernels import native
 
-    op = native.load()
+    op = native.load(wait=False)  # never waits for a build: the Python path serves meanwhile
     if op is None:
+        if native.pending():  # being built in the background: look again on a later call
+            return [None, None]
         _NATIVE[:] = [None, None]
     else:
         # The overloads' underlying builtins: OpOverload.__call__ only forwards to them.

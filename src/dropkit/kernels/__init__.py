@@ -29,7 +29,7 @@ from types import ModuleType
 
 import torch
 
-from dropkit.kernels import cpu, fallback
+from dropkit.kernels import cpu, fallback, warmup
 from dropkit.reference.philox import (
     THRESHOLD_RANGE,
     keep_probability_from_threshold,
@@ -89,10 +89,15 @@ def backend_name(device: torch.device | str) -> str:
     return "torch"
 
 
-def _backend(device: torch.device) -> ModuleType:
+def _backend(device: torch.device, kind: object = None) -> ModuleType:
+    """The module serving ``device``. On CPU, for a ``kind`` whose numba code is still being
+    compiled in the background (a fresh install, see :mod:`dropkit.kernels.warmup`), the torch
+    fallback with the CPU kernels' checks: same bits, no wait."""
     name = backend_name(device)
     if name == "numba":
-        return cpu
+        if kind is None or kind in warmup.READY or warmup.numba_ready(kind):
+            return cpu
+        return warmup.ColdCPU  # type: ignore[return-value]
     if name == "triton":
         gpu = _gpu()
         if gpu is not None:
@@ -125,7 +130,7 @@ def dropout_forward(
         >>> dropout_forward(torch.ones(3, dtype=torch.float64), 7, 2**40, 0, 1.0)
         tensor([1., 1., 1.], dtype=torch.float64)
     """
-    return _backend(x.device).dropout_forward(x, seed, offset, threshold, scale)
+    return _backend(x.device, x.dtype).dropout_forward(x, seed, offset, threshold, scale)
 
 
 def dropout_forward_out(
@@ -139,7 +144,7 @@ def dropout_forward_out(
         >>> x
         tensor([2., 0., 2., 2.])
     """
-    backend = _backend(x.device)
+    backend = _backend(x.device, x.dtype)
     if not hasattr(backend, "dropout_forward_out"):  # the torch fallback has no out= form
         return out.copy_(backend.dropout_forward(x, seed, offset, threshold, scale))
     return backend.dropout_forward_out(x, out, seed, offset, threshold, scale)
@@ -154,7 +159,7 @@ def dropout_backward(
         >>> dropout_backward(torch.ones(4), 0, 0, 32768, 2.0)
         tensor([2., 0., 2., 2.])
     """
-    return _backend(grad.device).dropout_backward(grad, seed, offset, threshold, scale)
+    return _backend(grad.device, grad.dtype).dropout_backward(grad, seed, offset, threshold, scale)
 
 
 def keep_mask(
@@ -166,7 +171,7 @@ def keep_mask(
         >>> keep_mask(4, 0, 0, 32768, "cpu")
         tensor([ True, False,  True,  True])
     """
-    return _backend(torch.device(device)).keep_mask(n, seed, offset, threshold, device)
+    return _backend(torch.device(device), "mask").keep_mask(n, seed, offset, threshold, device)
 
 
 def bias_dropout_add(
@@ -189,7 +194,8 @@ def bias_dropout_add(
         >>> bias_dropout_add(torch.zeros(1, 4), torch.ones(4), torch.ones(1, 4), 0, 0, 32768, 2.0)
         tensor([[3., 1., 3., 3.]])
     """
-    return _backend(x.device).bias_dropout_add(x, bias, residual, seed, offset, threshold, scale)
+    backend = _backend(x.device, ("bda", x.dtype))
+    return backend.bias_dropout_add(x, bias, residual, seed, offset, threshold, scale)
 
 
 def bias_dropout_add_backward(

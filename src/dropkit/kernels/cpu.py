@@ -40,6 +40,7 @@ import ctypes
 import math
 import os
 import sys
+import threading
 import time
 
 import numba
@@ -64,7 +65,9 @@ __all__ = [
     "dropout_forward",
     "dropout_forward_out",
     "keep_mask",
+    "kernel_threads",
     "random_uint16",
+    "set_max_threads",
 ]
 
 #: Stream positions per unit of work (a multiple of 8; 512 bytes of random lanes).
@@ -559,14 +562,15 @@ class _PathChooser:
             st[2] = st[3]
 
 
-_CHOOSER = _PathChooser()
 #: Public for the noise kernels (:mod:`dropkit.kernels.noise_cpu`), which keep their own instance.
 PathChooser = _PathChooser
+#: One chooser per thread count: a twin's speed at 2 threads says nothing about it at 4.
+_CHOOSERS: dict[int, _PathChooser] = {}
 
 # GNU OpenMP (numba's "omp" threading layer) cannot run in a child forked from a process that
 # used it: the child is terminated ("fork() called from a process already using GNU OpenMP").
 # DataLoader workers and multiprocessing's fork start method do exactly that, so a forked child
-# only ever takes the serial twins (same bits, no OpenMP).
+# only ever takes the serial twins (same bits, no thread pool), whatever the layer.
 _FORKED_CHILD = False
 
 
@@ -579,21 +583,133 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_mark_forked_child)
 
 
+# ----------------------------------------------------------------------------------------------
+# Threads: never more than torch uses
+# ----------------------------------------------------------------------------------------------
+#: The numba threading layer dropkit picks when the user has not (``NUMBA_THREADING_LAYER``).
+#: ``workqueue`` is numba's own pool, present in every numba install: its idle workers sleep on
+#: a condition variable instead of spinning (a GNU OpenMP pool beside torch's own OpenMP pool
+#: spins for CPU time that torch's threads need), and it survives fork. It is not safe for two
+#: threads launching parallel regions at once: :data:`_PARALLEL_GATE` serialises them.
+THREADING_LAYER = "workqueue"
+
+#: Held while a parallel twin runs; a thread that finds it taken runs the serial twin instead
+#: (same bits), so two parallel regions never overlap and no caller ever waits for another.
+_PARALLEL_GATE = threading.Lock()
+#: At most this many threads for the parallel twins (None: follow torch). See :func:`set_max_threads`.
+_MAX_THREADS: list[int | None] = [None]
+#: (parallel twin, NumPy dtype) -> a check, True once the twin may run. Filled on a fresh install
+#: by :mod:`dropkit.kernels.warmup` while a parallel twin is still being compiled in the
+#: background (its serial twin serves meanwhile); empty otherwise.
+_PARALLEL_COLD: dict[tuple[object, object], object] = {}
+
+
+def _pick_threading_layer() -> None:
+    """Sets numba's threading layer to :data:`THREADING_LAYER` unless the user chose one or
+    numba's pool is already running (the layer cannot change then)."""
+    if os.environ.get("NUMBA_THREADING_LAYER"):
+        return
+    try:
+        from numba.np.ufunc import parallel as numba_parallel
+
+        if getattr(numba_parallel, "_is_initialized", False):
+            return
+    except ImportError:  # pragma: no cover - other numba layouts
+        pass
+    numba.config.THREADING_LAYER = THREADING_LAYER
+
+
+_pick_threading_layer()
+
+
+def set_max_threads(n: int | None) -> None:
+    """Caps the threads of dropkit's parallel CPU kernels at ``n`` (None: ``torch.get_num_threads()``).
+
+    By default the kernels use as many threads as torch's intra-op pool
+    (``torch.get_num_threads()``, read at each call in the calling thread), never more than
+    numba's pool (``NUMBA_NUM_THREADS``); 1 thread means the serial kernels. ``set_max_threads(1)``
+    forces them serial (the benchmarks' baseline). Same bits either way.
+
+    Example:
+        >>> set_max_threads(1); kernel_threads()
+        1
+        >>> set_max_threads(None)
+    """
+    if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
+        raise ValueError(f"n must be a positive integer or None, got {n!r}")
+    _MAX_THREADS[0] = n
+
+
+def kernel_threads() -> int:
+    """Threads the parallel kernels would use for a call made now from this thread.
+
+    ``min(torch.get_num_threads(), NUMBA_NUM_THREADS, set_max_threads cap)``; 1 in a forked child.
+
+    Example:
+        >>> kernel_threads() <= torch.get_num_threads()
+        True
+    """
+    if _FORKED_CHILD:
+        return 1
+    threads = min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)
+    cap = _MAX_THREADS[0]
+    return max(1, threads if cap is None else min(threads, cap))
+
+
+def claim_parallel(n: int) -> int:
+    """For a kernel on ``n`` elements: the threads its parallel twin may use now, with the
+    one-parallel-region-at-a-time gate taken (give it back with :func:`release_parallel`), or 0:
+    run the serial twin (below ``PARALLEL_MIN``, one thread to use, or another region running).
+
+    Every dropkit kernel with a ``prange`` twin (these and :mod:`dropkit.kernels.noise_cpu`) goes
+    through here, so none of them oversubscribes torch's cores or overlaps another's region.
+    """
+    threads = 1 if n < PARALLEL_MIN else kernel_threads()
+    if threads <= 1 or not _PARALLEL_GATE.acquire(blocking=False):
+        return 0
+    return threads
+
+
+def release_parallel() -> None:
+    """Gives back the gate taken by a non-zero :func:`claim_parallel`."""
+    _PARALLEL_GATE.release()
+
+
+def use_threads(threads: int) -> None:
+    """Sets numba's thread count for the calling thread (numba keeps one per thread) before a
+    parallel twin runs; ``threads`` from :func:`claim_parallel`."""
+    if numba.get_num_threads() != threads:
+        numba.set_num_threads(threads)
+
+
 def _run_sized(
     parallel, serial, n: int, arrays: tuple, offset: int, seed: int, threshold: int, *scale
 ) -> None:
-    """Runs the serial twin below ``PARALLEL_MIN`` elements, else the faster twin as measured."""
-    if n < PARALLEL_MIN or _FORKED_CHILD:
+    """Runs the serial twin below ``PARALLEL_MIN`` elements or with one thread to use, else the
+    faster twin as measured, on :func:`kernel_threads` threads."""
+    if _PARALLEL_COLD and n >= PARALLEL_MIN:
+        ready = _PARALLEL_COLD.get((parallel, arrays[0].dtype))
+        if ready is not None and not ready():  # still being compiled in the background
+            _run(serial, arrays, offset, seed, threshold, *scale)
+            return
+    threads = claim_parallel(n)
+    if not threads:
         _run(serial, arrays, offset, seed, threshold, *scale)
         return
-    use_parallel, size_class = _CHOOSER.pick(n)
-    driver = parallel if use_parallel else serial
-    if (driver, arrays[0].dtype) not in _ENTRIES:  # first call compiles or loads: not a timing
+    try:
+        chooser = _CHOOSERS.get(threads) or _CHOOSERS.setdefault(threads, _PathChooser())
+        use_parallel, size_class = chooser.pick(n)
+        driver = parallel if use_parallel else serial
+        if use_parallel:
+            use_threads(threads)
+        if (driver, arrays[0].dtype) not in _ENTRIES:  # first call compiles or loads: not a timing
+            _run(driver, arrays, offset, seed, threshold, *scale)
+            return
+        start = time.perf_counter()
         _run(driver, arrays, offset, seed, threshold, *scale)
-        return
-    start = time.perf_counter()
-    _run(driver, arrays, offset, seed, threshold, *scale)
-    _CHOOSER.record(size_class, use_parallel, (time.perf_counter() - start) / n)
+        chooser.record(size_class, use_parallel, (time.perf_counter() - start) / n)
+    finally:
+        release_parallel()
 
 
 # ----------------------------------------------------------------------------------------------

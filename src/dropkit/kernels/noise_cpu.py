@@ -8,8 +8,9 @@ evaluated by fixed float64 polynomials (no libm, so the same bits as NumPy, Trit
 As in :mod:`dropkit.kernels.cpu`: the stream is cut into chunks of ``CHUNK`` positions aligned to
 the stream, each chunk's Philox blocks are computed into a small buffer (the same jitted
 generator, :func:`dropkit.kernels.cpu.philox_fill`), then the element loop reads it. Tensors of
-``PARALLEL_MIN`` elements or more run the ``prange`` twin (same bits; not in a forked child, where
-GNU OpenMP cannot run). No ``fastmath``: contraction into FMAs would change bits.
+``PARALLEL_MIN`` elements or more may run the ``prange`` twin (same bits), on torch's thread count
+and one parallel region at a time (:func:`dropkit.kernels.cpu.claim_parallel`); never in a forked
+child. No ``fastmath``: contraction into FMAs would change bits.
 """
 
 from __future__ import annotations
@@ -24,7 +25,13 @@ import torch
 from numba import prange
 
 from dropkit.kernels._checks import check_tensor
-from dropkit.kernels.cpu import PathChooser, philox_fill
+from dropkit.kernels.cpu import (
+    PathChooser,
+    claim_parallel,
+    philox_fill,
+    release_parallel,
+    use_threads,
+)
 
 __all__ = ["CHUNK", "PARALLEL_MIN", "uniform", "normal", "gaussian_multiply"]
 
@@ -260,19 +267,27 @@ def _run(drivers, out: np.ndarray, offset: int, seed: int, aux: tuple) -> None:
     n = out.shape[0]
     args = (out, np.int64(offset), np.uint64(seed & 0xFFFFFFFF), np.uint64(seed >> 32), aux)
     parallel, serial = drivers
-    if n < PARALLEL_MIN or _FORKED[0]:
+    # torch's thread count, and one parallel region at a time (numba's workqueue layer, see
+    # dropkit.kernels.cpu.claim_parallel): 0 means the serial twin.
+    threads = 0 if n < PARALLEL_MIN or _FORKED[0] else claim_parallel(n)
+    if not threads:
         serial(*args)
         return
-    use_parallel, size_class = _CHOOSER.pick(n)
-    driver = parallel if use_parallel else serial
-    key = (driver, str(out.dtype))
-    if key not in _WARM:  # the first call compiles or loads from the cache: not a timing
-        _WARM.add(key)
+    try:
+        use_parallel, size_class = _CHOOSER.pick(n)
+        driver = parallel if use_parallel else serial
+        if use_parallel:
+            use_threads(threads)
+        key = (driver, str(out.dtype))
+        if key not in _WARM:  # the first call compiles or loads from the cache: not a timing
+            _WARM.add(key)
+            driver(*args)
+            return
+        start = time.perf_counter()
         driver(*args)
-        return
-    start = time.perf_counter()
-    driver(*args)
-    _CHOOSER.record(size_class, use_parallel, (time.perf_counter() - start) / n)
+        _CHOOSER.record(size_class, use_parallel, (time.perf_counter() - start) / n)
+    finally:
+        release_parallel()
 
 
 def _check_stream(n: int, seed: int, offset: int) -> None:
