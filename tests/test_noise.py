@@ -134,7 +134,10 @@ def _saved_bytes(fn) -> int:
 
 def test_backward_saves_the_seed_not_the_noise():
     x = torch.randn(256, 64, requires_grad=True)
-    assert _saved_bytes(lambda: dropkit.functional.gaussian_dropout(x, 0.3)) == 8
+    # eager: the seed lives on the autograd node as a Python int; the op (compiled) saves 8 bytes
+    assert _saved_bytes(lambda: dropkit.functional.gaussian_dropout(x, 0.3)) == 0
+    seed = noise.draw_seed_tensor()
+    assert _saved_bytes(lambda: torch.ops.dropkit.gaussian_dropout(x, seed, 0.3)) == 8
     mean, var = x * 2, (x * x).detach().requires_grad_()
     # x * 2 saves nothing; the op saves var (what d/dvar needs) and the seed
     saved = _saved_bytes(lambda: noise.gaussian_reparam(mean, var, 1e-8))
@@ -291,3 +294,18 @@ def test_vmap_honours_the_randomness_flag():
     assert (same == same[0]).all() and (same[0] != 1).any()
     with pytest.raises(RuntimeError, match="randomness error mode"):
         torch.func.vmap(f)(x)
+
+
+def test_eager_fast_path_equals_the_custom_op_and_supports_double_backward():
+    x = torch.randn(3000, dtype=torch.float64, requires_grad=True)
+    torch.manual_seed(5)
+    y = noise.gaussian_dropout(x, 0.4)
+    torch.manual_seed(5)
+    y_op = torch.ops.dropkit.gaussian_dropout(x, noise.draw_seed_tensor(), 0.4)
+    assert y.grad_fn is not None and torch.equal(y, y_op)
+    v = torch.randn(3000, dtype=torch.float64, requires_grad=True)
+    (g,) = torch.autograd.grad(y, x, grad_outputs=v, create_graph=True)  # g = f ⊙ v
+    multiplier = (y / x).detach()
+    torch.testing.assert_close(g, multiplier * v.detach(), rtol=1e-12, atol=0)
+    (gg,) = torch.autograd.grad(g.sum(), v)  # ∂g/∂v = f, the regenerated multiplier again
+    torch.testing.assert_close(gg, multiplier, rtol=1e-12, atol=0)

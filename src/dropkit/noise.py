@@ -27,8 +27,11 @@ Under ``torch.func`` transforms (``grad``, ``vjp``, ``jacrev``, ``vmap``) custom
 each rule is computed from the same noise with plain torch ops (autograd then keeps the noise, as
 torch's own random ops do); ``vmap``'s ``randomness`` flag is honoured as for torch's dropout:
 ``"different"`` draws noise over the whole batch, ``"same"`` one sample's noise shared by the
-batch, ``"error"`` raises. Double backward through the ops is not supported (their backward ops
-have no autograd); under ``torch.func`` it is.
+batch, ``"error"`` raises. Double backward: Gaussian dropout's eager path and ``torch.func``
+support it; the other ops' backward ops have no autograd formula of their own.
+
+In eager mode Gaussian dropout skips the dispatcher (an ``autograd.Function`` over the same kernel,
+the same bits), as :mod:`dropkit.ops` does for the masks: about 15 µs per call instead of 35.
 
 Example:
     >>> import torch
@@ -279,6 +282,27 @@ def _gd_backward(ctx, grad):
 _gaussian_dropout_op.register_autograd(_gd_backward, setup_context=_gd_setup)
 
 
+class _GaussianDropoutFunction(torch.autograd.Function):
+    """Eager fast path of ``dropkit::gaussian_dropout`` (same kernel, same bits): skips the
+    dispatcher's ~20 µs per call; keeps the seed and std as Python numbers, no tensor."""
+
+    @staticmethod
+    def forward(ctx, x, seed, std):  # noqa: D102
+        ctx.stream = (seed, std)
+        return _gaussian_dropout_impl(x, seed, std)
+
+    @staticmethod
+    def backward(ctx, grad):  # noqa: D102
+        # ∂L/∂x = (1 + std z) ⊙ ∂L/∂y with z regenerated; linear in grad, so differentiable again.
+        return _GaussianDropoutFunction.apply(grad, *ctx.stream), None, None
+
+
+def _plain(x: torch.Tensor) -> bool:
+    return (type(x) is torch.Tensor or type(x) is torch.nn.Parameter) and not (
+        torch.compiler.is_compiling()
+    )
+
+
 def gaussian_dropout(
     x: torch.Tensor, std: float, generator: torch.Generator | None = None
 ) -> torch.Tensor:
@@ -295,6 +319,8 @@ def gaussian_dropout(
             return x * (1.0 + float(std) * _func_noise(x, generator, True, x.dtype))
         z = _func_noise(x, generator, True, torch.float32)
         return (x.float() * (1.0 + float(std) * z)).to(x.dtype)
+    if _plain(x):
+        return _GaussianDropoutFunction.apply(x, rng.draw_seed(generator), float(std))
     return _gaussian_dropout_op(x, draw_seed_tensor(generator), float(std))
 
 
