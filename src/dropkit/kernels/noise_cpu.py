@@ -16,7 +16,6 @@ child. No ``fastmath``: contraction into FMAs would change bits.
 from __future__ import annotations
 
 import math
-import os
 import time
 
 import numba
@@ -25,6 +24,7 @@ import torch
 from numba import prange
 
 from dropkit.kernels._checks import check_tensor
+from dropkit.kernels.cpu import PARALLEL_MIN as cpu_parallel_min
 from dropkit.kernels.cpu import (
     PathChooser,
     claim_parallel,
@@ -37,8 +37,8 @@ __all__ = ["CHUNK", "PARALLEL_MIN", "uniform", "normal", "gaussian_multiply"]
 
 #: Stream positions per unit of work (a multiple of 4: whole Philox blocks).
 CHUNK = 256
-#: Below this many elements the serial loops run (no thread-pool launch).
-PARALLEL_MIN = 1 << 16
+#: Below this many elements the serial loops run (no thread-pool launch): the CPU kernels' value.
+PARALLEL_MIN = cpu_parallel_min
 _WORDS = 4
 _BLOCKS_PER_CHUNK = CHUNK // _WORDS
 _WORK_ITEMS = 256
@@ -250,31 +250,26 @@ _UNIFORM = (_uniform_par, _uniform_ser)
 _NORMAL = (_normal_par, _normal_ser)
 _MULTIPLY = (_multiply_par, _multiply_ser)
 
-# GNU OpenMP cannot run in a child forked from a process that used it: such a child runs serially.
-_FORKED = [False]
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=lambda: _FORKED.__setitem__(0, True))
-
-
-_CHOOSER = PathChooser()
+#: One chooser per thread count, as the Bernoulli kernels keep (a twin's speed at 2 threads says
+#: nothing about it at 4).
+_CHOOSERS: dict[int, PathChooser] = {}
 _WARM: set[tuple[object, str]] = set()
 
 
 def _run(drivers, out: np.ndarray, offset: int, seed: int, aux: tuple) -> None:
-    """Serial below ``PARALLEL_MIN`` elements (or in a forked child), else the faster twin as
-    measured (the Bernoulli kernels' chooser: on an oversubscribed machine a parallel region can
-    wait a whole scheduler time slice)."""
+    """The Bernoulli kernels' thread policy (:func:`dropkit.kernels.cpu.claim_parallel`): serial
+    below ``PARALLEL_MIN`` elements, with one thread to use (torch's count, 1 in a forked child)
+    or while another dropkit parallel region runs; else the faster twin as measured."""
     n = out.shape[0]
     args = (out, np.int64(offset), np.uint64(seed & 0xFFFFFFFF), np.uint64(seed >> 32), aux)
     parallel, serial = drivers
-    # torch's thread count, and one parallel region at a time (numba's workqueue layer, see
-    # dropkit.kernels.cpu.claim_parallel): 0 means the serial twin.
-    threads = 0 if n < PARALLEL_MIN or _FORKED[0] else claim_parallel(n)
+    threads = claim_parallel(n)
     if not threads:
         serial(*args)
         return
     try:
-        use_parallel, size_class = _CHOOSER.pick(n)
+        chooser = _CHOOSERS.get(threads) or _CHOOSERS.setdefault(threads, PathChooser())
+        use_parallel, size_class = chooser.pick(n)
         driver = parallel if use_parallel else serial
         if use_parallel:
             use_threads(threads)
@@ -285,7 +280,7 @@ def _run(drivers, out: np.ndarray, offset: int, seed: int, aux: tuple) -> None:
             return
         start = time.perf_counter()
         driver(*args)
-        _CHOOSER.record(size_class, use_parallel, (time.perf_counter() - start) / n)
+        chooser.record(size_class, use_parallel, (time.perf_counter() - start) / n)
     finally:
         release_parallel()
 
