@@ -228,18 +228,29 @@ def test_p_one_gives_zeros_without_nan_or_inf_forward_and_backward(variant, scal
 
 @pytest.mark.parametrize("variant", ["noise_shape", "dropout2d", "alpha"])
 def test_dropped_units_are_exact_even_where_the_input_is_inf_or_nan(variant):
-    torch.manual_seed(21)
-    x = torch.randn(64, 6, 5, 5)
+    # The mask is a function of the seed and the shape, not of the values: the same seed on an
+    # all-ones input shows which units the run on inf/nan drops, independently of its output.
+    x = torch.randn(64, 6, 5, 5, generator=torch.Generator().manual_seed(3))
     x[:, :, 0, 0] = float("inf")
     x[:, :, 1, 1] = float("nan")
-    y = VARIANTS[variant](x, 0.5, "inverted")
+    torch.manual_seed(21)
+    on_ones = VARIANTS[variant](torch.ones_like(x), 0.5, "inverted").reshape(x.shape)
+    torch.manual_seed(21)
+    y = VARIANTS[variant](x, 0.5, "inverted").reshape(x.shape)
     if variant == "alpha":
         a, b, alpha_prime = F.alpha_dropout_affine(0.5)
-        dropped = y == torch.tensor(a * alpha_prime + b, dtype=y.dtype)
+        dropped_value = torch.tensor(a * alpha_prime + b, dtype=y.dtype)
+        kept_value = a * x + b
     else:
-        dropped = y == 0
-    assert dropped[:, :, 0, 0].any() and dropped[:, :, 1, 1].any()
-    assert torch.isfinite(y[dropped]).all()
+        dropped_value = torch.tensor(0.0)
+        kept_value = x * 2.0
+    dropped = on_ones == dropped_value
+    for where in (x.isinf(), x.isnan()):  # both outcomes occur where the input is not finite
+        assert dropped[where].any() and (~dropped[where]).any()
+    # A dropped unit is exactly its dropped value (0·inf or 0·nan would give NaN)...
+    assert torch.equal(y[dropped], dropped_value.expand(int(dropped.sum())))
+    # ...and a kept unit carries its input, inf and nan included.
+    torch.testing.assert_close(y[~dropped], kept_value[~dropped], equal_nan=True)
 
 
 def test_gaussian_p_zero_is_the_identity():

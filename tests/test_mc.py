@@ -187,12 +187,48 @@ def test_same_seed_same_samples_other_seed_other_samples_and_global_rng_untouche
     assert torch.equal(b, predict(net, x, T=6))
 
 
+def _passes(net: nn.Module, rows: int, **kwargs) -> tuple[torch.Tensor, list[int], list[int]]:
+    """predict's samples, the samples per forward pass (read at the last layer) and each pass's
+    widest activation in bytes (the hidden layers' outputs)."""
+    samples_per_pass: list[int] = []
+    widest: list[int] = []
+    current = [0]
+
+    def hidden(module, args, out):
+        current[0] = max(current[0], out.numel() * out.element_size())
+
+    def last(module, args, out):
+        samples_per_pass.append(out.shape[0] // rows)
+        widest.append(current[0])
+        current[0] = 0
+
+    handles = [net.fc1.register_forward_hook(hidden), net.fc2.register_forward_hook(hidden)]
+    handles.append(net.fc3.register_forward_hook(last))
+    x = torch.randn(rows, 8, generator=torch.Generator().manual_seed(1))
+    try:
+        samples = predict(net, x, T=30, seed=0, **kwargs)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return samples, samples_per_pass, widest
+
+
 def test_memory_budget_chunks_without_changing_the_samples() -> None:
+    torch.manual_seed(0)
     net = dropkit.MLP([8, 64, 64, 4], p=0.5)
-    x = torch.randn(10, 8)
-    whole = predict(net, x, T=30, seed=0, max_memory_bytes=1 << 30)
-    # One sample's activations here are a few kB: a 20 kB budget forces several chunks.
-    small = predict(net, x, T=30, seed=0, max_memory_bytes=20_000)
+    rows, budget = 10, 20_000
+    whole, whole_passes, _ = _passes(net, rows, max_memory_bytes=1 << 30)
+    small, small_passes, widest = _passes(net, rows, max_memory_bytes=budget)
+    # An ample budget: the first sample alone (it measures one sample's memory), then the rest
+    # in one pass, whose hidden activations (29 × 10 rows × 64 float32 = 74 kB) exceed the small
+    # budget: an ignored budget would show as the same two passes.
+    assert whole_passes == [1, 29]
+    assert 29 * rows * 64 * 4 > budget
+    # The small budget: every pass stays under it, so there are more passes, each of them full
+    # save for rounding (the passes are equal within one sample).
+    assert sum(small_passes) == 30 and small_passes[0] == 1
+    assert max(widest) <= budget and len(small_passes) > 2
+    assert max(small_passes[1:]) - min(small_passes[1:]) <= 1
     assert torch.allclose(whole, small, atol=1e-6)
 
 
