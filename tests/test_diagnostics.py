@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 import torch.nn.functional as TF
@@ -40,47 +42,90 @@ def _by_code(findings, code):
 # ---------------------------------------------------------------- activation analysis --------
 
 
+def _dropout_input(net: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
+    """What the dropout at net[2] sees: the same tensor on every pass (nothing random before it)."""
+    with torch.no_grad():
+        return net[1](net[0](x)).double()
+
+
+def _gain_sd(h: torch.Tensor, p: float, scale: float, repeats: int) -> float:
+    """Standard deviation of the mean gain over ``repeats`` passes of an elementwise mask.
+
+    One pass: g = scale · Σ m_i h_i² / Σ h_i² with m_i ~ Bernoulli(1 − p) independent, so
+    Var g = scale² p (1 − p) Σ h⁴ / (Σ h²)²; the passes are independent.
+    """
+    h2 = h * h
+    return math.sqrt(
+        scale**2 * p * (1 - p) * float((h2 * h2).sum()) / float(h2.sum()) ** 2 / repeats
+    )
+
+
+def _assert_within(observed: float, expected: float, sd: float, what: str) -> None:
+    assert abs(observed - expected) <= 6 * sd, f"{what}: {observed} vs {expected} ± {6 * sd} (6σ)"
+
+
 def test_inverted_dropout_keeps_the_expected_activation_and_drops_a_fraction_p():
-    net = nn.Sequential(nn.Linear(16, 64), nn.ReLU(), dropkit.Dropout(0.3), nn.Linear(64, 4))
+    torch.manual_seed(0)
+    p, repeats = 0.3, 16
+    net = nn.Sequential(nn.Linear(16, 64), nn.ReLU(), dropkit.Dropout(p), nn.Linear(64, 4))
     x = torch.randn(128, 16)
-    (stats,) = activation_stats(net, x, repeats=16)
-    assert stats.path == "2" and stats.kind == "Dropout" and stats.p == 0.3
+    h = _dropout_input(net, x)
+    (stats,) = activation_stats(net, x, repeats=repeats)
+    assert stats.path == "2" and stats.kind == "Dropout" and stats.p == p
     with ActivationRecorder(net) as rec:
         net.train()(x)
     sums = rec.sums["2"]["train"]
-    assert_fraction_close(sums.dropped, sums.nonzero_in, 0.3)  # one pass: drops ~ Binomial(n, p)
-    assert abs(stats.fraction_dropped - 0.3) < 0.02
-    assert abs(stats.train_gain - 1.0) < 6 * stats.gain_se + 1e-9 and stats.eval_gain == 1.0
-    assert stats.scale_mismatch is False
-    # In eval the module is the identity; in training it adds variance, keeping the mean.
+    assert sums.nonzero_in == int((h != 0).sum())
+    assert_fraction_close(sums.dropped, sums.nonzero_in, p)  # one pass: drops ~ Binomial(n, p)
+    # Over the passes: Binomial(repeats · nonzero inputs, p).
+    assert_fraction_close(stats.fraction_dropped, repeats * int((h != 0).sum()), p)
+    _assert_within(stats.train_gain, 1.0, _gain_sd(h, p, 1 / (1 - p), repeats), "train gain")
+    assert stats.eval_gain == 1.0 and stats.scale_mismatch is False
+    # In eval the module is the identity; in training it adds variance, keeping the mean:
+    # the output mean over passes has sd sqrt(Σ h² p / (1 − p) / repeats) / numel.
     assert stats.eval_in_mean == stats.eval_out_mean and stats.eval_in_var == stats.eval_out_var
     assert stats.train_out_var > stats.train_in_var
-    assert abs(stats.train_out_mean - stats.train_in_mean) < 0.05 * stats.train_in_mean
+    mean_sd = math.sqrt(float((h * h).sum()) * p / (1 - p) / repeats) / h.numel()
+    _assert_within(stats.train_out_mean, float(h.mean()), mean_sd, "train output mean")
+    assert stats.train_in_mean == pytest.approx(float(h.mean()), rel=1e-6)
 
 
 def test_inference_scaling_has_matching_gains_of_one_minus_p():
-    net = nn.Sequential(nn.Linear(8, 64), nn.ReLU(), dropkit.Dropout(0.5, scaling="inference"))
-    (stats,) = activation_stats(net, torch.randn(128, 8))
-    assert abs(stats.train_gain - 0.5) < 0.02 and abs(stats.eval_gain - 0.5) < 1e-6
+    torch.manual_seed(1)
+    p = 0.5
+    net = nn.Sequential(nn.Linear(8, 64), nn.ReLU(), dropkit.Dropout(p, scaling="inference"))
+    x = torch.randn(128, 8)
+    (stats,) = activation_stats(net, x)
+    _assert_within(stats.train_gain, 1 - p, _gain_sd(_dropout_input(net, x), p, 1.0, 16), "gain")
+    assert stats.eval_gain == 1 - p  # y = x · 0.5 exactly
     assert stats.scale_mismatch is False
 
 
 def test_unscaled_dropout_is_a_scale_mismatch():
-    net = nn.Sequential(nn.Linear(8, 64), nn.ReLU(), UnscaledDropout(0.5))
-    (stats,) = activation_stats(net, torch.randn(128, 8))
-    assert abs(stats.train_gain - 0.5) < 0.02 and stats.eval_gain == 1.0
+    torch.manual_seed(2)
+    p = 0.5
+    net = nn.Sequential(nn.Linear(8, 64), nn.ReLU(), UnscaledDropout(p))
+    x = torch.randn(128, 8)
+    (stats,) = activation_stats(net, x)
+    _assert_within(stats.train_gain, 1 - p, _gain_sd(_dropout_input(net, x), p, 1.0, 16), "gain")
+    assert stats.eval_gain == 1.0
     assert stats.scale_mismatch is True
     (finding,) = _by_code(audit(net.eval(), torch.randn(16, 8)), "scale-mismatch")
     assert finding.path == "2" and finding.severity == "error" and "1/(1 − p)" in finding.fix
 
 
 def test_torch_dropout_and_inplace_dropout_are_measured_on_their_real_input():
-    net = nn.Sequential(
-        nn.Linear(8, 64), nn.ReLU(), nn.Dropout(0.4, inplace=True), nn.Linear(64, 2)
-    )
-    (stats,) = activation_stats(net, torch.randn(128, 8))
-    # The input is snapshotted before the inplace op overwrites it.
-    assert abs(stats.fraction_dropped - 0.4) < 0.02 and stats.scale_mismatch is False
+    torch.manual_seed(3)
+    p = 0.4
+    net = nn.Sequential(nn.Linear(8, 64), nn.ReLU(), nn.Dropout(p, inplace=True), nn.Linear(64, 2))
+    x = torch.randn(128, 8)
+    h = _dropout_input(net, x)
+    (stats,) = activation_stats(net, x)
+    # The input is snapshotted before the inplace op overwrites it: the fraction is of its
+    # non-zero entries (an overwritten input would show dropped units as zero inputs).
+    assert_fraction_close(stats.fraction_dropped, 16 * int((h != 0).sum()), p)
+    assert stats.train_in_mean == pytest.approx(float(h.mean()), rel=1e-6)
+    assert stats.scale_mismatch is False
 
 
 def test_activation_stats_restores_modes_and_the_rng():

@@ -1,11 +1,9 @@
-"""Rate schedules, the DropoutScheduler from a plain loop, and the Lightning callback's hooks."""
+"""Rate schedules, the DropoutScheduler from a plain loop, the callback's hooks, and the callback
+in a real Lightning Trainer."""
 
 from __future__ import annotations
 
-import importlib.machinery
 import math
-import sys
-import types
 
 import pytest
 import torch
@@ -180,7 +178,7 @@ def test_scheduler_rejects_bad_arguments():
 
 
 # --------------------------------------------------------------------------------------------
-# Lightning callback: the hooks with a fake trainer, and the conditional class
+# Lightning callback: the hooks with a minimal loop, the class in a real Trainer
 # --------------------------------------------------------------------------------------------
 
 
@@ -243,36 +241,98 @@ def test_hooks_reject_bad_interval():
         schedules.DropoutScheduleHooks(schedules.constant(0.1), interval="batch")
 
 
-@pytest.fixture
-def fake_lightning(monkeypatch):
-    """A stand-in `lightning.pytorch` exposing a Callback base, as the real package does."""
+class _OneDropout(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 8)
+        self.drop = dropkit.Dropout(0.5)
+        self.head = nn.Linear(8, 2)
 
-    class Callback:
-        def state_dict(self) -> dict:
-            return {}
-
-    root = types.ModuleType("lightning")
-    root.__spec__ = importlib.machinery.ModuleSpec("lightning", None)
-    sub = types.ModuleType("lightning.pytorch")
-    sub.__spec__ = importlib.machinery.ModuleSpec("lightning.pytorch", None)
-    sub.Callback = Callback
-    root.pytorch = sub
-    monkeypatch.setitem(sys.modules, "lightning", root)
-    monkeypatch.setitem(sys.modules, "lightning.pytorch", sub)
-    monkeypatch.setattr(schedules, "_callback_class", None)
-    return Callback
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.drop(torch.relu(self.fc(x))))
 
 
-def test_callback_class_subclasses_lightning_callback(fake_lightning):
-    cls = schedules.DropoutSchedulerCallback
-    assert issubclass(cls, fake_lightning) and issubclass(cls, schedules.DropoutScheduleHooks)
-    callback = cls(schedules.linear(0.0, 0.3, total_steps=3), interval="step")
-    net = _Net()
-    _FakeTrainer([callback]).fit(net, epochs=1, batches=3)
-    assert net.path.p == pytest.approx(0.3) and callback.state_dict() == {
-        "t": 3,
-        "base_p": callback.scheduler.base_p,
-    }
+def _lightning_module(seen: list[float]):
+    import lightning.pytorch as pl
+
+    class Module(pl.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = _OneDropout()
+
+        def training_step(self, batch, batch_idx):
+            seen.append(self.net.drop.p)  # the rate this step trains with
+            (x,) = batch
+            return self.net(x).pow(2).mean()
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.01)
+
+    return Module()
+
+
+def _fit(callback, seen: list[float], folder, epochs: int, ckpt_path=None):
+    import lightning.pytorch as pl
+
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        devices=1,
+        max_epochs=epochs,
+        callbacks=[callback],
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=folder,
+    )
+    data = torch.utils.data.TensorDataset(
+        torch.randn(12, 4, generator=torch.Generator().manual_seed(0))
+    )
+    module = _lightning_module(seen)
+    # 12 rows in batches of 4: three steps an epoch.
+    trainer.fit(module, torch.utils.data.DataLoader(data, batch_size=4), ckpt_path=ckpt_path)
+    return trainer, module
+
+
+# A real Trainer: importing Lightning (torchmetrics, transformers) costs about 6 s of CPU, so slow.
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("interval", "trained_at", "final_t"),
+    [("step", [0, 1, 2, 3, 4, 5], 6), ("epoch", [0, 0, 0, 1, 1, 1], 2)],
+)
+def test_callback_schedules_the_rate_in_a_real_lightning_trainer(
+    tmp_path, interval, trained_at, final_t
+):
+    import lightning.pytorch as pl
+
+    schedule = schedules.linear(0.0, 0.5, total_steps=10)
+    callback = schedules.DropoutSchedulerCallback(schedule, interval=interval, log=True)
+    assert isinstance(callback, pl.Callback)
+    assert isinstance(callback, schedules.DropoutScheduleHooks)
+    seen: list[float] = []
+    trainer, module = _fit(callback, seen, tmp_path, epochs=2)
+    # Each training step ran with the rate of the scheduler's count at that step.
+    assert seen == pytest.approx([schedule(t) for t in trained_at])
+    assert callback.scheduler.t == final_t
+    assert module.net.drop.p == pytest.approx(schedule(final_t))
+    assert float(trainer.callback_metrics["dropout_p"]) == pytest.approx(schedule(final_t))
+
+
+@pytest.mark.slow
+def test_callback_state_goes_through_a_lightning_checkpoint_and_resumes(tmp_path):
+    schedule = schedules.linear(0.0, 0.5, total_steps=10)
+    callback = schedules.DropoutSchedulerCallback(schedule, interval="step")
+    trainer, _ = _fit(callback, [], tmp_path, epochs=2)
+    path = tmp_path / "two-epochs.ckpt"
+    trainer.save_checkpoint(path)
+    saved = torch.load(path, weights_only=False)["callbacks"][callback.state_key]
+    assert saved == {"t": 6, "base_p": {"net.drop": 0.5}}
+    # A fresh callback and trainer resume from the checkpoint: the schedule continues at step 6.
+    resumed = schedules.DropoutSchedulerCallback(schedule, interval="step")
+    seen: list[float] = []
+    _, module = _fit(resumed, seen, tmp_path, epochs=3, ckpt_path=path)
+    assert seen == pytest.approx([schedule(t) for t in (6, 7, 8)])
+    assert resumed.scheduler.t == 9 and module.net.drop.p == pytest.approx(schedule(9))
 
 
 def test_callback_is_absent_without_lightning(monkeypatch):
