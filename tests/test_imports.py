@@ -14,7 +14,9 @@ PACKAGE_DIR = Path(dropkit.__file__).resolve().parent
 def _child_env():
     # The child must import this tree's dropkit, not an installed copy.
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PACKAGE_DIR.parent), env.get("PYTHONPATH")]))
+    env["PYTHONPATH"] = os.pathsep.join(
+        filter(None, [str(PACKAGE_DIR.parent), env.get("PYTHONPATH")])
+    )
     return env
 
 
@@ -23,7 +25,11 @@ def test_import_dropkit_from_inside_the_package_directory():
     # by torch's own `import inspect`, and `import dropkit` crashed inside `import torch`.
     done = subprocess.run(
         [sys.executable, "-c", "import dropkit, inspect; print(inspect.__file__)"],
-        cwd=PACKAGE_DIR, env=_child_env(), capture_output=True, text=True, timeout=300,
+        cwd=PACKAGE_DIR,
+        env=_child_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert done.returncode == 0, done.stderr[-2000:]
     assert Path(done.stdout.strip()).parent != PACKAGE_DIR
@@ -42,3 +48,29 @@ def test_old_inspect_name_is_an_alias_of_diagnostics():
     assert dropkit.inspect is dropkit.diagnostics
     assert audit is dropkit.diagnostics.audit
     assert not (PACKAGE_DIR / "inspect.py").exists()
+
+
+def test_the_reference_modules_run_without_torch_numba_or_dropkit():
+    # reference/__init__.py's claim: its modules import only NumPy and the standard library.
+    # Loaded file by file with torch and numba made unimportable, they run.
+    code = f"""
+import importlib.util, sys
+sys.modules["torch"] = None
+sys.modules["numba"] = None
+loaded = {{}}
+for name in ("philox", "mlp"):
+    spec = importlib.util.spec_from_file_location("ref_" + name, {str(PACKAGE_DIR / "reference")!r} + "/" + name + ".py")
+    loaded[name] = sys.modules[spec.name] = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(loaded[name])
+mask = loaded["philox"].keep_mask_reference(1000, 7, 0, 0.25)
+# Kept ~ Binomial(1000, 0.75): 750 ± 6 sd (sd = 13.7).
+assert mask.shape == (1000,) and abs(int(mask.sum()) - 750) <= 6 * (1000 * 0.75 * 0.25) ** 0.5
+assert callable(loaded["mlp"].ReferenceMLP)
+leaked = sorted(m for m, v in sys.modules.items() if v is not None and m.split(".")[0] in ("torch", "numba", "dropkit"))
+print(leaked)
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd="/"
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "[]"

@@ -1,8 +1,8 @@
 """Readable NumPy reference of dropkit's counter-based RNG and of its dropout mask rule.
 
 This module is the oracle the numba (``dropkit.kernels.cpu``) and Triton (``dropkit.kernels.gpu``)
-kernels are tested against bit for bit, and the place to read what those kernels compute. It never
-imports torch.
+kernels are tested against bit for bit, and the place to read what those kernels compute. It imports
+only NumPy and the standard library (see the package docstring).
 
 The generator: Philox4x32-10
 ----------------------------
