@@ -349,6 +349,13 @@ def test_mnist1d_study_shows_the_gap_and_writes_a_report(tmp_path, capsys):
     assert checks["paper_mlp_test_acc"] == study.PAPER_MLP_TEST_ACC == 0.68
     distance = abs(numbers["final"]["baseline"]["test_acc"] - checks["paper_mlp_test_acc"])
     assert checks["baseline_within_3_points_of_paper"] is (distance <= 0.03)
+    # The README's results block is generated from a default run's report.json of this shape.
+    from tests.test_readme_study import readme_table
+
+    with open(out / "report.json") as handle:
+        block = readme_table.render(readme_table.summarise(json.load(handle)))
+    base = numbers["final"]["baseline"]
+    assert f"{100 * base['test_acc']:.1f} ± {100 * base['test_acc_std']:.1f} %" in block
     assert "mnist1d" in capsys.readouterr().out
 
 
