@@ -361,6 +361,7 @@ class _Sampler:
         self.calls = 0  # dropout calls so far in the current pass
         self.ran: set[nn.Module] = set()  # stochastic modules whose forward ran
         self._generators: dict[int, torch.Generator] = {}
+        self._future: dict[tuple[int, int], torch.Tensor] = {}
 
     def begin(self, first: int, count: int) -> None:
         self.first, self.count, self.calls = first, count, 0
@@ -389,6 +390,14 @@ class _Sampler:
                 f"= {self.count} × {self.rows}; the model must keep the batch in dim 0 to be "
                 "batched — use predict(..., batched=False)"
             )
+
+    def future(self, length: int, source: int) -> torch.Tensor:
+        """The causal mask's masked part (j > i) for (length, source), built once per shape."""
+        key = (length, source)
+        if key not in self._future:
+            ones = torch.ones(length, source, dtype=torch.bool, device=self.device)
+            self._future[key] = ones.triu(1)
+        return self._future[key]
 
     def stream_dropout(self, name: str, x: torch.Tensor, p: float) -> torch.Tensor:
         """Elementwise dropout of the current pass: the k-th call's stream, sample t at t·M."""
@@ -450,10 +459,7 @@ def _attention(sampler: _Sampler, name: str, p: float, args: tuple, kwargs: dict
     scores = torch.matmul(query, key.transpose(-2, -1)) * scale
     mask = bound.get("attn_mask")
     if bound.get("is_causal", False):
-        allowed = torch.ones(
-            query.shape[-2], key.shape[-2], dtype=torch.bool, device=query.device
-        ).tril()
-        scores = scores.masked_fill(~allowed, float("-inf"))
+        scores = scores.masked_fill(sampler.future(query.shape[-2], key.shape[-2]), float("-inf"))
     elif mask is not None:
         scores = (
             scores.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else scores + mask
@@ -1061,9 +1067,8 @@ def _all_samples_equal(samples: object) -> bool:
 
     def leaf(path: str, value: object) -> object:
         if isinstance(value, torch.Tensor) and value.shape[0] > 1 and equal[0]:
-            equal[0] = bool((value == value[:1]).all()) or bool(
-                (value.isnan() & value[:1].isnan()).logical_or(value == value[:1]).all()
-            )
+            # One fused comparison; a NaN anywhere counts as a difference (no warning).
+            equal[0] = torch.equal(value, value[:1].expand_as(value))
         return value
 
     _tree_map(leaf, samples)
