@@ -76,11 +76,26 @@ own, stay in eval.
   Matmuls over T·N rows may round differently from N-row ones, so the two modes agree to float
   rounding (the masks are bit-identical).
 
-Batching assumes what MC dropout itself assumes: dim 0 of the input, of every dropout module's
-input and of the output is the batch, and rows do not interact (true in eval mode for BatchNorm,
-LayerNorm, convolutions, attention within a sample). Use ``batched=False`` for a model where that
-does not hold (a sequence-first RNN, say). Dropout written as ``F.dropout(x, training=...)``
-inside a ``forward`` is not a module and is not switched on.
+Batching assumes what MC dropout itself assumes: dim 0 of the inputs, of every dropout's input and
+of the outputs is the batch, and rows do not interact (true in eval mode for BatchNorm, LayerNorm,
+convolutions, attention within a sample). Where the shapes show otherwise (a sequence-first RNN, a
+loss over the batch) the remaining samples run as a loop with the same masks.
+
+* **Functional dropout** gated on a module's flag — ``F.dropout(x, p, self.training)``, the
+  channel and alpha variants, ``scaled_dot_product_attention(dropout_p=p if self.training else 0)``
+  as Hugging Face's attention writes it — is found by :func:`find_dropout_sites`
+  (:mod:`dropkit.dropout_sites`: eval passes with the candidate modules' flags switched on one
+  way and checked to change nothing but dropout) and sampled: the *owner* modules' flags are
+  switched on and a ``TorchFunctionMode`` routes their calls to the same per-sample streams
+  (``F.dropout`` and SDPA's dropout: the elementwise stream of their call; the channel and alpha
+  variants: the per-sample generators). :func:`predict` does this on its inputs;
+  :func:`mc_dropout` given example inputs too.
+* **Any inputs and outputs**: ``predict(model, *args, T=…, **kwargs)``; outputs nested in tuples,
+  lists, dicts, dataclasses and Hugging Face ``ModelOutput``\ s come back leaf by leaf with a
+  leading T dim.
+* **Dead dropout**: :func:`predict` warns (:class:`DeadDropoutWarning`; ``strict=True`` raises)
+  when an active dropout module never ran, a rate was read but never applied, an owner's flag
+  gates more than dropout, or all T samples are identical.
 """
 
 from __future__ import annotations

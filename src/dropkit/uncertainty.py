@@ -947,7 +947,7 @@ def evaluate_mc_classifier(
     """
     from dropkit.mc import predict
 
-    logits = predict(model, x, T, seed=seed, **predict_kwargs)
+    logits = predict(model, x, T=T, seed=seed, **predict_kwargs)
     was_training = model.training
     model.eval()
     try:
