@@ -234,7 +234,6 @@ SPECS: tuple[ModuleSpec, ...] = (
         _randn(6),
         counter_based=False,
         learned=True,
-        known_bugs={"empty_batch": "issue 12: forward reads input[0] to count K"},
     ),
     ModuleSpec(
         dropkit.VariationalDropout,

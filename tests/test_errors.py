@@ -297,3 +297,94 @@ def test_scale_helpers_validate_their_arguments():
         F.train_scale(2)
     with pytest.raises(ValueError, match="got 'standard'"):
         F.eval_scale(0.5, "standard")
+
+
+# ---------------------------------------------------------------- issue 12, item 5 (API) -------
+
+
+def _not_learned_calls():
+    from dropkit import functional_variants as FV
+
+    return {
+        **FUNCTIONS,
+        "drop_block2d": lambda x, **kw: FV.drop_block2d(x.reshape(2, 3, 2, -1), block_size=1, **kw),
+        "drop_path": lambda x, **kw: FV.drop_path(x, **kw),
+        "locked_dropout": lambda x, **kw: FV.locked_dropout(x.reshape(2, 3, -1), **kw),
+    }
+
+
+@pytest.mark.parametrize("name", list(_not_learned_calls()))
+def test_p_tensor_that_requires_grad_is_a_type_error(name):
+    # The rate is read as a number: its gradient would silently be None, so refuse, as torch does.
+    p = torch.tensor(0.3, requires_grad=True)
+    with pytest.raises(
+        TypeError, match=r"p must be a number in \[0, 1\)?\]?, got a tensor that requires grad"
+    ):
+        _not_learned_calls()[name](_x(), p=p)
+    assert _not_learned_calls()[name](_x(), p=p.detach()).requires_grad is False
+
+
+@pytest.mark.parametrize("cls", MODULES)
+def test_module_p_tensor_that_requires_grad_is_a_type_error(cls):
+    with pytest.raises(TypeError, match="requires grad"):
+        cls(torch.tensor(0.3, requires_grad=True))
+    assert cls(torch.tensor(0.3)).p == pytest.approx(0.3)
+
+
+@pytest.mark.parametrize("training", ["no", 1, None, torch.tensor(True)])
+@pytest.mark.parametrize("name", list(_not_learned_calls()))
+def test_non_bool_training_is_a_type_error(name, training):
+    # "no" is truthy: accepted, it silently meant training mode.
+    with pytest.raises(
+        TypeError, match=r"^training must be a bool \(True or False\), got .* of type "
+    ):
+        _not_learned_calls()[name](_x(), p=0.5, training=training)
+
+
+def test_non_bool_training_is_a_type_error_in_learned_functions():
+    from dropkit import functional_learned as FL
+
+    with pytest.raises(TypeError, match=r"training must be a bool .* got 'no' of type str"):
+        FL.concrete_dropout(_x(), torch.tensor(0.2), "no")
+    with pytest.raises(TypeError, match=r"training must be a bool"):
+        FL.variational_dropout(_x(), torch.tensor(-1.0), training="no")
+
+
+def test_concrete_dropout_accepts_an_empty_batch_as_linear_does():
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(4, 3)
+    layer = dropkit.ConcreteDropout(linear, p=0.2)
+    x = torch.zeros(0, 4, requires_grad=True)
+    y = layer(x)
+    assert y.shape == linear(x).shape == (0, 3)
+    y.sum().backward()
+    assert x.grad.shape == (0, 4)
+    assert torch.equal(linear.weight.grad, torch.zeros(3, 4))
+    assert torch.equal(layer.p_logit.grad, torch.zeros(()))
+    # K is still the example size, so the regulariser is the one of a (N, 4) batch.
+    expected = dropkit.ConcreteDropout(torch.nn.Linear(4, 3), p=0.2)
+    expected.load_state_dict(layer.state_dict())
+    expected(torch.zeros(2, 4))
+    assert torch.equal(layer.regularization(), expected.regularization())
+    layer.eval()
+    assert layer(torch.zeros(0, 4)).shape == (0, 3)
+
+
+@pytest.mark.parametrize(
+    ("layer", "shape"),
+    [
+        (dropkit.DropBlock2d, (2, 3, 4, 5)),
+        (dropkit.DropBlock2d, (3, 2, 2)),
+        (dropkit.DropBlock3d, (1, 2, 3, 3, 3)),
+    ],
+)
+def test_dropblock_larger_than_the_input_is_the_identity_in_eval_and_at_p_zero(layer, shape):
+    # torchvision.ops.drop_block2d returns the input when not training or p == 0, before any size rule.
+    x = torch.randn(shape)
+    evaluating = layer(0.3, block_size=7).eval()
+    assert evaluating(x) is x
+    assert layer(0.0, block_size=7)(x) is x
+    with pytest.raises(
+        ValueError, match=r"block_size \(7, 7(, 7)?\) must fit .* in training with p > 0"
+    ):
+        layer(0.3, block_size=7)(x)

@@ -17,6 +17,7 @@ __all__ = [
     "SCALINGS",
     "check_probability",
     "check_scaling",
+    "check_training",
     "check_float_tensor",
     "check_rank",
     "check_positive_int",
@@ -61,6 +62,13 @@ def check_probability(p: object, name: str = "p", *, allow_one: bool = True) -> 
                 f"dropout probability {name} must be a number in {interval}, got a tensor of "
                 f"shape {tuple(p.shape)} and dtype {p.dtype}"
             )
+        if p.requires_grad:
+            # The rate is read as a number here, so a gradient for it would silently be lost.
+            raise TypeError(
+                f"dropout probability {name} must be a number in {interval}, got a tensor that "
+                f"requires grad ({p.item()!r}); this rate is not learned: pass a float or "
+                "p.detach() (ConcreteDropout and VariationalDropout learn their rate)"
+            )
         p = p.item()
     if isinstance(p, bool) or not isinstance(p, numbers.Real):
         raise TypeError(
@@ -71,6 +79,35 @@ def check_probability(p: object, name: str = "p", *, allow_one: bool = True) -> 
     if math.isnan(value) or value < 0.0 or value > 1.0 or (not allow_one and value == 1.0):
         raise ValueError(f"dropout probability {name} must be a number in {interval}, got {p!r}")
     return value
+
+
+def check_training(training: object, name: str = "training") -> bool:
+    """Returns ``training`` after checking it is a bool, as torch's functional dropout does.
+
+    A string such as ``"no"`` is truthy, so it would silently mean training mode.
+
+    Example:
+        >>> check_training("no")
+        Traceback (most recent call last):
+            ...
+        TypeError: training must be a bool (True or False), got 'no' of type str
+    """
+    if training is True or training is False:
+        return training
+    if isinstance(training, np_bool_types()):
+        return bool(training)
+    raise TypeError(
+        f"{name} must be a bool (True or False), got {training!r} of type {type(training).__name__}"
+    )
+
+
+def np_bool_types() -> tuple[type, ...]:
+    """NumPy's bool scalar type, when NumPy is installed (``model.training`` is a Python bool)."""
+    try:
+        import numpy as np
+    except ImportError:
+        return ()
+    return (np.bool_,)
 
 
 def check_scaling(scaling: object, name: str = "scaling") -> str:

@@ -50,6 +50,7 @@ from dropkit._validate import (
     check_probability,
     check_rank,
     check_scaling,
+    check_training,
 )
 
 __all__ = [
@@ -214,6 +215,8 @@ def dropout(
         >>> bool((z == z[:, :1]).all())  # one mask per (sample, feature), shared along dim 1
         True
     """
+    if training is not True and training is not False:
+        training = check_training(training)
     if training and noise_shape is None and generator is None and type(p) is float:
         # Fast path, the call every training step makes: a rate seen before (checked then, its
         # threshold and scale cached) and a plain floating-point tensor; the same checks, done by
@@ -313,6 +316,7 @@ def dropout1d(
     scaling: str = "inverted",
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
+    training = check_training(training)
     return _channel_dropout(input, p, training, inplace, scaling, generator, 1)
 
 
@@ -325,6 +329,7 @@ def dropout2d(
     scaling: str = "inverted",
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
+    training = check_training(training)
     return _channel_dropout(input, p, training, inplace, scaling, generator, 2)
 
 
@@ -337,6 +342,7 @@ def dropout3d(
     scaling: str = "inverted",
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
+    training = check_training(training)
     return _channel_dropout(input, p, training, inplace, scaling, generator, 3)
 
 
@@ -428,6 +434,7 @@ def alpha_dropout(
         >>> abs(y.mean().item()) < 0.03 and abs(y.var().item() - 1) < 0.03
         True
     """
+    training = check_training(training)
     check_float_tensor(input)
     p = check_probability(p)
     check_generator(generator)
@@ -478,6 +485,7 @@ def gaussian_dropout(
         >>> dropkit.functional.gaussian_dropout(torch.ones(3), 0.5, training=False)
         tensor([1., 1., 1.])
     """
+    training = check_training(training)
     check_float_tensor(input)
     p = check_probability(p, allow_one=False)
     check_generator(generator)

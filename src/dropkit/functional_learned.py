@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from dropkit import noise as _noise
-from dropkit._validate import check_float_tensor, check_positive_int
+from dropkit._validate import check_float_tensor, check_positive_int, check_training
 
 __all__ = [
     "relaxed_bernoulli_mask",
@@ -253,6 +253,7 @@ def concrete_dropout(
         >>> p.grad is not None
         True
     """
+    training = check_training(training)
     check_float_tensor(input)
     p = _as_open_probability(p, "p", input)
     _check_broadcasts(p, input.shape, "p", "input")
@@ -378,6 +379,7 @@ def variational_dropout(
         >>> y.shape
         torch.Size([4, 3])
     """
+    training = check_training(training)
     check_float_tensor(input)
     log_alpha = _check_log_alpha(log_alpha)
     _check_broadcasts(log_alpha, input.shape, "log_alpha", "input")
@@ -427,6 +429,7 @@ def variational_linear(
         >>> y.shape
         torch.Size([2, 3])
     """
+    training = check_training(training)
     weight = _check_linear(input, weight, bias, "variational_linear")
     log_alpha = _check_log_alpha(log_alpha)
     _check_broadcasts(log_alpha, weight.shape, "log_alpha", "weight")
@@ -542,6 +545,7 @@ def sparse_variational_linear(
         >>> dropkit.functional_learned.sparse_variational_linear(x, w, ls2, training=False)
         tensor([[2.]])
     """
+    training = check_training(training)
     weight = _check_linear(input, weight, bias, "sparse_variational_linear")
     threshold = _check_threshold(threshold)
     _check_log_sigma2(log_sigma2, weight)
@@ -591,6 +595,7 @@ def sparse_variational_conv2d(
         >>> dropkit.functional_learned.sparse_variational_conv2d(torch.randn(2, 3, 8, 8), w, ls2).shape
         torch.Size([2, 4, 6, 6])
     """
+    training = check_training(training)
     check_float_tensor(input)
     weight = check_float_tensor(weight, "weight")
     if weight.dim() != 4:
@@ -734,6 +739,7 @@ def standout(
         tensor([[0.2500, 0.2500, 0.2500],
                 [0.2500, 0.2500, 0.2500]])
     """
+    training = check_training(training)
     check_float_tensor(input)
     check_float_tensor(keep_prob, "keep_prob")
     _check_broadcasts(keep_prob, input.shape, "keep_prob", "input")

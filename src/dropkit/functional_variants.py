@@ -39,6 +39,7 @@ from dropkit._validate import (
     check_probability,
     check_rank,
     check_scaling,
+    check_training,
 )
 
 __all__ = [
@@ -174,14 +175,15 @@ def _drop_block(
     block = _block_size_tuple(block_size, spatial_dims)
     _check_bool(share_channels, "share_channels")
     _check_choice(normalize, "normalize", ("batch", "sample"))
+    if not training or p == 0.0:
+        # No mask is drawn, so the block need not fit: the input as is (torchvision's rule too).
+        return input
     spatial = tuple(input.shape[-spatial_dims:])
     if any(b > f for b, f in zip(block, spatial, strict=True)):
         raise ValueError(
             f"{name}: block_size {block} must fit in the input's spatial size {spatial} "
-            "(each entry <= the matching size)"
+            "(each entry <= the matching size) in training with p > 0"
         )
-    if not training or p == 0.0:
-        return input
     gamma = drop_block_gamma(p, block, spatial)
     lead = tuple(input.shape[:-spatial_dims])
     if share_channels:
@@ -237,7 +239,9 @@ def drop_block2d(
     Args:
         input: (N, C, H, W) or (C, H, W) floating-point tensor.
         p: target fraction of units to drop, in [0, 1).
-        block_size: block side, an int or (b_h, b_w); each must be <= the map's size.
+        block_size: block side, an int or (b_h, b_w); each must be <= the map's size when a mask
+            is drawn (training with p > 0); in eval and at p = 0 the input is returned whatever
+            its size, as torchvision's ``drop_block2d`` does.
         training: apply the training rule (True) or return ``input`` (False).
         inplace: write the result into ``input``.
         share_channels: one mask per sample shared by all channels (the paper's second variant)
@@ -256,6 +260,7 @@ def drop_block2d(
         >>> y.shape, abs(y.mean().item() - 1.0) < 1e-5  # count normalisation keeps the mean
         (torch.Size([2, 3, 12, 12]), True)
     """
+    training = check_training(training)
     return _drop_block(
         input, p, block_size, training, inplace, share_channels, normalize, generator, 2,
         "drop_block2d",
@@ -294,6 +299,7 @@ def drop_block3d(
         >>> drop_block3d(torch.ones(1, 2, 6, 6, 6), p=0.2, block_size=2).shape
         torch.Size([1, 2, 6, 6, 6])
     """
+    training = check_training(training)
     return _drop_block(
         input, p, block_size, training, inplace, share_channels, normalize, generator, 3,
         "drop_block3d",
@@ -347,6 +353,7 @@ def drop_path(
         >>> all(row in ([0.0] * 3, [2.0] * 3) for row in y.tolist())  # whole rows dropped
         True
     """
+    training = check_training(training)
     check_float_tensor(input)
     p = check_probability(p)
     check_scaling(scaling)
@@ -412,6 +419,7 @@ def drop_head(
         >>> y[0, :, 0, 0]  # one head of four kept, rescaled by 4/1
         tensor([0., 0., 4., 0.])
     """
+    training = check_training(training)
     check_float_tensor(input)
     p = check_probability(p)
     _check_choice(normalize, "normalize", ("heads", "inverted"))
@@ -471,6 +479,7 @@ def attention_dropout(
         >>> bool(((y.sum(-1) - 1).abs() < 1e-5).logical_or(y.sum(-1) == 0).all())
         True
     """
+    training = check_training(training)
     check_float_tensor(input)
     p = check_probability(p)
     _check_choice(mode, "mode", ("element", "key"))
@@ -535,6 +544,7 @@ def drop_connect(
         >>> drop_connect(w, 0.5, batch_size=8).shape
         torch.Size([8, 3, 4])
     """
+    training = check_training(training)
     check_float_tensor(weight, "weight")
     p = check_probability(p)
     check_scaling(scaling)
@@ -614,6 +624,7 @@ def drop_connect_linear(
         >>> torch.equal(drop_connect_linear(x, w, p=0.5, training=False), x @ w.T)
         True
     """
+    training = check_training(training)
     _check_drop_connect_args(input, weight, bias, per_sample, drop_bias)
     p = check_probability(p)
     check_scaling(scaling)
@@ -810,6 +821,7 @@ def drop_connect_conv(
         >>> drop_connect_conv(x, w, p=0.3, padding=1, per_sample=True).shape
         torch.Size([4, 5, 8, 8])
     """
+    training = check_training(training)
     _check_drop_connect_args(input, weight, bias, per_sample, drop_bias)
     p = check_probability(p)
     check_scaling(scaling)
@@ -890,6 +902,7 @@ def locked_dropout(
         >>> bool((y == y[0]).all())  # the same mask at every time step
         True
     """
+    training = check_training(training)
     _check_bool(batch_first, "batch_first")
     if isinstance(input, PackedSequence):
         data = check_float_tensor(input.data, "input.data")
@@ -963,6 +976,7 @@ def embedding_dropout(
         >>> torch.equal(y[0, 0], y[0, 2]) and torch.equal(y[0, 0], y[0, 3])  # word 1 is one draw
         True
     """
+    training = check_training(training)
     if (
         not isinstance(input, torch.Tensor)
         or input.is_floating_point()

@@ -163,7 +163,8 @@ class ConcreteDropout(DropoutBase):
         return torch.sigmoid(self.p_logit)
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
-        self._seen_input_dim = int(input[0].numel()) if input.dim() > 1 else int(input.numel())
+        # K = elements of one example; shape-based, so an empty batch (0, K) works as nn.Linear does.
+        self._seen_input_dim = math.prod(input.shape[1:]) if input.dim() > 1 else input.numel()
         dropped = FL.concrete_dropout(
             input, self.p_tensor, self.training, self.temperature, eps=self.eps
         )

@@ -69,7 +69,7 @@ class DropBlock2d(_DropBlockNd):
 
     Args:
         p: target fraction of units to drop, in [0, 1).
-        block_size: block side, an int or (b_h, b_w); must fit in the input's map.
+        block_size: block side, an int or (b_h, b_w); must fit in the input's map in training with p > 0 (eval and p = 0 return the input).
         share_channels: one block mask per sample shared by all channels.
         normalize: ``"batch"`` or ``"sample"``.
         inplace: write the result into the input.
@@ -103,7 +103,7 @@ class DropBlock3d(_DropBlockNd):
 
     Args:
         p: target fraction of units to drop, in [0, 1).
-        block_size: an int or (b_d, b_h, b_w); must fit in the input's volume.
+        block_size: an int or (b_d, b_h, b_w); must fit in the input's volume in training with p > 0.
         share_channels, normalize, inplace: as :class:`DropBlock2d`.
 
     Shape:
