@@ -1,10 +1,14 @@
 """The package imports from anywhere: no module of dropkit shadows the standard library."""
 
+import ast
+import itertools
 import os
 import pkgutil
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 import dropkit
 
@@ -74,3 +78,69 @@ print(leaked)
     )
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip() == "[]"
+
+
+# The functional modules: dropkit.functional re-exports the others; none of the others imports it.
+FUNCTIONAL_MODULES = ("functional", "functional_variants", "functional_learned", "_masking")
+BELOW_FUNCTIONAL = ("functional_variants", "functional_learned", "_masking")
+
+
+def _dropkit_imports(path: Path) -> set[str]:
+    """Every dropkit module a file imports, at any depth of its code (lazy imports included)."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.add(node.module)
+            found.update(f"{node.module}.{alias.name}" for alias in node.names)
+    return {name for name in found if name.split(".")[0] == "dropkit"}
+
+
+@pytest.mark.parametrize("name", BELOW_FUNCTIONAL)
+def test_the_functional_building_blocks_do_not_import_dropkit_functional(name):
+    imports = _dropkit_imports(PACKAGE_DIR / f"{name}.py")
+    assert "dropkit.ops" in imports or name == "functional_learned"  # the walk sees imports
+    assert "dropkit.functional" not in imports, f"{name}.py imports dropkit.functional: a cycle"
+
+
+def test_functional_and_variants_share_one_mask_helper():
+    import dropkit._masking
+    import dropkit.functional_variants
+
+    assert dropkit.functional_variants.apply_kept is dropkit._masking.apply_kept
+    assert not hasattr(dropkit.functional_variants, "_apply_kept")
+
+
+@pytest.mark.parametrize("order", list(itertools.permutations(FUNCTIONAL_MODULES[:3])))
+def test_the_functional_modules_import_in_any_order_without_a_cycle(order):
+    # A bare `dropkit` package (its __init__, which imports everything, not run), then the functional
+    # modules in this order in a fresh interpreter. Until dropkit.functional itself is imported it
+    # must not have been loaded by any other; afterwards it re-exports the others' public names.
+    code = f"""
+import importlib, sys, types
+package = types.ModuleType("dropkit")
+package.__path__ = [{str(PACKAGE_DIR)!r}]
+sys.modules["dropkit"] = package
+for name in {order!r}:
+    module = importlib.import_module("dropkit." + name)
+    if name != "functional":
+        assert "dropkit.functional" not in sys.modules or "functional" in {order!r}[: {order!r}.index(name)], name
+functional = sys.modules["dropkit.functional"]
+for name in ("functional_variants", "functional_learned", "_masking"):
+    module = sys.modules["dropkit." + name]
+    for public in module.__all__:
+        if name != "_masking" or public != "apply_kept":
+            assert getattr(functional, public) is getattr(module, public), (name, public)
+print("ok")
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        env=_child_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd="/",
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "ok"

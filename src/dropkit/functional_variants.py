@@ -30,9 +30,9 @@ import torch
 import torch.nn.functional as TF
 from torch.nn.utils.rnn import PackedSequence
 
-from dropkit import functional as F
 from dropkit import noise as _noise
 from dropkit import ops
+from dropkit._masking import apply_kept, dropout, eval_scale, train_scale
 from dropkit._validate import (
     check_float_tensor,
     check_positive_int,
@@ -69,22 +69,6 @@ def _check_bool(value: object, name: str) -> bool:
     if not isinstance(value, bool):
         raise TypeError(f"{name} must be a bool, got {value!r} of type {type(value).__name__}")
     return value
-
-
-def _apply_kept(
-    x: torch.Tensor, kept: torch.Tensor, scale: float | torch.Tensor, inplace: bool = False
-) -> torch.Tensor:
-    """y = x · scale where ``kept`` (broadcast), else exactly 0, even where x is inf or NaN (as the
-    fused kernels and :func:`dropkit.functional.dropout`): ∂y/∂x = kept · scale."""
-    if isinstance(scale, torch.Tensor):
-        scale = scale.to(x.dtype)
-    unit = isinstance(scale, float) and scale == 1.0
-    if inplace:
-        x.masked_fill_(~kept, 0.0)
-        return x if unit else x.mul_(scale)
-    y = torch.where(kept, x, x.new_zeros(()))
-    # In place on where's fresh output: one allocation, and where's backward needs only ``kept``.
-    return y if unit else y.mul_(scale)
 
 
 def _check_min_rank(x: torch.Tensor, minimum: int, what: str) -> None:
@@ -209,7 +193,7 @@ def _drop_block(
         count = float(keep.numel())
         kept = keep.sum(dtype=torch.float32)
     # A fully dropped mask keeps nothing, so clamping only avoids 0/0.
-    return _apply_kept(input, keep, count / kept.clamp_min(1.0), inplace)
+    return apply_kept(input, keep, count / kept.clamp_min(1.0), inplace)
 
 
 def drop_block2d(
@@ -361,7 +345,7 @@ def drop_path(
     _check_bool(scale_by_keep, "scale_by_keep")
     _check_min_rank(input, 1, "drop_path (N, *)")
     if not training:
-        factor = F.eval_scale(p, scaling)
+        factor = eval_scale(p, scaling)
         if factor == 1.0:
             return input
         return input.mul_(factor) if inplace else input * factor
@@ -369,9 +353,9 @@ def drop_path(
         return input
     ndim = input.dim()
     mask_shape = ((input.shape[0],) if mode == "row" else (1,)) + (1,) * (ndim - 1)
-    scale = F.train_scale(p, scaling) if scale_by_keep else 1.0
+    scale = train_scale(p, scaling) if scale_by_keep else 1.0
     kept = ops.keep_mask(mask_shape, p, input.device, generator=generator)
-    return _apply_kept(input, kept, scale, inplace)
+    return apply_kept(input, kept, scale, inplace)
 
 
 # --------------------------------------------------------------------------------------------
@@ -432,8 +416,8 @@ def drop_head(
         kept = keep.sum(dim=1, keepdim=True, dtype=torch.float32)
         scale: float | torch.Tensor = heads / kept.clamp_min(1.0)
     else:
-        scale = F.train_scale(p, "inverted")
-    return _apply_kept(input, keep, scale, inplace)
+        scale = train_scale(p, "inverted")
+    return apply_kept(input, keep, scale, inplace)
 
 
 def attention_dropout(
@@ -490,15 +474,15 @@ def attention_dropout(
     if normalize == "inverted":
         if mode == "element":
             return ops.dropout_elementwise(
-                input, p, F.train_scale(p, "inverted"), generator=generator, inplace=inplace
+                input, p, train_scale(p, "inverted"), generator=generator, inplace=inplace
             )
         mask_shape = tuple(input.shape[:-2]) + (1, input.shape[-1])
         keep = ops.keep_mask(mask_shape, p, input.device, generator=generator)
-        return _apply_kept(input, keep, F.train_scale(p, "inverted"), inplace)
+        return apply_kept(input, keep, train_scale(p, "inverted"), inplace)
     mask_shape = (
         tuple(input.shape) if mode == "element" else tuple(input.shape[:-2]) + (1, input.shape[-1])
     )
-    kept = _apply_kept(input, ops.keep_mask(mask_shape, p, input.device, generator=generator), 1.0)
+    kept = apply_kept(input, ops.keep_mask(mask_shape, p, input.device, generator=generator), 1.0)
     total = kept.sum(dim=-1, keepdim=True)
     return kept / torch.where(total == 0, torch.ones_like(total), total)
 
@@ -551,9 +535,9 @@ def drop_connect(
     if batch_size is not None:
         batch_size = check_positive_int(batch_size, "batch_size")
     if not training:
-        factor = F.eval_scale(p, scaling)
+        factor = eval_scale(p, scaling)
         return weight if factor == 1.0 else weight * factor
-    scale = F.train_scale(p, scaling)
+    scale = train_scale(p, scaling)
     if batch_size is None:
         if p == 0.0:
             return weight if scale == 1.0 else weight * scale
@@ -561,7 +545,7 @@ def drop_connect(
     shape = (batch_size,) + tuple(weight.shape)
     if p == 0.0:
         return weight.expand(shape)
-    return _apply_kept(weight, ops.keep_mask(shape, p, weight.device, generator=generator), scale)
+    return apply_kept(weight, ops.keep_mask(shape, p, weight.device, generator=generator), scale)
 
 
 def _check_drop_connect_args(
@@ -703,7 +687,7 @@ def drop_connect_linear_moments(
             f"in_features ({weight.shape[1]})"
         )
     keep = 1.0 - p
-    scale = F.train_scale(p, scaling)
+    scale = train_scale(p, scaling)
     mean = TF.linear(input, weight) * (scale * keep)
     var = TF.linear(input * input, weight * weight) * (scale * scale * keep * (1.0 - keep))
     if bias is not None:
@@ -910,7 +894,7 @@ def locked_dropout(
         check_scaling(scaling)
         check_rank(data, (2,), "locked_dropout (PackedSequence data)", "input.data")
         if not training:
-            factor = F.eval_scale(p, scaling)
+            factor = eval_scale(p, scaling)
             return input if factor == 1.0 else input._replace(data=data * factor)
         if p == 0.0:
             return input
@@ -919,7 +903,7 @@ def locked_dropout(
         mask = ops.keep_mask((n, data.shape[1]), p, data.device, generator=generator)
         # Packed step t holds sequences 0 … batch_sizes[t] − 1 (in sorted order).
         rows = torch.cat([torch.arange(int(b)) for b in batch_sizes]).to(data.device)
-        return input._replace(data=_apply_kept(data, mask[rows], F.train_scale(p, scaling)))
+        return input._replace(data=apply_kept(data, mask[rows], train_scale(p, scaling)))
     check_float_tensor(input)
     check_rank(input, (2, 3), "locked_dropout (T, N, C)")
     if input.dim() == 2:
@@ -928,7 +912,7 @@ def locked_dropout(
         noise_shape = (None, 1, None)
     else:
         noise_shape = (1, None, None)
-    return F.dropout(
+    return dropout(
         input, p, training, inplace, scaling=scaling, noise_shape=noise_shape, generator=generator
     )
 
@@ -993,9 +977,9 @@ def embedding_dropout(
     check_scaling(scaling)
     out = TF.embedding(input, weight, padding_idx, max_norm, norm_type, scale_grad_by_freq, sparse)
     if not training:
-        factor = F.eval_scale(p, scaling)
+        factor = eval_scale(p, scaling)
         return out if factor == 1.0 else out * factor
     if p == 0.0:
         return out
     rows = ops.keep_mask((weight.shape[0],), p, weight.device, generator=generator)
-    return _apply_kept(out, rows[input].unsqueeze(-1), F.train_scale(p, scaling))
+    return apply_kept(out, rows[input].unsqueeze(-1), train_scale(p, scaling))
