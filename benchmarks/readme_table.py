@@ -196,7 +196,7 @@ def render(figures: dict[str, Any]) -> str:
             f"predictive entropy spots wrong predictions with AUROC {mc['auroc_entropy']:.2f}."
         )
     env = figures["environment"]
-    took = f", {figures['total_s']:.0f} s" if figures.get("total_s") is not None else ""
+    took = f", {figures['total_s']:.0f} s wall-clock" if figures.get("total_s") is not None else ""
     lines.append(
         f"- This run: dropkit {env['dropkit']}, torch {env['torch']}, python {env['python']}, "
         f"{env['machine']}{took}."
