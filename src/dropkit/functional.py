@@ -107,7 +107,9 @@ def _channel_dropout(
         input, (spatial_dims + 1, spatial_dims + 2), name, layouts=_CHANNEL_LAYOUTS[spatial_dims]
     )
     lead = input.dim() - spatial_dims
-    noise_shape = tuple(input.shape[:lead]) + (1,) * spatial_dims
+    # None (the input's size) rather than input.shape[:lead]: under torch.jit.trace and the legacy
+    # ONNX exporter sizes are tensors, and the noise_shape check wants ints or None.
+    noise_shape = (None,) * lead + (1,) * spatial_dims
     return dropout(
         input, p, training, inplace, scaling=scaling, noise_shape=noise_shape, generator=generator
     )

@@ -101,8 +101,11 @@ def _as_open_probability(p: object, name: str, like: torch.Tensor) -> torch.Tens
             raise TypeError(
                 f"{name} must be a floating-point tensor or a number, got dtype {p.dtype}"
             )
-        with torch.no_grad():
-            bad = ~((p > 0) & (p < 1))
+        # Eager mode checks the values; a graph capture (torch.compile, torch.export, the dynamo
+        # ONNX exporter) cannot branch on them (a data-dependent branch), so there it is skipped:
+        # the rates a module passes are sigmoids of a parameter, in (0, 1) by construction.
+        if not torch.compiler.is_compiling():
+            bad = ~((p.detach() > 0) & (p.detach() < 1))
             if bool(bad.any()):
                 raise ValueError(
                     f"{name} must lie in the open interval (0, 1), got {p[bad].flatten()[0].item()!r}"
@@ -497,8 +500,16 @@ def sparse_variational_log_alpha(weight: torch.Tensor, log_sigma2: torch.Tensor)
     """
     weight = check_float_tensor(weight, "weight")
     _check_log_sigma2(log_sigma2, weight)
+    return clamped_log_alpha(weight, log_sigma2)
+
+
+def clamped_log_alpha(
+    weight: torch.Tensor, log_sigma2: torch.Tensor, bound: float = LOG_ALPHA_CLAMP
+) -> torch.Tensor:
+    """:func:`sparse_variational_log_alpha` without the argument checks (TorchScript compiles it;
+    the bound is an argument because TorchScript cannot read a global float)."""
     log_alpha = log_sigma2 - torch.log(weight * weight + 1e-8)
-    return log_alpha.clamp(-LOG_ALPHA_CLAMP, LOG_ALPHA_CLAMP)
+    return log_alpha.clamp(-bound, bound)
 
 
 def _check_threshold(threshold: object) -> float:
@@ -702,6 +713,13 @@ def standout_keep_prob(
         alpha = _check_real(alpha, "alpha")
     if not isinstance(beta, torch.Tensor):
         beta = _check_real(beta, "beta")
+    return standout_sigmoid(pre_activation, alpha, beta)
+
+
+def standout_sigmoid(
+    pre_activation: torch.Tensor, alpha: torch.Tensor, beta: torch.Tensor
+) -> torch.Tensor:
+    """π = sigmoid(α · s + β) without the checks of :func:`standout_keep_prob` (TorchScript)."""
     return torch.sigmoid(alpha * pre_activation + beta)
 
 
@@ -743,8 +761,9 @@ def standout(
     check_float_tensor(input)
     check_float_tensor(keep_prob, "keep_prob")
     _check_broadcasts(keep_prob, input.shape, "keep_prob", "input")
-    with torch.no_grad():
-        if bool(((keep_prob < 0) | (keep_prob > 1) | torch.isnan(keep_prob)).any()):
+    if not torch.compiler.is_compiling():  # no data-dependent branch in a captured graph
+        kp = keep_prob.detach()
+        if bool(((kp < 0) | (kp > 1) | torch.isnan(kp)).any()):
             raise ValueError("keep_prob must lie in [0, 1] everywhere, got values outside it")
     if not training:
         return input * keep_prob

@@ -31,7 +31,7 @@ import torch.nn.functional as TF
 from torch.nn.utils.rnn import PackedSequence
 
 from dropkit import noise as _noise
-from dropkit import ops
+from dropkit import ops, rng
 from dropkit._masking import apply_kept, dropout, eval_scale, train_scale
 from dropkit._validate import (
     check_float_tensor,
@@ -168,6 +168,8 @@ def _drop_block(
             f"{name}: block_size {block} must fit in the input's spatial size {spatial} "
             "(each entry <= the matching size) in training with p > 0"
         )
+    if torch.jit.is_tracing():  # before gamma: traced sizes are tensors
+        rng.raise_traced_training()
     gamma = drop_block_gamma(p, block, spatial)
     lead = tuple(input.shape[:-spatial_dims])
     if share_channels:

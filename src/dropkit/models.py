@@ -132,6 +132,8 @@ class MLP(nn.Sequential):
         super().__init__(layers)
         self.sizes = sizes
 
+    __jit_unused_properties__ = ["rates"]  # torch.jit.script compiles the layers, not this
+
     @property
     def rates(self) -> list[float]:
         """The current rate of each dropout layer, input first (output last if it has one)."""

@@ -423,7 +423,7 @@ def _dropout_checked(x: torch.Tensor, thresh: int, scale: float, inplace: bool) 
         y = _dropout_with_seed_op(x, _traced_seed(), 0, thresh, scale)
         return x.copy_(y) if inplace else y
     context = rng._CONTEXT
-    if context.salts or rng._dist_initialized() or _functorch_active():
+    if context.salts or rng._dist_initialized() or _functorch_active() or torch.jit.is_tracing():
         seed = rng.draw_seed()
     else:  # rng.draw_seed() inlined for its common case (default generator, no salt)
         if not inplace and x.requires_grad and _SMALL.accepts(x) and torch.is_grad_enabled():
@@ -716,6 +716,8 @@ def keep_mask(
         >>> m.shape, m.dtype
         (torch.Size([3, 1]), torch.bool)
     """
+    if torch.jit.is_tracing():  # before the shape check: traced sizes are tensors
+        rng.raise_traced_training()
     if isinstance(shape, int) or not all(isinstance(s, int) and s >= 0 for s in shape):
         raise TypeError(f"shape must be a sequence of ints >= 0, got {shape!r}")
     thresh = threshold(p)

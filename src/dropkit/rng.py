@@ -155,6 +155,16 @@ def _raw_draw(generator: torch.Generator | None) -> int:
     return scratch.random_(-(1 << 63), None, generator=generator).item() & MASK64
 
 
+def raise_traced_training() -> None:
+    """The error for a mask drawn under ``torch.jit.trace``: the trace would record the seed as a
+    constant, so the traced module would drop the same units on every call."""
+    raise RuntimeError(
+        "dropkit's dropout cannot be traced by torch.jit.trace in training mode: the trace would "
+        "record the mask's seed as a constant and drop the same units on every call. Trace the "
+        "model in eval mode (model.eval()), or use torch.compile or torch.export for training"
+    )
+
+
 def draw_seed(generator: torch.Generator | None = None) -> int:
     """Draws the 64-bit seed of one dropout call from ``generator`` and salts it (see module doc).
 
@@ -172,6 +182,8 @@ def draw_seed(generator: torch.Generator | None = None) -> int:
         >>> s == rng.draw_seed(torch.Generator().manual_seed(3))
         True
     """
+    if torch.jit.is_tracing():
+        raise_traced_training()
     context = _CONTEXT
     if _functorch_active():
         # Under torch.func transforms the draw is the generator's, as in eager: functorch must not

@@ -10,11 +10,69 @@ with dropkit's or torch's dropout layers and loads into either.
 
 from __future__ import annotations
 
+import math
+
+import torch
 from torch import nn
 
+from dropkit import ops
 from dropkit._validate import check_probability, check_scaling
 
-__all__ = ["DropoutBase", "is_dropout_module"]
+__all__ = ["DropoutBase", "is_dropout_module", "ScriptError"]
+
+
+class ScriptError(TypeError):
+    """A layer that ``torch.jit.script`` cannot compile: the message names it and the alternative."""
+
+
+def refuse_scripting(module: nn.Module, reason: str) -> None:
+    """Raises :class:`ScriptError` for ``module`` (called from ``__prepare_scriptable__``)."""
+    raise ScriptError(
+        f"{type(module).__name__} cannot be compiled by torch.jit.script: {reason}. Use "
+        "torch.jit.trace or torch.export.export (eval), or torch.compile, instead"
+    )
+
+
+# TorchScript forms (torch.jit.script compiles these, never the Python paths): the same ops and
+# the same bits as eager mode. ops.threshold's rule, restated in TorchScript (its cache is not
+# scriptable); tests/test_conformance.py holds the two equal.
+def scripted_threshold(p: float) -> int:
+    return int(math.floor(p * 65536.0 + 0.5))
+
+
+def scripted_scales(p: float, scaling: str) -> tuple[float, float]:
+    """(training scale, eval factor) for ``scaling``, as dropkit.functional's exact rule."""
+    if scaling == "inference":
+        return 1.0, 1.0 - p
+    return (0.0 if p == 1.0 else 1.0 / (1.0 - p)), 1.0
+
+
+def scripted_dropout(
+    input: torch.Tensor, p: float, training: bool, scaling: str, spatial_dims: int
+) -> torch.Tensor:
+    """Dropout (``spatial_dims`` = 0) or channel dropout under TorchScript, through dropkit's ops."""
+    train_scale, eval_factor = scripted_scales(p, scaling)
+    if not training:
+        return input * eval_factor if eval_factor != 1.0 else input
+    if p == 0.0:
+        return input
+    # TorchScript's optimiser treats a custom op as pure: with a constant anchor it would
+    # constant-fold the draw (one seed, one mask, forever). A written-to anchor is never constant.
+    anchor = torch.empty(0)
+    anchor.zero_()
+    seed = torch.ops.dropkit.draw_seed(anchor)
+    if spatial_dims == 0:
+        return torch.ops.dropkit.dropout_with_seed(
+            input, seed, 0, scripted_threshold(p), train_scale
+        )
+    shape = list(input.shape[: input.dim() - spatial_dims]) + [1] * spatial_dims
+    kept = torch.ops.dropkit.keep_mask(shape, seed, scripted_threshold(p), input.device)
+    y = torch.where(kept, input, torch.zeros((), dtype=input.dtype, device=input.device))
+    return y * train_scale if train_scale != 1.0 else y
+
+
+# ops must be imported so that torch.ops.dropkit.* exist when a layer is scripted.
+_OPS = ops
 
 
 class DropoutBase(nn.Module):
@@ -47,6 +105,8 @@ class DropoutBase(nn.Module):
 
     allow_one: bool = True
     has_scaling: bool = True
+    # TorchScript: properties are compiled unless listed here; forward reads ``_p``.
+    __jit_unused_properties__ = ["p"]
 
     def __init__(self, p: float = 0.5, inplace: bool = False, scaling: str = "inverted") -> None:
         super().__init__()
@@ -67,6 +127,30 @@ class DropoutBase(nn.Module):
     @p.setter
     def p(self, value: float) -> None:
         self._p = check_probability(value, "p", allow_one=self.allow_one)
+
+    def __prepare_scriptable__(self) -> DropoutBase:
+        # torch.jit.script calls this on every submodule before compiling: record what the
+        # compiled forward needs (TorchScript reads instance attributes, not class ones).
+        self._script_name = type(self).__name__
+        self._script_trains = not self.inplace and self._scripted_training_supported()
+        return self
+
+    def _scripted_training_supported(self) -> bool:
+        return True
+
+    def scripted_forward(self, input: torch.Tensor, spatial_dims: int) -> torch.Tensor:
+        """The forward TorchScript compiles for a tensor-free layer. Eval: × (1 − p) for
+        ``scaling="inference"``, else the identity (every such layer's eval rule). Training:
+        dropout (``spatial_dims`` 0) or channel dropout through dropkit's ops, the same bits as
+        eager mode; a layer with ``spatial_dims`` < 0 (another mask) or ``inplace`` raises."""
+        if self.training:
+            if spatial_dims < 0 or not self._script_trains:
+                raise RuntimeError(
+                    self._script_name + " cannot run its training forward under TorchScript (only "
+                    "its eval forward, or training with inplace=False for Dropout and Dropout1d/2d/"
+                    "3d): train in eager mode or with torch.compile"
+                )
+        return scripted_dropout(input, self._p, self.training, self.scaling, spatial_dims)
 
     def extra_repr(self) -> str:
         """``p=…, inplace=…`` as torch.nn, then ``scaling`` when it is not the default."""

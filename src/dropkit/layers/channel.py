@@ -42,6 +42,8 @@ class Dropout1d(DropoutBase):
     """
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
+        if torch.jit.is_scripting():
+            return self.scripted_forward(input, 1)
         return F.dropout1d(input, self.p, self.training, self.inplace, scaling=self.scaling)
 
 
@@ -71,6 +73,8 @@ class Dropout2d(DropoutBase):
     """
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
+        if torch.jit.is_scripting():
+            return self.scripted_forward(input, 2)
         return F.dropout2d(input, self.p, self.training, self.inplace, scaling=self.scaling)
 
 
@@ -96,4 +100,6 @@ class Dropout3d(DropoutBase):
     """
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
+        if torch.jit.is_scripting():
+            return self.scripted_forward(input, 3)
         return F.dropout3d(input, self.p, self.training, self.inplace, scaling=self.scaling)

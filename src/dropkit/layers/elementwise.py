@@ -62,6 +62,8 @@ class Dropout(DropoutBase):
         self.noise_shape = check_noise_shape(noise_shape)
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
+        if torch.jit.is_scripting():
+            return self.scripted_forward(input, 0)
         return F.dropout(
             input,
             self._p,  # the validated rate behind the ``p`` property (one lookup fewer per call)
@@ -70,6 +72,9 @@ class Dropout(DropoutBase):
             scaling=self.scaling,
             noise_shape=self.noise_shape,
         )
+
+    def _scripted_training_supported(self) -> bool:
+        return self.noise_shape is None
 
     def extra_repr(self) -> str:
         return super().extra_repr() + _noise_shape_repr(self.noise_shape)
@@ -112,6 +117,8 @@ class AlphaDropout(DropoutBase):
         self.noise_shape = check_noise_shape(noise_shape)
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
+        if torch.jit.is_scripting():
+            return self.scripted_forward(input, -1)
         return F.alpha_dropout(
             input, self.p, self.training, self.inplace, noise_shape=self.noise_shape
         )
@@ -151,6 +158,8 @@ class GaussianDropout(DropoutBase):
         self.noise_shape = check_noise_shape(noise_shape)
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
+        if torch.jit.is_scripting():
+            return self.scripted_forward(input, -1)
         return F.gaussian_dropout(input, self.p, self.training, noise_shape=self.noise_shape)
 
     def extra_repr(self) -> str:

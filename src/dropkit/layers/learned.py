@@ -30,7 +30,7 @@ from torch import nn
 from dropkit import functional_learned as FL
 from dropkit import noise
 from dropkit._validate import check_positive_int, check_probability
-from dropkit.layers.base import DropoutBase
+from dropkit.layers.base import DropoutBase, refuse_scripting
 
 __all__ = [
     "ConcreteDropout",
@@ -56,6 +56,14 @@ def _check_open_rate(value: object, name: str, upper: float = 1.0) -> float:
         bound = f"(0, {upper}]" if upper < 1.0 else "(0, 1)"
         raise ValueError(f"{name} must be in {bound} (its logit is learned), got {value!r}")
     return p
+
+
+def _refuse_scripted_training(training: bool, name: str) -> None:
+    if training:
+        raise RuntimeError(
+            name + " cannot run its training forward under TorchScript (only eval): train in "
+            "eager mode or with torch.compile"
+        )
 
 
 def _check_nonneg(value: object, name: str) -> float:
@@ -115,6 +123,7 @@ class ConcreteDropout(DropoutBase):
     has_scaling = False
     # Its rate is learned: DropoutScheduler skips it (setting p still works, re-initialising it).
     schedulable = False
+    __jit_unused_properties__ = ["p", "p_tensor"]
 
     def __init__(
         self,
@@ -163,6 +172,9 @@ class ConcreteDropout(DropoutBase):
         return torch.sigmoid(self.p_logit)
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
+        if torch.jit.is_scripting():  # eval: the input passes unchanged (inverted scaling)
+            _refuse_scripted_training(self.training, "ConcreteDropout")
+            return self.layer(input)
         # K = elements of one example; shape-based, so an empty batch (0, K) works as nn.Linear does.
         self._seen_input_dim = math.prod(input.shape[1:]) if input.dim() > 1 else input.numel()
         dropped = FL.concrete_dropout(
@@ -277,6 +289,9 @@ class VariationalDropout(DropoutBase):
                 self.log_alpha.fill_(log_alpha)
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
+        if torch.jit.is_scripting():  # eval: the identity
+            _refuse_scripted_training(self.training, "VariationalDropout")
+            return input
         return FL.variational_dropout(input, self.log_alpha, self.training)
 
     def kl(self) -> torch.Tensor:
@@ -339,6 +354,9 @@ class VariationalLinear(nn.Linear):
         self.log_alpha = nn.Parameter(torch.full(shape, log_alpha))
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
+        if torch.jit.is_scripting():  # eval: y = xθᵀ + b
+            _refuse_scripted_training(self.training, "VariationalLinear")
+            return nn.functional.linear(input, self.weight, self.bias)
         return FL.variational_linear(input, self.weight, self.bias, self.log_alpha, self.training)
 
     def kl(self) -> torch.Tensor:
@@ -357,11 +375,16 @@ class VariationalLinear(nn.Linear):
 class _SVDOMixin:
     """log σ² per weight, log α, KL and the pruning mask shared by LinearSVDO and Conv2dSVDO."""
 
-    weight: nn.Parameter
-    log_sigma2: nn.Parameter
-    threshold: float
+    # No class-level annotations (weight, log_sigma2, threshold): torch.jit.script would read them.
     # Its training forward is a posterior sample: dropkit.mc samples it (is_stochastic_module).
     mc_stochastic = True
+    __jit_unused_properties__ = ["log_alpha"]
+
+    def scripted_eval_weight(self, name: str) -> torch.Tensor:
+        """θ with every weight whose log α exceeds the threshold zeroed (the TorchScript eval)."""
+        _refuse_scripted_training(self.training, name)  # type: ignore[attr-defined]
+        log_alpha = FL.clamped_log_alpha(self.weight, self.log_sigma2)
+        return self.weight * (log_alpha < self.threshold).to(self.weight.dtype)
 
     def _init_svdo(self, threshold: float, init_log_sigma2: float) -> None:
         self.threshold = FL._check_threshold(threshold)
@@ -423,6 +446,8 @@ class LinearSVDO(_SVDOMixin, nn.Linear):
         self._init_svdo(threshold, init_log_sigma2)
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
+        if torch.jit.is_scripting():
+            return nn.functional.linear(input, self.scripted_eval_weight("LinearSVDO"), self.bias)
         return FL.sparse_variational_linear(
             input, self.weight, self.log_sigma2, self.bias, self.training, self.threshold
         )
@@ -482,6 +507,8 @@ class Conv2dSVDO(_SVDOMixin, nn.Conv2d):
         self._init_svdo(threshold, init_log_sigma2)
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
+        if torch.jit.is_scripting():
+            return self._conv_forward(input, self.scripted_eval_weight("Conv2dSVDO"), self.bias)
         if input.dim() not in (3, 4):
             raise ValueError(
                 f"Conv2dSVDO expects input of rank 3-D or 4-D, got a {input.dim()}-D tensor of shape {tuple(input.shape)}"
@@ -606,6 +633,14 @@ class ELBOLoss(nn.Module):
         """Advances the KL warm-up by one step."""
         self.steps_done += 1
 
+    def __prepare_scriptable__(self) -> ELBOLoss:
+        refuse_scripting(
+            self,
+            "it holds its model outside the module tree and calls a Python nll; script the "
+            "model and compute the loss in Python",
+        )
+        return self
+
     def forward(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return FL.elbo_loss(
             self.nll(output, target),
@@ -700,6 +735,14 @@ class Standout(nn.Module):
         return FL.standout_keep_prob(s, self.alpha, self.beta)
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
+        if torch.jit.is_scripting():  # eval: y = π ⊙ a, the paper's expectation rule
+            _refuse_scripted_training(self.training, "Standout")
+            z = self.layer(input)
+            if self.standout_layer is None:
+                s = z.detach()
+            else:
+                s = self.standout_layer(input)
+            return self.activation(z) * FL.standout_sigmoid(s, self.alpha, self.beta)
         z = self.layer(input)
         return FL.standout(self.activation(z), self.keep_prob(input, z), self.training)
 

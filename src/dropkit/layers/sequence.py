@@ -56,6 +56,12 @@ class LockedDropout(DropoutBase):
         self.batch_first = FV._check_bool(batch_first, "batch_first")
 
     def forward(self, input: torch.Tensor | PackedSequence) -> torch.Tensor | PackedSequence:
+        if torch.jit.is_scripting():
+            if isinstance(input, torch.Tensor):
+                return self.scripted_forward(input, -1)
+            raise RuntimeError(
+                "LockedDropout under TorchScript takes a Tensor, not a PackedSequence"
+            )
         return FV.locked_dropout(
             input,
             self.p,
@@ -124,6 +130,18 @@ class EmbeddingDropout(nn.Embedding, DropoutBase):
         self.scaling = check_scaling(scaling)
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
+        if torch.jit.is_scripting():
+            # Eval under TorchScript: nn.Embedding with W (inverted) or (1 − p) W (inference).
+            if self.training:
+                raise RuntimeError(
+                    "EmbeddingDropout cannot run its training forward under TorchScript (only "
+                    "eval): train in eager mode or with torch.compile"
+                )
+            weight = self.weight * (1.0 - self._p) if self.scaling == "inference" else self.weight
+            return nn.functional.embedding(
+                input, weight, self.padding_idx, self.max_norm, self.norm_type,
+                self.scale_grad_by_freq, self.sparse,
+            )  # fmt: skip
         return FV.embedding_dropout(
             input, self.weight, self.p, self.training,
             padding_idx=self.padding_idx, max_norm=self.max_norm, norm_type=self.norm_type,

@@ -89,6 +89,8 @@ class DropBlock2d(_DropBlockNd):
     _spatial_dims = 2
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
+        if torch.jit.is_scripting():
+            return self.scripted_forward(input, -1)
         return FV.drop_block2d(
             input, self.p, self.block_size, self.training, self.inplace,
             share_channels=self.share_channels, normalize=self.normalize,
@@ -131,6 +133,8 @@ class DropBlock3d(_DropBlockNd):
         )
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
+        if torch.jit.is_scripting():
+            return self.scripted_forward(input, -1)
         return FV.drop_block3d(
             input, self.p, self.block_size, self.training, self.inplace,
             share_channels=self.share_channels, normalize=self.normalize,
@@ -180,6 +184,8 @@ class DropPath(DropoutBase):
         self.scale_by_keep = FV._check_bool(scale_by_keep, "scale_by_keep")
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
+        if torch.jit.is_scripting():
+            return self.scripted_forward(input, -1)
         return FV.drop_path(
             input, self.p, self.training, self.inplace,
             mode=self.mode, scale_by_keep=self.scale_by_keep, scaling=self.scaling,
@@ -259,6 +265,8 @@ class DropHead(DropoutBase):
         self.normalize = FV._check_choice(normalize, "normalize", ("heads", "inverted"))
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
+        if torch.jit.is_scripting():
+            return self.scripted_forward(input, -1)
         return FV.drop_head(input, self.p, self.training, self.inplace, normalize=self.normalize)
 
     def extra_repr(self) -> str:
@@ -309,6 +317,8 @@ class AttentionDropout(DropoutBase):
         self.normalize = FV._check_choice(normalize, "normalize", ("inverted", "rows"))
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
+        if torch.jit.is_scripting():
+            return self.scripted_forward(input, -1)
         return FV.attention_dropout(
             input, self.p, self.training, self.inplace, mode=self.mode, normalize=self.normalize
         )

@@ -24,7 +24,7 @@ from torch.func import functional_call
 from dropkit import functional as F
 from dropkit import functional_variants as FV
 from dropkit._validate import check_scaling
-from dropkit.layers.base import DropoutBase
+from dropkit.layers.base import DropoutBase, refuse_scripting
 
 __all__ = [
     "DropConnectLinear",
@@ -45,6 +45,23 @@ class _DropConnectMixin:
         self.scaling = check_scaling(scaling)
         self.per_sample = FV._check_bool(per_sample, "per_sample")
         self.drop_bias = FV._check_bool(drop_bias, "drop_bias")
+
+    def scripted_eval_parameters(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(weight, bias) of the eval rule, for the TorchScript forward: W and b, or (1 − p) W
+        (and (1 − p) b with ``drop_bias``) for inference scaling. Training raises."""
+        if self.training:  # type: ignore[attr-defined]
+            raise RuntimeError(
+                self._script_name + " cannot run its training forward under TorchScript (only "  # type: ignore[attr-defined]
+                "eval): train in eager mode or with torch.compile"
+            )
+        weight: torch.Tensor = self.weight  # type: ignore[attr-defined]
+        bias: torch.Tensor | None = self.bias  # type: ignore[attr-defined]
+        if self.scaling == "inference":
+            factor = 1.0 - self._p  # type: ignore[attr-defined]
+            weight = weight * factor
+            if bias is not None and self.drop_bias:
+                bias = bias * factor
+        return weight, bias
 
     def _drop_repr(self) -> str:
         parts = [f"p={self.p}"]  # type: ignore[attr-defined]
@@ -112,6 +129,9 @@ class DropConnectLinear(_DropConnectMixin, nn.Linear, DropoutBase):
         self._init_drop(p, per_sample, drop_bias, scaling)
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
+        if torch.jit.is_scripting():
+            weight, bias = self.scripted_eval_parameters()
+            return TF.linear(input, weight, bias)
         return FV.drop_connect_linear(
             input, self.weight, self.bias, self.p, self.training,
             per_sample=self.per_sample, drop_bias=self.drop_bias, scaling=self.scaling,
@@ -186,6 +206,9 @@ class _DropConnectConvNd(_DropConnectMixin):
     _plain_cls: type[nn.modules.conv._ConvNd]
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
+        if torch.jit.is_scripting():
+            weight, bias = self.scripted_eval_parameters()
+            return self._conv_forward(input, weight, bias)  # type: ignore[attr-defined]
         if self.padding_mode != "zeros":  # type: ignore[attr-defined]
             # As nn.ConvNd: pad explicitly for reflect/replicate/circular, then convolve unpadded.
             input = TF.pad(input, self._reversed_padding_repeated_twice, mode=self.padding_mode)  # type: ignore[attr-defined]
@@ -402,6 +425,14 @@ class WeightDrop(DropoutBase):
             for name in self.weights
         }
         return functional_call(self.module, dropped, args, kwargs)
+
+    def __prepare_scriptable__(self) -> WeightDrop:
+        refuse_scripting(
+            self,
+            "its forward takes the wrapped RNN's arguments (*args, **kwargs) and calls it through "
+            "torch.func.functional_call; in eval script .to_plain() (the plain RNN) instead",
+        )
+        return self
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, weights={list(self.weights)}"
