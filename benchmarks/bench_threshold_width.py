@@ -108,12 +108,16 @@ def main() -> None:
         x = torch.randn(n)
         out = torch.empty_like(x)
         xn, on = x.numpy(), out.numpy()
-        clone = _median_seconds(lambda: x.clone(), args.repeats)
+        clone = _median_seconds(x.clone, args.repeats)
         ours = _median_seconds(
-            lambda: kernels.dropout_forward(x, 7, 0, t16, float(scale)), args.repeats
+            lambda x=x: kernels.dropout_forward(x, 7, 0, t16, float(scale)), args.repeats
         )
-        w16 = _median_seconds(lambda: dropout16(xn, on, k0, k1, t16, scale), args.repeats)
-        w32 = _median_seconds(lambda: dropout32(xn, on, k0, k1, t32, scale), args.repeats)
+        w16 = _median_seconds(
+            lambda xn=xn, on=on: dropout16(xn, on, k0, k1, t16, scale), args.repeats
+        )
+        w32 = _median_seconds(
+            lambda xn=xn, on=on: dropout32(xn, on, k0, k1, t32, scale), args.repeats
+        )
         kept = float((on != 0).mean())
         assert abs(kept - (1 - p)) < 0.02 or n < 1 << 16, kept
         print(
