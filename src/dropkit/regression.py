@@ -59,6 +59,8 @@ __all__ = [
     "load_regression_data",
     "train_dropout_ensemble",
     "run_regression_study",
+    "run_split",
+    "assemble_result",
     "format_regression_summary",
 ]
 
@@ -72,6 +74,9 @@ LENGTH_SCALE = 1e-2
 COVERAGE_LEVELS: tuple[float, ...] = (0.5, 0.9, 0.95)
 #: The fewest rows a regression study accepts (2 test rows, a validation part of at least 3).
 MIN_ROWS = 20
+#: Memory budget of one batched MC pass (:func:`dropkit.mc.predict`'s ``max_memory_bytes``): the
+#: study's nets are small, so T = 1000 samples of a validation part fit in a few passes.
+MC_PASS_BYTES = 64 << 20
 #: Built-in regression data sets (bundled with scikit-learn, never downloaded).
 BUILTIN = ("diabetes",)
 
@@ -302,27 +307,38 @@ def _as_float_tensor(value: object, name: str, ndim: int) -> torch.Tensor:
 
 
 class _Adam:
-    """Adam (Kingma & Ba 2015) on a few tensors, torch.optim.Adam's update without its import cost.
+    """Adam (Kingma & Ba 2015) over one flat buffer that holds every parameter.
 
-    Each member's slice of a stacked tensor gets the update it would get alone: Adam is elementwise.
+    torch.optim.Adam's update, element for element, without its import cost (it pulls in
+    torch._dynamo) and with one set of ops per step for all tensors. Each member's slice of a stacked
+    tensor gets the update it would get alone: Adam is elementwise.
     """
 
-    def __init__(self, params: list[torch.Tensor], lr: float, betas=(0.9, 0.999), eps=1e-8):
-        self.params, self.lr, self.betas, self.eps = params, lr, betas, eps
-        self.m = [torch.zeros_like(p) for p in params]
-        self.v = [torch.zeros_like(p) for p in params]
+    def __init__(self, size: int, lr: float, betas=(0.9, 0.999), eps=1e-8):
+        self.lr, self.betas, self.eps = lr, betas, eps
+        self.m = torch.zeros(size)
+        self.v = torch.zeros(size)
         self.t = 0
 
     @torch.no_grad()
-    def step(self, grads: Sequence[torch.Tensor]) -> None:
+    def step(self, flat: torch.Tensor, grad: torch.Tensor) -> None:
         beta1, beta2 = self.betas
         self.t += 1
         step_size = self.lr / (1 - beta1**self.t)
         root_correction = math.sqrt(1 - beta2**self.t)
-        for param, grad, m, v in zip(self.params, grads, self.m, self.v, strict=True):
-            m.mul_(beta1).add_(grad, alpha=1 - beta1)
-            v.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
-            param.addcdiv_(m, (v.sqrt() / root_correction).add_(self.eps), value=-step_size)
+        self.m.mul_(beta1).add_(grad, alpha=1 - beta1)
+        self.v.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+        flat.addcdiv_(self.m, (self.v.sqrt() / root_correction).add_(self.eps), value=-step_size)
+
+
+def _views(flat: torch.Tensor, shapes: list) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Fresh (weight, bias) views into ``flat``, shaped like ``shapes``' pairs."""
+    weights, biases, offset = [], [], 0
+    for w, b in shapes:
+        for tensor, out in ((w, weights), (b, biases)):
+            out.append(flat[offset : offset + tensor.numel()].view(tensor.shape))
+            offset += tensor.numel()
+    return weights, biases
 
 
 def train_dropout_ensemble(
@@ -388,19 +404,20 @@ def train_dropout_ensemble(
     sizes = [d, *hidden, 1]
     gen = torch.Generator().manual_seed(int(seed))
 
-    weights, biases = [], []
+    initial = []
     for fan_in, fan_out in zip(sizes[:-1], sizes[1:], strict=True):
         # torch.nn.Linear's initialisation: U(−1/√fan_in, 1/√fan_in) for weights and biases.
         bound = 1.0 / math.sqrt(fan_in)
         w = (torch.rand(1, fan_in, fan_out, generator=gen) * 2 - 1) * bound
         b = (torch.rand(1, 1, fan_out, generator=gen) * 2 - 1) * bound
-        weights.append(w.repeat(m, 1, 1).requires_grad_())
-        biases.append(b.repeat(m, 1, 1).requires_grad_())
+        initial.append((w.repeat(m, 1, 1), b.repeat(m, 1, 1)))
+    # Every parameter is a view into one flat leaf tensor: one gradient, one Adam update.
+    flat = torch.cat([t.flatten() for pair in initial for t in pair]).requires_grad_()
+    weights, biases = _views(flat, initial)
     p = torch.tensor(rates, dtype=torch.float32).view(m, 1, 1)
     scale = 1.0 / (1.0 - p)
     lam = torch.tensor(decays, dtype=torch.float32)
-    params = [*weights, *biases]
-    adam = _Adam(params, lr)
+    adam = _Adam(flat.numel(), lr)
 
     for _ in range(epochs):
         order = torch.randperm(n, generator=gen)
@@ -417,8 +434,9 @@ def train_dropout_ensemble(
             data_term = 0.5 * (h[..., 0] - target).square().mean(1)  # (M,)
             penalty = sum(w.square().sum((1, 2)) for w in weights)
             loss = (data_term + lam * penalty).sum()
-            grads = torch.autograd.grad(loss, params)
-            adam.step(grads)
+            (grad,) = torch.autograd.grad(loss, flat)
+            adam.step(flat, grad)
+            weights, biases = _views(flat, initial)
 
     nets = []
     with torch.no_grad():
@@ -469,7 +487,7 @@ def _scores(
 _CURVE_LEVELS = tuple(round(c, 2) for c in np.linspace(0.05, 0.95, 19)) + (0.99,)
 
 
-def _run_split(
+def run_split(
     data: RegressionData, split: int, cfg: RegressionConfig
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """One split of the protocol: its row of numbers and the arrays its figures need."""
@@ -529,7 +547,9 @@ def _run_split(
     # 3. Test, in the target's units: ŷ = ŷ_std · σ_y + μ_y and τ = τ_std / σ_y².
     x_test = _tensor((data.x[test] - x_mean) / x_std)
     y_test = data.y[test]
-    samples = predict(net_mc, x_test, T=cfg.mc_samples, seed=net_seed)[..., 0]
+    samples = predict(
+        net_mc, x_test, T=cfg.mc_samples, seed=net_seed, max_memory_bytes=MC_PASS_BYTES
+    )[..., 0]
     samples = samples.double().numpy() * y_std + y_mean
     with torch.no_grad():
         ws_same = net_mc(x_test)[:, 0].double().numpy()[None] * y_std + y_mean
@@ -627,12 +647,10 @@ def run_regression_study(
         >>> sorted(numbers["models"]["mc_dropout"])[:4]
         ['coverage', 'coverage_se', 'test_log_likelihood', 'test_log_likelihood_per_split']
     """
-    from dropkit.study import StudyResult
-
     cfg = config.resolved()
     started = time.perf_counter()
     data = dataset if dataset is not None else load_regression_data(cfg.data, cfg.label)
-    n_test, n_fit, n_val = check_splits(len(data.y), cfg, repr(data.name))
+    check_splits(len(data.y), cfg, repr(data.name))
     rows, arrays = [], []
     from tqdm.auto import tqdm
 
@@ -645,7 +663,7 @@ def run_regression_study(
         dynamic_ncols=True,
     ) as bar:
         for split in range(cfg.splits):
-            row, arr = _run_split(data, split, cfg)
+            row, arr = run_split(data, split, cfg)
             rows.append(row)
             arrays.append(arr)
             bar.update(1)
@@ -656,6 +674,28 @@ def run_regression_study(
                     f"LL {m['log_likelihood']:.3f}",
                     file=log,
                 )
+    return assemble_result(data, cfg, rows, arrays, task_rule=task_rule, started=started)
+
+
+def assemble_result(
+    data: RegressionData,
+    cfg: RegressionConfig,
+    rows: list[dict[str, Any]],
+    arrays: list[dict[str, Any]],
+    *,
+    task_rule: str = "",
+    started: float | None = None,
+) -> Any:
+    """The :class:`dropkit.study.StudyResult` of split rows computed by :func:`run_split` (in order).
+
+    Each split is a deterministic function of (seed, split), so splits computed in several
+    processes assemble into the same numbers as one :func:`run_regression_study` call.
+    """
+    from dropkit.study import StudyResult
+
+    if started is None:
+        started = time.perf_counter()
+    n_test, n_fit, n_val = check_splits(len(data.y), cfg, repr(data.name))
     models = _aggregate(rows)
     mc, ws = models["mc_dropout"], models["weight_scaling"]
     diff = [

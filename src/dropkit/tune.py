@@ -1561,7 +1561,7 @@ def search_p_tau(
 
     from dropkit import uncertainty as U
     from dropkit.mc import predict
-    from dropkit.regression import TAU_FACTORS, train_dropout_ensemble
+    from dropkit.regression import MC_PASS_BYTES, TAU_FACTORS, train_dropout_ensemble
 
     (x_train, y_train), (x_val, y_val) = train, val
     rates = [check_probability(p, f"rates[{i}]", allow_one=False) for i, p in enumerate(rates)]
@@ -1601,7 +1601,10 @@ def search_p_tau(
     x_val = torch.as_tensor(x_val, dtype=torch.float32)
     records = []
     for (p, tau), net in zip(grid, nets, strict=True):
-        samples = predict(net, x_val, T=T, seed=seed)[..., 0].double().numpy()
+        # Passes of up to 64 MiB: T = 1000 samples of a small net in a few passes (4× faster
+        # than 1 MiB passes here); the samples do not depend on the chunking.
+        samples = predict(net, x_val, T=T, seed=seed, max_memory_bytes=MC_PASS_BYTES)
+        samples = samples[..., 0].double().numpy()
         with torch.no_grad():
             ws = net(x_val)[:, 0].double().numpy()
         records.append(
