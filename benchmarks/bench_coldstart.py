@@ -5,7 +5,9 @@ build folder (``DROPKIT_NATIVE_DIR``) point at new empty temporary folders, as o
 The process imports torch and dropkit, then times its first ``dropout(x, 0.5)`` forward +
 ``backward`` on a tensor that requires grad, then the second one. torch's ``F.dropout`` is timed
 the same way in its own fresh process. A *warm* row re-runs dropkit in a new process on the caches
-the cold run left (after its background warm-up finished): the cost on every later start.
+the cold run left (after its background warm-up finished): the cost on every later start. The
+*gaussian* rows do the same for ``dropkit.GaussianDropout(0.5)`` (the counter-based noise kernels,
+:mod:`dropkit.kernels.noise`) in its own fresh caches; ``--no-gaussian`` skips them.
 
 Sizes: ``small`` is (100, 100) (a small MLP's activation, the C++ node's range), ``large`` is
 (1024, 4096) = 2^22 elements (numba's parallel kernels).
@@ -41,20 +43,24 @@ wait_warm = sys.argv[3] == "1"
 torch.manual_seed(0)
 x = torch.randn(shape, requires_grad=True)
 grad = torch.ones(shape)
-drop = dropkit.functional.dropout if which == "dropkit" else torch.nn.functional.dropout
+if which == "gaussian":  # dropkit.GaussianDropout: the counter-based noise kernels
+    drop = lambda x, p, training: dropkit.GaussianDropout(p)(x)  # noqa: E731
+else:
+    drop = dropkit.functional.dropout if which == "dropkit" else torch.nn.functional.dropout
 times = []
 for _ in range(2):
     t = time.perf_counter()
     drop(x, 0.5, training=True).backward(grad)
     times.append(time.perf_counter() - t)
 info = {"import_s": imported, "first_s": times[0], "second_s": times[1]}
-if which == "dropkit":
+kind = ("multiply", torch.float32) if which == "gaussian" else torch.float32
+if which != "torch":
     from dropkit.kernels import native
     try:
         from dropkit.kernels import warmup
     except ImportError:  # before the background warm-up existed
         warmup = None
-    info["served_first_by"] = warmup.served_by() if warmup else "numba"
+    info["served_first_by"] = warmup.served_by(kind) if warmup else "numba"
     if wait_warm and warmup is not None:
         t = time.perf_counter()
         warmup.wait(timeout=600)
@@ -64,7 +70,7 @@ if which == "dropkit":
         t = time.perf_counter()
         drop(x, 0.5, training=True).backward(grad)
         info["after_warm_up_s"] = time.perf_counter() - t
-        info["served_after_by"] = warmup.served_by()
+        info["served_after_by"] = warmup.served_by(kind)
     info["native"] = native.status()
 print(json.dumps(info))
 """
@@ -94,6 +100,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--sizes", nargs="+", choices=sorted(SIZES), default=["small", "large"])
+    parser.add_argument(
+        "--no-gaussian",
+        dest="gaussian",
+        action="store_false",
+        help="skip the GaussianDropout rows (the counter-based noise kernels' cold start)",
+    )
     args = parser.parse_args()
     try:
         load = os.getloadavg()[0]
@@ -115,6 +127,8 @@ def main() -> None:
     for size in args.sizes:
         shape = SIZES[size]
         rows: dict[str, list[dict]] = {"torch": [], "dropkit cold": [], "dropkit warm": []}
+        if args.gaussian:
+            rows.update({"gaussian cold": [], "gaussian warm": []})
         for _ in range(args.repeats):
             with tempfile.TemporaryDirectory(prefix="dropkit-cold-") as caches:
                 rows["torch"].append(run_child("torch", shape, caches, False))
@@ -122,6 +136,10 @@ def main() -> None:
                 rows["dropkit cold"].append(run_child("dropkit", shape, caches, True))
                 rows["dropkit cold"][-1]["wall_s"] = time.perf_counter() - started
                 rows["dropkit warm"].append(run_child("dropkit", shape, caches, False))
+            if args.gaussian:  # its own empty caches: the first call of the process is Gaussian
+                with tempfile.TemporaryDirectory(prefix="dropkit-cold-") as caches:
+                    rows["gaussian cold"].append(run_child("gaussian", shape, caches, True))
+                    rows["gaussian warm"].append(run_child("gaussian", shape, caches, False))
         for name, runs in rows.items():
 
             def med(key: str, runs=runs) -> str:
@@ -145,6 +163,12 @@ def main() -> None:
             f"{size}: dropkit's cold first fwd+bwd {cold_first:.3f} s "
             f"({cold_first / torch_first:.1f}x torch's {torch_first:.3f} s; target < 3 s)"
         )
+        if args.gaussian:
+            gauss_first = statistics.median(r["first_s"] for r in rows["gaussian cold"])
+            print(
+                f"{size}: GaussianDropout's cold first fwd+bwd {gauss_first:.3f} s "
+                f"({gauss_first / torch_first:.1f}x torch's dropout; target < 3 s)"
+            )
 
 
 if __name__ == "__main__":

@@ -298,8 +298,8 @@ def test_cache_probe_recognises_the_signatures_the_wrappers_compile(kind):
         cpu.bias_dropout_add(x.view(-1, 512), bias, x.view(-1, 512), 1, 0, 100, 1.0)
     else:
         cpu.dropout_forward(x, 1, 0, 100, 1.0)
-    for driver, arrays, scale in warmup._samples(kind):
-        cpu._run(driver, arrays, 0, 0, 0, *scale)  # both twins compiled or loaded
+    for driver, args in warmup._samples(kind):
+        driver(*args)  # both twins compiled or loaded, with the probe's argument types
     assert warmup._kind_cached(kind) is True
 
 

@@ -1,6 +1,8 @@
 """Counter-based uniform and Gaussian noise: one entry per operation, dispatched on the device.
 
-* CPU: :mod:`dropkit.kernels.noise_cpu` (numba);
+* CPU: :mod:`dropkit.kernels.noise_cpu` (numba); on a fresh install, while numba compiles a
+  kind's code in the background (:mod:`dropkit.kernels.warmup`), that kind is served by
+  :mod:`dropkit.kernels.noise_fallback` with noise_cpu's argument checks (same bits, no wait);
 * CUDA with triton: :mod:`dropkit.kernels.noise_gpu`;
 * any other device: :mod:`dropkit.kernels.noise_fallback` (torch ops, needs float64).
 
@@ -21,7 +23,7 @@ from types import ModuleType
 
 import torch
 
-from dropkit.kernels import backend_name, noise_cpu, noise_fallback
+from dropkit.kernels import backend_name, noise_cpu, noise_fallback, warmup
 
 __all__ = ["uniform", "normal", "gaussian_multiply"]
 
@@ -38,10 +40,15 @@ def _cuda() -> ModuleType | None:
     return _gpu[0]
 
 
-def _backend(device: torch.device) -> ModuleType:
+def _backend(device: torch.device, kind: object = None) -> ModuleType | type:
+    """The implementation serving ``device``; on CPU, for a ``kind`` of
+    :data:`dropkit.kernels.warmup.NOISE_KINDS` whose numba code is still being compiled in the
+    background, :class:`dropkit.kernels.warmup.ColdNoise` (noise_cpu's API and checks)."""
     name = backend_name(device)
     if name == "numba":
-        return noise_cpu
+        if kind is None or kind in warmup.READY or warmup.numba_ready(kind):
+            return noise_cpu
+        return warmup.ColdNoise
     if name == "triton":
         gpu = _cuda()
         if gpu is not None:
@@ -57,9 +64,9 @@ def uniform(n: int, seed: int, offset: int, device: torch.device | str = "cpu") 
         [0.3990464210510254, 0.8805201649665833]
     """
     device = torch.device(device)
-    backend = _backend(device)
-    if backend is noise_cpu:
-        return noise_cpu.uniform(n, seed, offset)
+    backend = _backend(device, ("uniform", torch.float32))
+    if backend is noise_cpu or backend is warmup.ColdNoise:
+        return backend.uniform(n, seed, offset)
     return backend.uniform(n, seed, offset, device)
 
 
@@ -77,9 +84,9 @@ def normal(
         torch.float64
     """
     device = torch.device(device)
-    backend = _backend(device)
-    if backend is noise_cpu:
-        return noise_cpu.normal(n, seed, offset, dtype)
+    backend = _backend(device, ("normal", dtype))
+    if backend is noise_cpu or backend is warmup.ColdNoise:
+        return backend.normal(n, seed, offset, dtype)
     return backend.normal(n, seed, offset, device, dtype)
 
 
@@ -90,4 +97,7 @@ def gaussian_multiply(x: torch.Tensor, seed: int, offset: int, std: float) -> to
         >>> gaussian_multiply(torch.ones(2), seed=0, offset=0, std=0.0)
         tensor([1., 1.])
     """
-    return _backend(x.device).gaussian_multiply(x, seed, offset, std)
+    device = getattr(x, "device", torch.device("cpu"))
+    return _backend(device, ("multiply", getattr(x, "dtype", None))).gaussian_multiply(
+        x, seed, offset, std
+    )

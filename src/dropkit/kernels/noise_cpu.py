@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from numba import prange
 
+from dropkit.kernels import cpu
 from dropkit.kernels._checks import check_tensor
 from dropkit.kernels.cpu import PARALLEL_MIN as cpu_parallel_min
 from dropkit.kernels.cpu import (
@@ -263,6 +264,11 @@ def _run(drivers, out: np.ndarray, offset: int, seed: int, aux: tuple) -> None:
     n = out.shape[0]
     args = (out, np.int64(offset), np.uint64(seed & 0xFFFFFFFF), np.uint64(seed >> 32), aux)
     parallel, serial = drivers
+    if cpu._PARALLEL_COLD and n >= PARALLEL_MIN:  # a fresh install (dropkit.kernels.warmup)
+        ready = cpu._PARALLEL_COLD.get((parallel, out.dtype))
+        if ready is not None and not ready():  # still being compiled in the background
+            serial(*args)
+            return
     threads = claim_parallel(n)
     if not threads:
         serial(*args)

@@ -6,16 +6,19 @@ On a fresh install numba's disk cache is empty: compiling the CPU kernels takes 
 first dropout call, so:
 
 * On the first CPU kernel call of a kind (a dtype's dropout, a dtype's bias + dropout + residual,
-  the bare mask) dropkit asks numba's disk cache whether that kind's compiled code is there
+  the bare mask, and the counter-based noise of :mod:`dropkit.kernels.noise_cpu`: uniform,
+  normal and the fused Gaussian multiply, :data:`NOISE_KINDS`) dropkit asks numba's disk cache whether that kind's compiled code is there
   (:func:`numba_ready`; a read of numba's small index file, no compilation). If it is, numba
   loads it and serves, as before.
 * If not, dropkit starts **one** background process, ``python -m dropkit.kernels.warmup <dtype>``,
   which compiles the requested kind first (serial twin, then parallel twin, filling numba's disk
   cache), then the numba cfuncs and the C++ node (:func:`dropkit.kernels.native.build`), then
-  every other kind. Meanwhile calls of that kind run :mod:`dropkit.kernels.fallback`: the same
-  Philox stream in torch ops, the **same bits** (the mask is a pure function of seed and offset,
-  whichever code computes it), with the CPU kernels' argument checks. It is slower (about 1 ms for
-  10^4 elements, 0.4 s for 2^22), so each kind switches to numba's serial twin as soon as the
+  every other kind (float32 dropout, the other dtypes, bias + dropout + residual, the mask, then
+  the noise kinds). Meanwhile calls of that kind run :mod:`dropkit.kernels.fallback` (noise:
+  :mod:`dropkit.kernels.noise_fallback`): the same Philox stream in torch ops, the **same bits**
+  (mask and noise are pure functions of seed and offset, whichever code computes them), with the
+  CPU kernels' argument checks (:class:`ColdCPU`, :class:`ColdNoise`). It is slower (about 1 ms for
+  10^4 elements, 0.4 s for 2^22; Gaussian noise about 3x that), so each kind switches to numba's serial twin as soon as the
   cache holds it, and to the parallel twin when that is cached too (looked up at most every 0.1 s).
 * If the background process ends without filling the cache (numba cannot write its cache, or the
   process failed or was killed), numba compiles in this process at the next call, as it did before.
@@ -43,10 +46,19 @@ import time
 import numpy as np
 import torch
 
-from dropkit.kernels import cpu, fallback
+from dropkit.kernels import cpu, fallback, noise_cpu, noise_fallback
 from dropkit.kernels._checks import check_bias_residual
 
-__all__ = ["numba_ready", "outcome", "running", "served_by", "start", "wait"]
+__all__ = [
+    "KINDS",
+    "NOISE_KINDS",
+    "numba_ready",
+    "outcome",
+    "running",
+    "served_by",
+    "start",
+    "wait",
+]
 
 #: Kinds whose numba code may serve in this process without compiling here. Read on hot paths.
 READY: set[object] = set()
@@ -72,12 +84,39 @@ def _disabled() -> bool:
     return os.environ.get("DROPKIT_WARMUP", "1") == "0"
 
 
-def _samples(kind: object) -> list[tuple[object, tuple, tuple]]:
-    """(driver, arrays, scale) for each driver that serves ``kind`` (a torch dtype: dropout;
-    ``("bda", dtype)``; ``"mask"``), with exactly the types the CPU wrappers pass."""
+#: The counter-based noise kernels' kinds (:mod:`dropkit.kernels.noise_cpu`): (operation, dtype).
+NOISE_KINDS: tuple[tuple[str, torch.dtype], ...] = (
+    ("multiply", torch.float32),
+    ("normal", torch.float32),
+    ("uniform", torch.float32),
+    ("multiply", torch.float64),
+    ("normal", torch.float64),
+)
+_NOISE_DRIVERS = {
+    "uniform": noise_cpu._UNIFORM,
+    "normal": noise_cpu._NORMAL,
+    "multiply": noise_cpu._MULTIPLY,
+}
+_TYPED = (np.int64(0), np.uint64(0), np.uint64(0), np.int32(0))  # offset, k0, k1, threshold
+_NOISE_TYPED = (np.int64(0), np.uint64(0), np.uint64(0))  # offset, k0, k1
+
+
+def _samples(kind: object) -> list[tuple[object, tuple]]:
+    """(driver, arguments) for the serial then the parallel driver that serve ``kind`` (a torch
+    dtype: dropout; ``("bda", dtype)``; ``"mask"``; a noise kind of :data:`NOISE_KINDS`), with
+    exactly the types the CPU wrappers pass (zero-length or one-element arrays)."""
     if kind == "mask":
         out = np.zeros(1, dtype=np.bool_)
-        return [(driver, (out,), ()) for driver in (cpu._mask_ser, cpu._mask_par)]
+        return [(driver, (out, *_TYPED)) for driver in (cpu._mask_ser, cpu._mask_par)]
+    if isinstance(kind, tuple) and kind[0] in _NOISE_DRIVERS:
+        op, dtype = kind
+        out = np.zeros(1, dtype=_NP[dtype])
+        if op == "multiply":  # noise_cpu.gaussian_multiply's (x, std)
+            aux: tuple = (np.zeros(1, dtype=_NP[dtype]), _NP[dtype](0.0))
+        else:
+            aux = (0,)
+        parallel, serial = _NOISE_DRIVERS[op]
+        return [(driver, (out, *_NOISE_TYPED, aux)) for driver in (serial, parallel)]
     if isinstance(kind, tuple):
         dtype = kind[1]
         arrays = tuple(np.zeros(1, dtype=_NP[dtype]) for _ in range(4))
@@ -87,10 +126,17 @@ def _samples(kind: object) -> list[tuple[object, tuple, tuple]]:
         arrays = (np.zeros(1, dtype=_NP[dtype]), np.zeros(1, dtype=_NP[dtype]))
         drivers = cpu._DROPOUT[dtype]
     scale = (cpu._scale_arg(dtype, 1.0),)
-    return [(driver, arrays, scale) for driver in (drivers[1], drivers[0])]
+    return [(driver, (*arrays, *_TYPED, *scale)) for driver in (drivers[1], drivers[0])]
 
 
-_TYPED = (np.int64(0), np.uint64(0), np.uint64(0), np.int32(0))  # offset, k0, k1, threshold
+#: Every kind the warm-up knows (any other is not a kernel's: the kernels' own checks reject it).
+KINDS: tuple[object, ...] = (
+    *_NAMES.values(),
+    *(("bda", d) for d in _NAMES.values()),
+    "mask",
+    *NOISE_KINDS,
+)
+_KNOWN = frozenset(KINDS)
 
 
 def _cached(driver, args: tuple) -> bool | None:
@@ -109,17 +155,14 @@ def _cached(driver, args: tuple) -> bool | None:
 
 
 def _kind_cached(kind: object) -> bool:
-    return all(
-        _cached(driver, (*arrays, *_TYPED, *scale)) for driver, arrays, scale in _samples(kind)
-    )
+    return all(_cached(driver, args) for driver, args in _samples(kind))
 
 
 def _parallel_check(kind: object):
     """A check for :data:`cpu._PARALLEL_COLD`: True (and gone) once ``kind``'s parallel twin is
     cached or the warm-up has ended; looks at most every 0.1 s."""
-    driver, arrays, scale = _samples(kind)[1]
-    args = (*arrays, *_TYPED, *scale)
-    key = (driver, arrays[0].dtype)
+    driver, args = _samples(kind)[1]
+    key = (driver, args[0].dtype)
     next_look = [0.0]
 
     def ready() -> bool:
@@ -140,11 +183,12 @@ def numba_ready(kind: object) -> bool:
 
     Starts the background warm-up when the code is not cached; False while it runs. Once the
     serial twin is cached it serves (the parallel one joins when it is cached too). See the module
-    docstring. ``kind``: a torch dtype (dropout), ``("bda", dtype)`` or ``"mask"``.
+    docstring. ``kind``: a torch dtype (dropout), ``("bda", dtype)``, ``"mask"`` or a noise kind
+    (:data:`NOISE_KINDS`, e.g. ``("multiply", torch.float32)`` for Gaussian dropout).
     """
     if kind in READY:
         return True
-    if (kind[1] if isinstance(kind, tuple) else kind) not in _NP and kind != "mask":
+    if kind not in _KNOWN:
         return True  # not a kernel dtype: the CPU kernels' own checks reject it
     with _LOCK:
         if kind in READY:
@@ -153,10 +197,7 @@ def numba_ready(kind: object) -> bool:
         if not _disabled():
             if now < _NEXT_PROBE.get(kind, 0.0):
                 return False
-            serial, parallel = (
-                _cached(driver, (*arrays, *_TYPED, *scale))
-                for driver, arrays, scale in _samples(kind)
-            )
+            serial, parallel = (_cached(driver, args) for driver, args in _samples(kind))
             if not (serial and parallel) and (start(kind) or running()):
                 if not serial:
                     _NEXT_PROBE[kind] = now + _PROBE_EVERY
@@ -169,10 +210,20 @@ def numba_ready(kind: object) -> bool:
 
 
 def _kind_name(kind: object) -> str:
+    """``float32``, ``bda-float32``, ``mask``, ``multiply-float32``...: the warm-up's argument."""
     if kind == "mask":
         return "mask"
-    dtype = kind[1] if isinstance(kind, tuple) else kind
-    return str(dtype).removeprefix("torch.")
+    if isinstance(kind, tuple):
+        return f"{kind[0]}-{str(kind[1]).removeprefix('torch.')}"
+    return str(kind).removeprefix("torch.")
+
+
+def _kind_from_name(name: str) -> object:
+    """The kind :func:`_kind_name` names (float32 dropout for a name it does not know)."""
+    for kind in KINDS:
+        if _kind_name(kind) == name:
+            return kind
+    return torch.float32
 
 
 def _child_env() -> dict[str, str]:
@@ -238,9 +289,10 @@ def wait(timeout: float | None = None) -> bool:
     return not running()
 
 
-def served_by(dtype: torch.dtype = torch.float32) -> str:
-    """Which code computes CPU dropout of ``dtype`` right now (for reports and benchmarks)."""
-    if dtype in READY:
+def served_by(kind: object = torch.float32) -> str:
+    """Which code computes the CPU kernels of ``kind`` right now (for reports and benchmarks):
+    a torch dtype (dropout), ``("bda", dtype)``, ``"mask"`` or a noise kind (:data:`NOISE_KINDS`)."""
+    if kind in READY:
         return "numba"
     return "torch fallback (numba compiling in the background)"
 
@@ -305,20 +357,54 @@ class ColdCPU:
         return fallback.bias_dropout_add(x, bias, residual, seed, offset, threshold, scale)
 
 
+class ColdNoise:
+    """:mod:`dropkit.kernels.noise_cpu`'s API computed by :mod:`dropkit.kernels.noise_fallback`
+    (same bits, same argument checks), for noise drawn while numba's code is being compiled."""
+
+    @staticmethod
+    def uniform(n, seed, offset):  # noqa: D102
+        noise_cpu._check_stream(n, seed, offset)
+        return noise_fallback.uniform(n, seed, offset, "cpu")
+
+    @staticmethod
+    def normal(n, seed, offset, dtype=torch.float32):  # noqa: D102
+        noise_cpu._check_stream(n, seed, offset)
+        return noise_fallback.normal(n, seed, offset, "cpu", dtype)
+
+    @staticmethod
+    def gaussian_multiply(x, seed, offset, std):  # noqa: D102
+        noise_cpu.check_tensor(
+            x,
+            "x",
+            None,
+            isinstance(x, torch.Tensor) and x.device.type == "cpu",
+            f"a CPU tensor for the numba kernels, got device {getattr(x, 'device', None)}",
+        )
+        if x.dtype not in (torch.float32, torch.float64):
+            raise TypeError(f"x must be float32 or float64, got {x.dtype}")
+        noise_cpu._check_stream(x.numel(), seed, offset)
+        with torch.no_grad():
+            return noise_fallback.gaussian_multiply(x.detach(), seed, offset, std)
+
+
 # ----------------------------------------------------------------------------------------------
 # The background process
 # ----------------------------------------------------------------------------------------------
 def _compile(kind: object) -> None:
-    for driver, arrays, scale in _samples(kind):
-        cpu._run(driver, arrays, 0, 0, 0, *scale)
+    for driver, args in _samples(kind):
+        driver(*args)
+
+
+def _order(first: object) -> list[object]:
+    """The background process's order: ``first``, then float32 dropout, the other dropout
+    dtypes, bias + dropout + residual, the mask, then the noise kinds (each once)."""
+    rest = [*_NAMES.values(), *(("bda", d) for d in _NAMES.values()), "mask", *NOISE_KINDS]
+    return [first, *(kind for kind in rest if kind != first)]
 
 
 def _main(argv: list[str]) -> int:
-    """``python -m dropkit.kernels.warmup [dtype]``: fill numba's cache and build the C++ node."""
-    first = _NAMES.get(argv[0], torch.float32) if argv else torch.float32
-    kinds: list[object] = [first]
-    kinds += [d for d in _NAMES.values() if d != first]
-    kinds += [("bda", d) for d in _NAMES.values()] + ["mask"]
+    """``python -m dropkit.kernels.warmup [kind]``: fill numba's cache and build the C++ node."""
+    kinds = _order(_kind_from_name(argv[0]) if argv else torch.float32)
     status = 0
     for index, kind in enumerate(kinds):
         try:
