@@ -52,6 +52,7 @@ import torch
 from dropkit import kernels, rng
 from dropkit._validate import check_float_tensor, check_generator, check_probability
 from dropkit.kernels import warmup
+from dropkit.kernels.philox import THRESHOLD_RANGE, threshold_from_p
 
 __all__ = [
     "THRESHOLD_RANGE",
@@ -66,8 +67,6 @@ __all__ = [
     "scaled_dot_product_attention_with_dropout",
 ]
 
-#: The keep threshold's resolution: a drop rate is represented as threshold / 65536.
-THRESHOLD_RANGE = 1 << 16
 _MASK64 = (1 << 64) - 1
 _THRESHOLDS: dict[float, int] = {}  # p -> threshold; checked once per distinct rate
 
@@ -90,7 +89,7 @@ def threshold(p: float) -> int:
     """
     cached = _THRESHOLDS.get(p) if type(p) is float else None
     if cached is None:
-        cached = math.floor(check_probability(p) * THRESHOLD_RANGE + 0.5)
+        cached = threshold_from_p(check_probability(p))
         if type(p) is float and len(_THRESHOLDS) < 4096:
             _THRESHOLDS[p] = cached
     return cached

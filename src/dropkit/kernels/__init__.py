@@ -30,7 +30,7 @@ from types import ModuleType
 import torch
 
 from dropkit.kernels import cpu, fallback, warmup
-from dropkit.reference.philox import (
+from dropkit.kernels.philox import (
     THRESHOLD_RANGE,
     keep_probability_from_threshold,
     scale_from_threshold,

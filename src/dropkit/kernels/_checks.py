@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from dropkit.reference.philox import THRESHOLD_RANGE
+from dropkit.kernels.philox import THRESHOLD_RANGE
 
 #: The element types every kernel handles.
 SUPPORTED = (torch.float16, torch.bfloat16, torch.float32, torch.float64)

@@ -49,7 +49,7 @@ import torch
 from numba import prange
 
 from dropkit.kernels._checks import check_bias_residual, check_stream, check_tensor
-from dropkit.reference.philox import (
+from dropkit.kernels.philox import (
     LANES_PER_BLOCK,
     PHILOX_M0,
     PHILOX_M1,

@@ -28,6 +28,15 @@ from __future__ import annotations
 
 import torch
 
+from dropkit.kernels.philox import (
+    LANES_PER_BLOCK,
+    PHILOX_M0,
+    PHILOX_M1,
+    PHILOX_ROUNDS,
+    PHILOX_W0,
+    PHILOX_W1,
+)
+
 __all__ = [
     "philox_blocks",
     "philox_uint16",
@@ -39,13 +48,7 @@ __all__ = [
 
 _MASK32 = 0xFFFFFFFF
 _MASK64 = (1 << 64) - 1
-# Random123's Philox4x32 multipliers and Weyl key increments.
-PHILOX_M0 = 0xD2511F53
-PHILOX_M1 = 0xCD9E8D57
-PHILOX_W0 = 0x9E3779B9
-PHILOX_W1 = 0xBB67AE85
-PHILOX_ROUNDS = 10
-WORDS_PER_COUNTER = 8  # one Philox4x32 block = 128 bits = eight 16-bit words
+WORDS_PER_COUNTER = LANES_PER_BLOCK  # one Philox4x32 block = 128 bits = eight 16-bit words
 
 
 def _mulhilo(multiplier: int, value: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

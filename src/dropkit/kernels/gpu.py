@@ -30,7 +30,7 @@ import triton
 import triton.language as tl
 
 from dropkit.kernels._checks import check_bias_residual, check_stream, check_tensor
-from dropkit.reference.philox import LANES_PER_BLOCK
+from dropkit.kernels.philox import LANES_PER_BLOCK
 
 __all__ = [
     "INTERPRETED",

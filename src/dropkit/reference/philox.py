@@ -2,7 +2,9 @@
 
 This module is the oracle the numba (``dropkit.kernels.cpu``) and Triton (``dropkit.kernels.gpu``)
 kernels are tested against bit for bit, and the place to read what those kernels compute. It imports
-only NumPy and the standard library (see the package docstring).
+only NumPy and the standard library (see the package docstring), and no production module imports
+it: the kernels hold their own copy of the constants and the threshold rule
+(:mod:`dropkit.kernels.philox`), and tests/test_bit_rule.py holds the two statements together.
 
 The generator: Philox4x32-10
 ----------------------------
