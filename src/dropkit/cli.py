@@ -356,8 +356,6 @@ def _bytes(n: float) -> str:
 
 
 def _study(args: argparse.Namespace, argv: Sequence[str]) -> int:
-    import torch
-
     from dropkit import report, study, tune
 
     try:
@@ -403,6 +401,21 @@ def _study(args: argparse.Namespace, argv: Sequence[str]) -> int:
     except (ValueError, TypeError, FileNotFoundError, IsADirectoryError, PermissionError) as err:
         return _error("study", err)
 
+    def run(stage):
+        result = study.run_study(config, stage, dataset=dataset)
+        result.numbers["task_rule"] = rule
+        return result
+
+    return _run_and_publish(args, argv, out_dir, keep, run, study.format_summary)
+
+
+def _run_and_publish(args, argv, out_dir, keep, run, summary) -> int:
+    """Runs ``run(stage)`` at ``args.threads`` threads, writes its report into the staging folder
+    and publishes it at ``out_dir``; every failure is one line and an exit code."""
+    import torch
+
+    from dropkit import report
+
     threads = torch.get_num_threads()
     torch.set_num_threads(args.threads)
     command = "dropkit " + " ".join(shlex.quote(a) for a in argv)
@@ -412,14 +425,13 @@ def _study(args: argparse.Namespace, argv: Sequence[str]) -> int:
     stage = None
     try:
         with report.staging(out_dir, keep=keep) as stage:
-            result = study.run_study(config, stage, dataset=dataset)
-            result.numbers["task_rule"] = rule
+            result = run(stage)
             report.write_files(stage, result.numbers, result.figures, command=command)
             if _SIGNALLED:
                 # The handler's KeyboardInterrupt can land where Python ignores exceptions (a
                 # weakref callback, a __del__): the flag still keeps the report from being published.
                 raise KeyboardInterrupt
-        print(study.format_summary(result.numbers, args.out))
+        print(summary(result.numbers, args.out))
     except KeyboardInterrupt:
         return _interrupted("study", stage)
     except (ValueError, TypeError, FloatingPointError) as err:
@@ -482,7 +494,6 @@ def _flag_name(message: str) -> str:
 
 def _regression_study(args: argparse.Namespace, argv: Sequence[str], rule: str) -> int:
     import numpy as np
-    import torch
 
     from dropkit import regression, report
 
@@ -518,29 +529,10 @@ def _regression_study(args: argparse.Namespace, argv: Sequence[str], rule: str) 
     except (ValueError, TypeError, FileNotFoundError, IsADirectoryError, PermissionError) as err:
         return _error("study", err)
 
-    threads = torch.get_num_threads()
-    torch.set_num_threads(args.threads)
-    command = "dropkit " + " ".join(shlex.quote(a) for a in argv)
-    _SIGNALLED.clear()
-    previous = _on_sigterm(_raise_interrupt)
-    stage = None
-    try:
-        with report.staging(out_dir, keep=keep) as stage:
-            result = regression.run_regression_study(config, dataset=dataset, task_rule=rule)
-            report.write_files(stage, result.numbers, result.figures, command=command)
-            if _SIGNALLED:
-                raise KeyboardInterrupt
-        print(regression.format_regression_summary(result.numbers, args.out))
-    except KeyboardInterrupt:
-        return _interrupted("study", stage)
-    except (ValueError, TypeError, FloatingPointError) as err:
-        return _error("study", err)
-    except OSError as err:
-        return _write_failed("study", err, stage)
-    finally:
-        _on_sigterm(previous)
-        torch.set_num_threads(threads)
-    return 0
+    def run(stage):
+        return regression.run_regression_study(config, dataset=dataset, task_rule=rule)
+
+    return _run_and_publish(args, argv, out_dir, keep, run, regression.format_regression_summary)
 
 
 _SIGNALLED: list[int] = []
