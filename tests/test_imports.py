@@ -24,24 +24,57 @@ def _child_env():
     return env
 
 
-def test_import_dropkit_from_inside_the_package_directory():
-    # Python puts the current directory first on sys.path; a dropkit/inspect.py used to be found
-    # by torch's own `import inspect`, and `import dropkit` crashed inside `import torch`.
+# Every folder of the package: `python -c ...` run from one puts that folder first on sys.path, so
+# a module file there named like a standard-library module (dropkit/inspect.py, report/html.py
+# were) is what `import inspect` / `import html` finds, for torch's imports and everyone else's.
+PACKAGE_FOLDERS = sorted(
+    {path.parent for path in PACKAGE_DIR.rglob("__init__.py") if "__pycache__" not in path.parts}
+)
+
+
+def _folder_id(folder: Path) -> str:
+    return str(folder.relative_to(PACKAGE_DIR.parent))
+
+
+def test_the_folder_walk_sees_the_subpackages():
+    names = {_folder_id(folder) for folder in PACKAGE_FOLDERS}
+    assert {"dropkit", "dropkit/report", "dropkit/kernels", "dropkit/layers"} <= names
+    assert "functional" in {info.name for info in pkgutil.iter_modules([str(PACKAGE_DIR)])}
+
+
+@pytest.mark.parametrize("folder", PACKAGE_FOLDERS, ids=_folder_id)
+def test_import_dropkit_from_inside_every_package_folder(folder):
+    # `python -c` from the folder: sys.path[0] is "" (that folder). The dropkit/inspect.py of old
+    # crashed `import dropkit` inside `import torch`; report/html.py was silently imported as the
+    # standard library's html. Neither may happen: every standard-library module loaded comes
+    # from outside the package.
+    code = """
+import sys
+assert sys.path[0] == "", sys.path[0]
+import dropkit, inspect
+shadowed = sorted(
+    name for name, module in list(sys.modules.items())
+    if name.split(".")[0] in sys.stdlib_module_names
+    and (getattr(module, "__file__", None) or "").startswith(sys.argv[1])
+)
+print(shadowed)
+"""
     done = subprocess.run(
-        [sys.executable, "-c", "import dropkit, inspect; print(inspect.__file__)"],
-        cwd=PACKAGE_DIR,
+        [sys.executable, "-c", code, str(PACKAGE_DIR) + os.sep],
+        cwd=folder,
         env=_child_env(),
         capture_output=True,
         text=True,
         timeout=300,
     )
     assert done.returncode == 0, done.stderr[-2000:]
-    assert Path(done.stdout.strip()).parent != PACKAGE_DIR
+    assert done.stdout.strip() == "[]"
 
 
-def test_no_top_level_module_is_named_after_a_standard_library_module():
-    names = [info.name for info in pkgutil.iter_modules([str(PACKAGE_DIR)])]
-    assert "functional" in names  # the walk sees the package's modules
+@pytest.mark.parametrize("folder", PACKAGE_FOLDERS, ids=_folder_id)
+def test_no_module_is_named_after_a_standard_library_module(folder):
+    names = [info.name for info in pkgutil.iter_modules([str(folder)])]
+    assert names  # the walk sees the folder's modules
     assert [name for name in names if name in sys.stdlib_module_names] == []
 
 

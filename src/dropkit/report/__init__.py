@@ -20,7 +20,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from dropkit.report import publish
-from dropkit.report.html import render_html
+from dropkit.report.pages import render_html
 from dropkit.report.publish import MARKER, OutputBusy, OutputRefused, Stage, check_target, staging
 
 __all__ = [

@@ -312,6 +312,19 @@ def _mc_dropout(mc: Mapping[str, Any]) -> list[str]:
     ]
 
 
+def _run_details(numbers: Mapping[str, Any]) -> list[str]:
+    """The run's timing and environment, folded."""
+    timing = numbers.get("timing")
+    env = numbers.get("environment")
+    if not (timing or env):
+        return []
+    return [
+        "<details><summary>Run details</summary><pre>"
+        + _e(json.dumps({"timing": timing, "environment": env}, indent=2))
+        + "</pre></details>"
+    ]
+
+
 def _reproduce(command: str | None, numbers: Mapping[str, Any]) -> list[str]:
     """The command that made the report, where its numbers are, and the run's timing/environment."""
     parts = ["<h2>Reproduce</h2>"]
@@ -321,15 +334,7 @@ def _reproduce(command: str | None, numbers: Mapping[str, Any]) -> list[str]:
         "<p>Every number of this page is in <code>report.json</code>; the searches are in the "
         "Optuna SQLite file <code>search.db</code> (<code>dropkit.tune.load_search</code>).</p>"
     )
-    timing = numbers.get("timing")
-    env = numbers.get("environment")
-    if timing or env:
-        parts.append(
-            "<details><summary>Run details</summary><pre>"
-            + _e(json.dumps({"timing": timing, "environment": env}, indent=2))
-            + "</pre></details>"
-        )
-    return parts
+    return parts + _run_details(numbers)
 
 
 def render_html(
@@ -381,42 +386,36 @@ def _pm(mean: Any, se: Any, digits: int = 3) -> str:
     return f"{mean:.{digits}f} ± {se:.{digits}f}" if se is not None else f"{mean:.{digits}f}"
 
 
-def render_regression_html(
-    numbers: Mapping[str, Any],
-    figures: Mapping[str, tuple[str, str, bytes]],
-    *,
-    command: str | None = None,
-) -> str:
-    """The report page of a regression study (:func:`dropkit.regression.run_regression_study`).
+_REGRESSION_MODELS = {
+    "mc_dropout": "MC dropout (T = {T})",
+    "weight_scaling": "weight scaling, own (p, τ)",
+    "weight_scaling_same_network": "weight scaling, MC's network and τ",
+}
 
-    Example:
-        >>> page = render_regression_html({"task": "regression", "data": {"name": "toy"}}, {})
-        >>> "dropkit study (regression): toy" in page
-        True
-    """
-    d = numbers.get("data", {})
-    cfg = numbers.get("config", {})
-    models = numbers.get("models", {})
-    splits = numbers.get("splits", [])
-    checks = numbers.get("checks", {})
-    labels = {
-        "mc_dropout": f"MC dropout (T = {cfg.get('mc_samples')})",
-        "weight_scaling": "weight scaling, own (p, τ)",
-        "weight_scaling_same_network": "weight scaling, MC's network and τ",
-    }
-    parts = _head(f"dropkit study (regression) — {d.get('name', 'report')}")
-    parts.append(f"<h1>dropkit study (regression): {_e(d.get('name', ''))}</h1>")
-    if d.get("n_rows") is not None:
-        parts.append(
-            f'<p class="sub">{_e(d.get("source", ""))}: {d["n_rows"]} rows, {d.get("n_features")} '
-            f"features, target mean {d.get('target_mean', 0):.4g} and std {d.get('target_std', 0):.4g}. "
-            f"{cfg.get('splits')} random splits of {d.get('n_train')} training rows ({d.get('n_fit')} "
-            f"to fit and {d.get('n_val')} to validate while choosing p and τ) and {d.get('n_test')} "
-            f"test rows; seed {_e(cfg.get('seed'))}.</p>"
-        )
-    if numbers.get("task_rule"):
-        parts.append(f'<p class="sub">Task: regression ({_e(numbers["task_rule"])}).</p>')
-    parts.append(
+
+def _regression_data_line(d: Mapping[str, Any], cfg: Mapping[str, Any]) -> list[str]:
+    """The data set's size, the target's moments and the splits under the title."""
+    if d.get("n_rows") is None:
+        return []
+    return [
+        f'<p class="sub">{_e(d.get("source", ""))}: {d["n_rows"]} rows, {d.get("n_features")} '
+        f"features, target mean {d.get('target_mean', 0):.4g} and std {d.get('target_std', 0):.4g}. "
+        f"{cfg.get('splits')} random splits of {d.get('n_train')} training rows ({d.get('n_fit')} "
+        f"to fit and {d.get('n_val')} to validate while choosing p and τ) and {d.get('n_test')} "
+        f"test rows; seed {_e(cfg.get('seed'))}.</p>"
+    ]
+
+
+def _regression_task_line(rule: str | None) -> list[str]:
+    """How the task was told (``--task`` or the target it was detected from)."""
+    if not rule:
+        return []
+    return [f'<p class="sub">Task: regression ({_e(rule)}).</p>']
+
+
+def _regression_protocol(cfg: Mapping[str, Any]) -> list[str]:
+    """Gal & Ghahramani's protocol as this run applied it: network, training, the (p, τ) grid."""
+    return [
         "<p>Gal &amp; Ghahramani's protocol (2016): an MLP "
         f"[D, {', '.join(map(str, cfg.get('hidden', [])))}, 1] with dropout p on its input and hidden "
         "layer, trained with Adam (learning rate "
@@ -433,106 +432,127 @@ def render_regression_html(
             else "τ ∈ τ₀ × {¼, ½, 1, 2, 4}, τ₀ the inverse validation residual variance of a first fit"
         )
         + "; the choice is retrained on the whole training split and tested once.</p>"
-    )
-    if models:
-        parts.append("<h2>Summary</h2>")
-        levels = list(models.get("mc_dropout", {}).get("coverage", {}))
-        rows = []
-        for key, label in labels.items():
-            m = models.get(key)
-            if not m:
-                continue
-            rows.append(
-                [
-                    label,
-                    _pm(m.get("test_rmse"), m.get("test_rmse_se")),
-                    _pm(m.get("test_log_likelihood"), m.get("test_log_likelihood_se")),
-                    *[
-                        f"{100 * m['coverage'][c]:.1f}% ± {100 * m['coverage_se'][c]:.1f}"
-                        for c in levels
-                    ],
-                ]
-            )
-        parts.append(
-            _table(
-                ["model", "test RMSE", "test log-likelihood"]
-                + [f"{100 * float(c):g}% interval coverage" for c in levels],
-                rows,
-            )
-        )
-        parts.append(
-            "<p>Mean ± standard error over splits. Log-likelihood: per test point, in the target's "
-            "units (τ of the standardised target divided by the target's variance); for MC dropout "
-            "logsumexp over the T passes − log T − ½ log 2π + ½ log τ.</p>"
-        )
-        if checks:
-            better = checks.get("mc_ll_at_least_ws_ll")
-            parts.append(
-                "<ul>"
-                + _check(
-                    better,
-                    "MC dropout's test log-likelihood is at least weight scaling's: difference "
-                    f"{checks.get('mc_ll_minus_ws_ll', 0):+.3f} ± {checks.get('mc_ll_minus_ws_ll_se', 0):.3f} "
-                    f"(paired over splits; MC at least as good on {checks.get('mc_ll_better_per_split')} "
-                    f"of {len(splits)} splits)",
-                )
-                + "</ul>"
-            )
-    for name, (title, caption, png) in figures.items():
-        parts.append(_figure(name, title, caption, png))
-    if splits:
-        parts.append("<h2>Per split</h2>")
-        rows = []
-        for r in splits:
-            mc, ws = r["mc_dropout"], r["weight_scaling"]
-            rows.append(
-                [
-                    r["split"],
-                    f"{mc['p']:g}",
-                    f"{mc['tau']:.3g}",
-                    f"{mc['rmse']:.3f}",
-                    f"{mc['log_likelihood']:.3f}",
-                    f"{100 * mc['coverage'].get('0.95', 0):.0f}%",
-                    f"{ws['p']:g}",
-                    f"{ws['tau']:.3g}",
-                    f"{ws['rmse']:.3f}",
-                    f"{ws['log_likelihood']:.3f}",
-                    f"{100 * ws['coverage'].get('0.95', 0):.0f}%",
-                ]
-            )
-        parts.append(
-            _table(
-                [
-                    "split",
-                    "MC p",
-                    "MC τ",
-                    "MC RMSE",
-                    "MC LL",
-                    "MC 95%",
-                    "WS p",
-                    "WS τ",
-                    "WS RMSE",
-                    "WS LL",
-                    "WS 95%",
+    ]
+
+
+def _regression_summary(
+    models: Mapping[str, Any],
+    cfg: Mapping[str, Any],
+    checks: Mapping[str, Any],
+    n_splits: int,
+) -> list[str]:
+    """Test RMSE, log-likelihood and interval coverage per model, and the MC-vs-WS check."""
+    if not models:
+        return []
+    levels = list(models.get("mc_dropout", {}).get("coverage", {}))
+    rows = []
+    for key, label in _REGRESSION_MODELS.items():
+        m = models.get(key)
+        if not m:
+            continue
+        rows.append(
+            [
+                label.format(T=cfg.get("mc_samples")),
+                _pm(m.get("test_rmse"), m.get("test_rmse_se")),
+                _pm(m.get("test_log_likelihood"), m.get("test_log_likelihood_se")),
+                *[
+                    f"{100 * m['coverage'][c]:.1f}% ± {100 * m['coverage_se'][c]:.1f}"
+                    for c in levels
                 ],
-                rows,
+            ]
+        )
+    parts = [
+        "<h2>Summary</h2>",
+        _table(
+            ["model", "test RMSE", "test log-likelihood"]
+            + [f"{100 * float(c):g}% interval coverage" for c in levels],
+            rows,
+        ),
+        "<p>Mean ± standard error over splits. Log-likelihood: per test point, in the target's "
+        "units (τ of the standardised target divided by the target's variance); for MC dropout "
+        "logsumexp over the T passes − log T − ½ log 2π + ½ log τ.</p>",
+    ]
+    if checks:
+        parts.append(
+            "<ul>"
+            + _check(
+                checks.get("mc_ll_at_least_ws_ll"),
+                "MC dropout's test log-likelihood is at least weight scaling's: difference "
+                f"{checks.get('mc_ll_minus_ws_ll', 0):+.3f} ± {checks.get('mc_ll_minus_ws_ll_se', 0):.3f} "
+                f"(paired over splits; MC at least as good on {checks.get('mc_ll_better_per_split')} "
+                f"of {n_splits} splits)",
             )
+            + "</ul>"
         )
-        parts.append(
-            "<p>τ is the precision of the standardised target chosen on validation (MC: by MC "
-            "log-likelihood; WS: by weight scaling's). Every validation score of every grid point "
-            "is in <code>report.json</code> (<code>splits[i].validation</code>).</p>"
-        )
-    parts.append("<h2>Reproduce</h2>")
-    if command:
-        parts.append(f"<pre>{_e(command)}</pre>")
-    timing = numbers.get("timing")
-    env = numbers.get("environment")
-    if timing or env:
-        parts.append(
-            "<details><summary>Run details</summary><pre>"
-            + _e(json.dumps({"timing": timing, "environment": env}, indent=2))
-            + "</pre></details>"
-        )
-    parts.append("</body></html>\n")
+    return parts
+
+
+_SPLIT_HEADERS = ["split"] + [
+    f"{who} {what}" for who in ("MC", "WS") for what in ("p", "τ", "RMSE", "LL", "95%")
+]
+
+
+def _split_cells(run: Mapping[str, Any]) -> list[str]:
+    """One model's chosen p and τ, and its test RMSE, log-likelihood and 95% coverage on a split."""
+    return [
+        f"{run['p']:g}",
+        f"{run['tau']:.3g}",
+        f"{run['rmse']:.3f}",
+        f"{run['log_likelihood']:.3f}",
+        f"{100 * run['coverage'].get('0.95', 0):.0f}%",
+    ]
+
+
+def _regression_splits(splits: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Each split's choice and test scores, MC dropout beside weight scaling."""
+    if not splits:
+        return []
+    rows = [
+        [r["split"], *_split_cells(r["mc_dropout"]), *_split_cells(r["weight_scaling"])]
+        for r in splits
+    ]
+    return [
+        "<h2>Per split</h2>",
+        _table(_SPLIT_HEADERS, rows),
+        "<p>τ is the precision of the standardised target chosen on validation (MC: by MC "
+        "log-likelihood; WS: by weight scaling's). Every validation score of every grid point "
+        "is in <code>report.json</code> (<code>splits[i].validation</code>).</p>",
+    ]
+
+
+def render_regression_html(
+    numbers: Mapping[str, Any],
+    figures: Mapping[str, tuple[str, str, bytes]],
+    *,
+    command: str | None = None,
+) -> str:
+    """The report page of a regression study (:func:`dropkit.regression.run_regression_study`).
+
+    Built like :func:`render_html`: its sections in order, each returning nothing when the study
+    has no such numbers.
+
+    Example:
+        >>> page = render_regression_html({"task": "regression", "data": {"name": "toy"}}, {})
+        >>> "dropkit study (regression): toy" in page
+        True
+    """
+    d = numbers.get("data", {})
+    cfg = numbers.get("config", {})
+    splits = numbers.get("splits", [])
+    parts = [
+        *_head(f"dropkit study (regression) — {d.get('name', 'report')}"),
+        f"<h1>dropkit study (regression): {_e(d.get('name', ''))}</h1>",
+        *_regression_data_line(d, cfg),
+        *_regression_task_line(numbers.get("task_rule")),
+        *_regression_protocol(cfg),
+        *_regression_summary(
+            numbers.get("models", {}), cfg, numbers.get("checks", {}), len(splits)
+        ),
+        *(_figure(name, title, caption, png) for name, (title, caption, png) in figures.items()),
+        *_regression_splits(splits),
+        "<h2>Reproduce</h2>",
+        *([f"<pre>{_e(command)}</pre>"] if command else []),
+        *_run_details(numbers),
+        "</body></html>\n",
+    ]
     return "\n".join(parts)
