@@ -394,7 +394,7 @@ def test_worker_reports_a_storage_failing_mid_run_in_one_line(monkeypatch, capsy
 
 
 def test_bare_postgresql_url_uses_the_installed_driver():
-    from dropkit.tune import _with_installed_driver
+    from dropkit.tune.storage import _with_installed_driver
 
     url = "postgresql://u:pw@host:5/db"
     only = lambda *names: set(names).__contains__  # noqa: E731
@@ -424,11 +424,11 @@ def test_postgresql_url_without_driver_connects_with_psycopg2_when_that_is_insta
 
 
 def test_mysql_url_without_a_driver_names_mysql_packages(monkeypatch):
-    import dropkit.tune
+    import dropkit.tune.storage
 
-    real = dropkit.tune._importable
+    real = dropkit.tune.storage._importable
     mysql = ("MySQLdb", "pymysql", "mysql.connector")
-    monkeypatch.setattr(dropkit.tune, "_importable", lambda m: m not in mysql and real(m))
+    monkeypatch.setattr(dropkit.tune.storage, "_importable", lambda m: m not in mysql and real(m))
     with pytest.raises(ConnectionError) as info:
         resolve_storage("mysql://u@127.0.0.1:1/db")
     message = str(info.value)

@@ -34,7 +34,8 @@ import optuna
 import sqlalchemy.exc
 
 from dropkit._validate import check_positive_int
-from dropkit.tune import RateSearch, _mask_url, _quiet, builtin_search, resolve_storage, run_trials
+from dropkit.tune import RateSearch, builtin_search, resolve_storage, run_trials
+from dropkit.tune.storage import mask_url, quiet
 
 __all__ = ["run_worker", "load_objective", "main"]
 
@@ -114,7 +115,7 @@ def run_worker(
     if isinstance(objective, str):
         objective = load_objective(objective)
     if objective is None:
-        with _quiet():
+        with quiet():
             try:
                 study = optuna.load_study(study_name=study_name, storage=storage_obj)
             except KeyError as err:
@@ -128,7 +129,7 @@ def run_worker(
         objective = builtin_search(**spec)
     if isinstance(objective, RateSearch):
         if not create:
-            with _quiet():
+            with quiet():
                 try:
                     optuna.load_study(study_name=study_name, storage=storage_obj)
                 except KeyError as err:
@@ -138,7 +139,7 @@ def run_worker(
         func: Callable[[optuna.Trial], float] = objective.objective
         exhausted = objective._grid_exhausted if objective.mode == "grid" else None
     elif callable(objective):
-        with _quiet():
+        with quiet():
             try:
                 study = optuna.load_study(study_name=study_name, storage=storage_obj)
             except KeyError as err:
@@ -167,11 +168,11 @@ def run_worker(
 
 
 def _missing(study_name: str, storage: optuna.storages.BaseStorage) -> str:
-    with _quiet():
+    with quiet():
         names = [
             s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)
         ]
-    where = _mask_url(getattr(storage, "url", "")) or "the storage"
+    where = mask_url(getattr(storage, "url", "")) or "the storage"
     return f"no study {study_name!r} in {where}; it holds {names}"
 
 
@@ -227,7 +228,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         # The storage failed mid-run (a file damaged under the worker, a server gone): one line.
         cause = err.__cause__ or err
         print(
-            f"dropkit tune-worker: error: storage {_mask_url(str(args.storage))!r} failed: "
+            f"dropkit tune-worker: error: storage {mask_url(str(args.storage))!r} failed: "
             f"{type(cause).__name__}: {' '.join(str(cause).split())[:300]}",
             file=sys.stderr,
         )
