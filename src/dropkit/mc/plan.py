@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import fx, nn
 
+from dropkit._validate import check_positive_int
 from dropkit.dropout_sites import FUNCTIONAL_DROPOUTS
 from dropkit.mc.inputs import BatchingError, Inputs, repeat_rows, tensor_bytes, with_shape_context
 from dropkit.mc.streams import Sampler
@@ -242,6 +243,22 @@ def build_plan(model: nn.Module, inputs: Inputs, trunk: str) -> MCPlan:
 #: (1520 page faults per call), 10.0 ms for a loop of T passes; on 256 rows 1 MiB passes were the
 #: only size with no page faults.
 DEFAULT_PASS_BYTES = 1 << 20
+
+
+def check_budget(
+    max_batch_size: object, max_memory_bytes: object, rows: int
+) -> tuple[int | None, int | None]:
+    """``max_batch_size`` and ``max_memory_bytes`` checked: None or ints >= 1, a pass >= one sample."""
+    if max_batch_size is not None:
+        max_batch_size = check_positive_int(max_batch_size, "max_batch_size")
+        if max_batch_size < rows:
+            raise ValueError(
+                f"max_batch_size must be at least the number of rows of x ({rows}) so one sample "
+                f"fits in a pass, got {max_batch_size}; pass fewer rows per call"
+            )
+    if max_memory_bytes is not None:
+        max_memory_bytes = check_positive_int(max_memory_bytes, "max_memory_bytes")
+    return max_batch_size, max_memory_bytes  # type: ignore[return-value]
 
 
 def batched_passes(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import numbers
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -15,7 +15,7 @@ from dropkit._validate import check_positive_int
 from dropkit.dropout_sites import DropoutSites
 from dropkit.mc.inputs import Inputs, with_shape_context
 from dropkit.mc.outputs import Samples, all_samples_equal, sample_view
-from dropkit.mc.plan import MCPlan, batched_passes, build_plan, check_trunk
+from dropkit.mc.plan import MCPlan, batched_passes, build_plan, check_budget, check_trunk
 from dropkit.mc.seeds import check_seed, saved_global_rng
 from dropkit.mc.streams import SampleMode, Sampler, patched
 from dropkit.mc.switch import (
@@ -38,6 +38,26 @@ def _legacy_T(inputs: tuple, T: object) -> tuple[tuple, object]:
             return inputs[:-1], int(last)
         return inputs, 50
     return inputs, T
+
+
+@contextlib.contextmanager
+def _sampling(
+    model: nn.Module, batch: Inputs, seed: int, batched: bool
+) -> Iterator[tuple[DropoutSites, Sampler]]:
+    """Sampling on: no gradients, torch's RNG state restored, the dropout switched on and routed.
+
+    Finds the model's dropout sites on the batch, checks there is dropout to sample, switches the
+    stochastic modules and the safe owners on, and routes their calls (and the functional dropout
+    calls) to a :class:`~dropkit.mc.streams.Sampler` of ``seed``.
+    """
+    device = batch.first.device
+    with torch.no_grad(), saved_global_rng(device):
+        sites = find_sites(model, batch.args, batch.kwargs)
+        require_dropout(model, sites)
+        sampler = Sampler(seed, batch.rows, device, batched)
+        mode = SampleMode(sampler) if sites.functional else contextlib.nullcontext()
+        with switched(model, sites.owners), patched(model, sampler), mode:
+            yield sites, sampler
 
 
 def mc_plan(model: nn.Module, *inputs: Any, trunk: str = "auto", **kwargs: Any) -> MCPlan:
@@ -64,16 +84,11 @@ def mc_plan(model: nn.Module, *inputs: Any, trunk: str = "auto", **kwargs: Any) 
     check_model_type(model)
     batch = Inputs(inputs, kwargs)
     trunk = check_trunk(trunk)
-    with torch.no_grad(), saved_global_rng(batch.first.device):
-        sites = find_sites(model, inputs, kwargs)
-        require_dropout(model, sites)
-        sampler = Sampler(0, batch.rows, batch.first.device, True)
-        mode = SampleMode(sampler) if sites.functional else contextlib.nullcontext()
-        with switched(model, sites.owners), patched(model, sampler), mode:
-            plan = with_shape_context(model, batch, lambda: build_plan(model, batch, trunk))
-            sampler.begin(0, 1)
-            out, _ = with_shape_context(model, batch, lambda: plan.run(1))  # type: ignore[union-attr]
-            _, batchable = sample_view(out, 1, batch.rows, True)
+    with _sampling(model, batch, seed=0, batched=True) as (_, sampler):
+        plan = with_shape_context(model, batch, lambda: build_plan(model, batch, trunk))
+        sampler.begin(0, 1)
+        out, _ = with_shape_context(model, batch, lambda: plan.run(1))  # type: ignore[union-attr]
+        _, batchable = sample_view(out, 1, batch.rows, True)
     if not batchable:
         return MCPlan(
             "loop",
@@ -183,20 +198,11 @@ def predict(
         raise TypeError(f"strict must be a bool, got {strict!r}")
     batch = Inputs(inputs, kwargs)
     rows = batch.rows
-    if max_batch_size is not None:
-        max_batch_size = check_positive_int(max_batch_size, "max_batch_size")
-        if max_batch_size < rows:
-            raise ValueError(
-                f"max_batch_size must be at least the number of rows of x ({rows}) so one sample "
-                f"fits in a pass, got {max_batch_size}; pass fewer rows per call"
-            )
-    if max_memory_bytes is not None:
-        max_memory_bytes = check_positive_int(max_memory_bytes, "max_memory_bytes")
+    max_batch_size, max_memory_bytes = check_budget(max_batch_size, max_memory_bytes, rows)
     if transform is not None and not callable(transform):
         raise TypeError(f"transform must be callable or None, got {type(transform).__name__}")
     trunk = check_trunk(trunk)
     seed = check_seed(seed)
-    device = batch.first.device
     samples = Samples(T)
 
     def store(out: object, first: int, count: int, is_batched: bool) -> bool:
@@ -206,22 +212,17 @@ def predict(
         samples.store(view, first, count)
         return batchable
 
-    with torch.no_grad(), saved_global_rng(device):
-        sites = find_sites(model, inputs, kwargs)
-        require_dropout(model, sites)
-        sampler = Sampler(seed, rows, device, batched)
-        mode = SampleMode(sampler) if sites.functional else contextlib.nullcontext()
-        with switched(model, sites.owners), patched(model, sampler), mode:
-            first = 0
-            if batched:
-                first = batched_passes(
-                    model, batch, sampler, store, T, trunk, max_batch_size, max_memory_bytes
-                )
-            sampler.batched = False
-            for t in range(first, T):
-                sampler.begin(t, 1)
-                out = with_shape_context(model, batch, lambda: model(*inputs, **kwargs))
-                store(out, t, 1, False)
+    with _sampling(model, batch, seed, batched) as (sites, sampler):
+        first = 0
+        if batched:
+            first = batched_passes(
+                model, batch, sampler, store, T, trunk, max_batch_size, max_memory_bytes
+            )
+        sampler.batched = False
+        for t in range(first, T):
+            sampler.begin(t, 1)
+            out = with_shape_context(model, batch, lambda: model(*inputs, **kwargs))
+            store(out, t, 1, False)
     result = samples.result()
     _report_dead(model, sites, sampler.ran, result, T, strict)
     return result
