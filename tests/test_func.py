@@ -9,6 +9,7 @@ from torch.func import functional_call, grad, jacrev, vjp, vmap
 
 import dropkit
 import dropkit.functional as F
+from tests.inputs import randn_without_zeros
 
 
 def _model() -> torch.nn.Sequential:
@@ -36,7 +37,7 @@ def test_func_grad_equals_eager_autograd_for_the_same_seed():
 
 
 def test_vjp_and_jacrev_give_the_mask():
-    x = torch.randn(40, dtype=torch.float64)
+    x = randn_without_zeros(40, dtype=torch.float64)  # y != 0 is then the kept set
     torch.manual_seed(1)
     y, pullback = vjp(lambda t: F.dropout(t, 0.3), x)
     (g,) = pullback(torch.ones_like(y))
@@ -48,7 +49,7 @@ def test_vjp_and_jacrev_give_the_mask():
 
 
 def test_vmap_different_masks_the_batch_as_one_tensor():
-    x = torch.randn(8, 50)
+    x = randn_without_zeros(8, 50)  # row != 0 is then the row's mask
     torch.manual_seed(2)
     batched = vmap(lambda t: F.dropout(t, 0.5), randomness="different")(x)
     torch.manual_seed(2)

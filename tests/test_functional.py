@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 
 from dropkit import functional as F
 from dropkit import ops
+from tests.inputs import randn_without_zeros
 from tests.stats import assert_fraction_close, assert_mean_close, assert_variance_close
 
 N = 1 << 18
@@ -43,7 +44,7 @@ def test_drop_fraction_is_p(p, scaling):
 @pytest.mark.parametrize("scaling", SCALINGS)
 def test_each_output_is_zero_or_the_scaled_input(p, scaling):
     torch.manual_seed(2)
-    x = torch.randn(1000, 64)
+    x = randn_without_zeros(1000, 64)  # an input zero would pass for a dropped unit
     y = F.dropout(x, p, scaling=scaling)
     scaled = x * F.train_scale(p, scaling)
     assert ((y == 0) | (y == scaled)).all()
@@ -127,7 +128,7 @@ def test_masks_are_reproducible_under_manual_seed_and_generator(kind):
 
 def test_inplace_writes_into_the_input():
     torch.manual_seed(9)
-    x = torch.randn(1000)
+    x = randn_without_zeros(1000)  # y == 0 is then a dropped unit
     original = x.clone()
     y = F.dropout(x, 0.5, inplace=True)
     assert y.data_ptr() == x.data_ptr()
@@ -136,7 +137,7 @@ def test_inplace_writes_into_the_input():
     expected = z * 0.75
     assert F.dropout(z, 0.25, training=False, inplace=True, scaling="inference") is z
     assert torch.equal(z, expected)
-    w = torch.randn(6, 5, 4)
+    w = randn_without_zeros(6, 5, 4)
     original = w.clone()
     out = F.dropout(w, 0.5, inplace=True, noise_shape=(None, 1, None))
     assert out.data_ptr() == w.data_ptr()
@@ -297,7 +298,7 @@ def test_shared_mask_is_constant_along_the_shared_dims(noise_shape, shared):
 
 def test_noise_shape_gives_one_mask_per_sequence_shared_over_time():
     torch.manual_seed(15)
-    x = torch.randn(16, 50, 8)  # (N, T, C)
+    x = randn_without_zeros(16, 50, 8)  # (N, T, C); y != 0 is then the mask
     y = F.dropout(x, 0.5, noise_shape=(None, 1, None))
     mask = (y != 0).float()
     assert (mask == mask[:, :1]).all()

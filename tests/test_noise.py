@@ -180,8 +180,10 @@ def test_custom_op_gradients_match_torch_autograd_of_the_same_noise(name, fn):
     if name == "standout":  # not differentiable in its mask; compare with the rule's gradient
         y = fn(m, v, seed)
         y.backward(torch.ones_like(y))
-        mask = (y.detach() != 0).to(m.dtype)
-        assert torch.equal(m.grad, mask) or torch.equal(m.grad, (m.detach() != 0) * mask)
+        # The mask, read where no input is zero: the same seed on an all-ones input draws it.
+        mask = (fn(torch.ones_like(m), v, seed).detach() != 0).to(m.dtype)
+        assert torch.equal(y.detach(), m.detach() * mask)
+        assert torch.equal(m.grad, mask)
         torch.testing.assert_close(
             v.grad, m.detach() * v.sigmoid().detach() * (1 - v.sigmoid().detach())
         )

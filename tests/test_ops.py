@@ -9,6 +9,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from inputs import randn_without_zeros
 from stats import assert_fraction_close, assert_mean_close
 
 from dropkit import kernels, ops, rng
@@ -232,7 +233,7 @@ def test_gradient_is_the_regenerated_mask_times_scale(n):
 
 def test_autograd_saves_o1_bytes_not_the_mask():
     n = 1 << 16
-    x = torch.randn(n, requires_grad=True)
+    x = randn_without_zeros(n, requires_grad=True)  # y != 0 is then the kept set
     eager_bytes, y = _bytes_saved_for_backward(lambda t: ops.dropout_elementwise(t, 0.5, 2.0), x)
     seed = torch.ops.dropkit.draw_seed(torch.empty(0))
     op_bytes, y_op = _bytes_saved_for_backward(
@@ -298,7 +299,7 @@ def test_inplace_writes_into_the_input_and_matches_out_of_place():
 
 
 def test_inplace_on_a_non_leaf_backpropagates_through_the_mask():
-    leaf = torch.randn(20, 30, requires_grad=True)
+    leaf = randn_without_zeros(20, 30, requires_grad=True)  # y != 0 is then the kept set
     h = leaf * 1.0
     y = ops.dropout_elementwise(
         h, 0.5, 2.0, generator=torch.Generator().manual_seed(2), inplace=True
@@ -326,7 +327,7 @@ def test_p_zero_is_the_identity_and_p_one_gives_zeros_without_nan():
 
 @pytest.mark.parametrize("n", [200, 70_000])  # the small-tensor node and the custom op
 def test_double_backward_uses_the_same_mask(n):
-    x = torch.randn(n, requires_grad=True)
+    x = randn_without_zeros(n, requires_grad=True)  # y != 0 is then the kept set
     y = ops.dropout_elementwise(x, 0.5, 2.0, generator=torch.Generator().manual_seed(4))
     (g,) = torch.autograd.grad(y, x, torch.ones(n, requires_grad=True), create_graph=True)
     # Differentiable in the incoming gradient, and independent of x: dropout is linear in x, so

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as TF
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from inputs import randn_without_zeros, without_zeros
 from stats import assert_fraction_close, assert_mean_close
 
 import dropkit
@@ -141,7 +142,7 @@ def test_drop_block_count_normalisation_keeps_the_mean(normalize):
 
 
 def test_drop_block_gradient_is_the_mask_times_the_scale():
-    x = torch.randn(2, 3, 8, 8, requires_grad=True)
+    x = randn_without_zeros(2, 3, 8, 8, requires_grad=True)  # y / x is then defined everywhere
     gen = torch.Generator().manual_seed(6)
     y = FV.drop_block2d(x, 0.2, 3, generator=gen)
     y.sum().backward()
@@ -360,7 +361,7 @@ def test_attention_dropout_rows_normalisation_sums_to_one():
 
 def test_attention_dropout_module_eval_identity_and_grad():
     layer = dropkit.AttentionDropout(0.3)
-    attn = torch.rand(2, 3, 4, 4, requires_grad=True)
+    attn = without_zeros(torch.rand(2, 3, 4, 4)).requires_grad_()  # y != 0 is then the mask
     y = layer(attn)
     y.sum().backward()
     keep = ops.keep_probability(0.3)

@@ -8,6 +8,7 @@ import warnings
 import pytest
 import torch
 import torch.nn.functional as TF
+from inputs import randn_without_zeros
 from stats import assert_fraction_close
 from torch import nn
 
@@ -37,7 +38,7 @@ def test_drop_connect_drops_weights_at_rate_p_and_scales_the_rest():
 
 
 def test_drop_connect_gradient_reaches_only_kept_weights():
-    w = torch.randn(6, 5, requires_grad=True)
+    w = randn_without_zeros(6, 5, requires_grad=True)  # out != 0 is then the mask
     out = FV.drop_connect(w, 0.5, generator=_gen(1))
     out.sum().backward()
     kept = out.detach() != 0
