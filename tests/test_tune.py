@@ -288,6 +288,41 @@ def test_loading_a_study_for_another_search_is_refused(tmp_path):
         search_rates(build, train_fn, eval_fn, grid=[0.3, 0.4], storage=storage, study_name="x")
 
 
+def test_search_result_names_its_storage_url_with_the_password_hidden(tmp_path):
+    # Optuna wraps an RDB storage in a cache without a URL: the result used to say "_CachedStorage".
+    storage = _sqlite(tmp_path)
+    train_fn, eval_fn = _rates_objective_fns()
+    found = search_rates(_build, train_fn, eval_fn, grid=[0.2], storage=storage, study_name="s")
+    assert found.storage == storage
+    assert load_search(storage, "s").storage == storage
+    assert search_rates(_build, train_fn, eval_fn, grid=[0.2], storage=":memory:").storage == (
+        "InMemoryStorage"
+    )
+    from dropkit.tune.storage import mask_url
+
+    assert mask_url("postgresql://u:secret@h/db") == "postgresql://u:***@h/db"
+
+
+def test_too_many_grid_trials_are_refused_before_a_storage_file_is_created(tmp_path):
+    train_fn, eval_fn = _rates_objective_fns()
+    path = tmp_path / "never.db"
+    with pytest.raises(ValueError, match="too many"):
+        RateSearch(_build, train_fn, eval_fn, grid=[0.1]).run(2, storage=path)
+    assert not path.exists()
+
+
+def test_only_a_grid_search_runs_out_of_points(tmp_path):
+    train_fn, eval_fn = _rates_objective_fns()
+    grid = RateSearch(_build, train_fn, eval_fn, grid=[0.1, 0.2])
+    storage = resolve_storage(":memory:")
+    study = grid.create_study(storage)
+    assert not grid.is_exhausted(study)
+    grid.run(storage=storage)
+    assert grid.is_exhausted(study)
+    per_layer = RateSearch(_build, train_fn, eval_fn, mode="per_layer")
+    assert not per_layer.is_exhausted(per_layer.create_study(":memory:"))
+
+
 def test_builtin_search_is_stored_and_a_worker_rebuilds_it_from_the_study(tmp_path):
     from dropkit.worker import run_worker
 

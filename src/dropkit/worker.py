@@ -137,7 +137,7 @@ def run_worker(
                     raise KeyError(_missing(study_name, storage_obj) + hint) from err
         study = objective.create_study(storage_obj, study_name, n_trials)
         func: Callable[[optuna.Trial], float] = objective.objective
-        exhausted = objective._grid_exhausted if objective.mode == "grid" else None
+        exhausted: Callable[[optuna.Study], bool] | None = objective.is_exhausted
     elif callable(objective):
         with quiet():
             try:

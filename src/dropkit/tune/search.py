@@ -218,14 +218,29 @@ class RateSearch:
             for p in sorted(x for x in failed - covered if x is not None):
                 study.enqueue_trial({"p": p})
 
-    def _grid_exhausted(self, study: optuna.Study) -> bool:
-        """Every grid point has been attempted (finished, pruned or failed)."""
+    def is_exhausted(self, study: optuna.Study) -> bool:
+        """Whether nothing is left to try: in grid mode, every grid point has been attempted
+        (finished, pruned or failed); a per-layer (TPE) search never runs out."""
+        if self.mode != "grid":
+            return False
         attempted = {trial_p(t) for t in study.get_trials(deepcopy=False) if t.state.is_finished()}
         return set(self.grid) <= attempted
 
     def default_n_trials(self) -> int:
         """len(grid) in grid mode, 20 per-layer."""
         return len(self.grid) if self.mode == "grid" else 20
+
+    def _trials_wanted(self, n_trials: int | None) -> int:
+        n_trials = (
+            self.default_n_trials()
+            if n_trials is None
+            else check_positive_int(n_trials, "n_trials")
+        )
+        if self.mode == "grid" and n_trials > len(self.grid):
+            raise ValueError(
+                f"grid mode runs each of the {len(self.grid)} grid rates once; n_trials={n_trials} is too many"
+            )
+        return n_trials
 
     def create_study(
         self,
@@ -239,15 +254,7 @@ class RateSearch:
         The study records what it searches (and ``n_trials``); loading it for a different search
         raises ValueError instead of mixing two searches in one study.
         """
-        n_trials = (
-            self.default_n_trials()
-            if n_trials is None
-            else check_positive_int(n_trials, "n_trials")
-        )
-        if self.mode == "grid" and n_trials > len(self.grid):
-            raise ValueError(
-                f"grid mode runs each of the {len(self.grid)} grid rates once; n_trials={n_trials} is too many"
-            )
+        n_trials = self._trials_wanted(n_trials)
         storage_obj = resolve_storage(storage, **storage_kwargs)
         name = study_name or f"dropkit-{self.mode}"
         if self.mode == "grid":
@@ -312,7 +319,9 @@ class RateSearch:
             timeout: stop starting trials after this many seconds.
             progress: a tqdm-like bar, advanced once per trial.
         """
-        study = self.create_study(storage, study_name, n_trials, **storage_kwargs)
+        self._trials_wanted(n_trials)  # before the storage is opened (or a SQLite file created)
+        storage_obj = resolve_storage(storage, **storage_kwargs)
+        study = self.create_study(storage_obj, study_name, n_trials)
         target = int(study.user_attrs.get("n_trials", n_trials or self.default_n_trials()))
         if n_trials is not None:
             target = check_positive_int(n_trials, "n_trials")
@@ -323,9 +332,9 @@ class RateSearch:
             catch=tuple(catch),
             timeout=timeout,
             progress=progress,
-            exhausted=self._grid_exhausted if self.mode == "grid" else None,
+            exhausted=self.is_exhausted,
         )
-        return result_from_study(study)
+        return result_from_study(study, storage_obj)
 
 
 def _jsonable(value: Any) -> bool:

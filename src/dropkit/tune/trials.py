@@ -18,7 +18,7 @@ import optuna
 from optuna.trial import TrialState
 
 from dropkit._validate import check_positive_int
-from dropkit.tune.storage import mask_url, quiet, resolve_storage
+from dropkit.tune.storage import quiet, resolve_storage, storage_label
 
 __all__ = ["SearchResult", "result_from_study", "run_trials", "trial_p", "load_search"]
 
@@ -81,7 +81,12 @@ class SearchResult:
         return plot_search(self, ax=ax, path=path)
 
 
-def result_from_study(study: optuna.Study) -> SearchResult:
+def result_from_study(study: optuna.Study, storage: optuna.storages.BaseStorage) -> SearchResult:
+    """The records of ``study``, which lives in ``storage`` (named in the result, password hidden).
+
+    The storage is passed in rather than read from the study: Optuna keeps it in a private
+    attribute, wrapped in a cache that hides the URL.
+    """
     spec = study.user_attrs.get("dropkit_search", {})
     mode = spec.get("mode", "custom")
     metric = spec.get("metric", "value")
@@ -114,10 +119,9 @@ def result_from_study(study: optuna.Study) -> SearchResult:
     best_rates = {}
     if best is not None:
         best_rates = next(r["rates"] for r in records if r["trial"] == best.number)
-    url = getattr(study._storage, "url", None)
     return SearchResult(
         study_name=study.study_name,
-        storage=mask_url(url) if url else type(study._storage).__name__,
+        storage=storage_label(storage),
         mode=mode,
         metric=metric,
         direction=direction,
@@ -234,4 +238,4 @@ def load_search(
         except KeyError as err:
             names = [s.study_name for s in optuna.get_all_study_summaries(storage_obj)]
             raise KeyError(f"no study {study_name!r} in this storage; it holds {names}") from err
-    return result_from_study(study)
+    return result_from_study(study, storage_obj)
