@@ -319,7 +319,7 @@ def test_fresh_install_first_call_is_served_without_compiling_in_process(tmp_pat
         y = dropkit.functional.dropout(x, 0.25)
         y.backward(torch.ones_like(y))
         first_by = warmup.served_by()
-        compiled_here = sum(sum(d.stats.cache_misses.values()) for d in cpu._DROPOUT[torch.float32])
+        compiled_here = sum(sum(d.stats.cache_misses.values()) for d in cpu.DROPOUT_DRIVERS[torch.float32])
         torch.manual_seed(1)
         seed = dropkit.rng.draw_seed()
         keep = ref.keep_mask_from_threshold(x.numel(), seed, 0, 16384).reshape(1024, 4096)
@@ -380,7 +380,7 @@ def test_the_serial_twin_serves_while_the_parallel_one_compiles(cold, monkeypatc
             calls.clear()
             kernels.dropout_forward(x, 1, 0, 100, 1.0)
             assert calls == [cpu._dropout_float_par]  # the chooser tries parallel first
-        assert not cpu._PARALLEL_COLD or cpu.kernel_threads() == 1
+        assert not cpu.PARALLEL_COLD or cpu.kernel_threads() == 1
     finally:
         torch.set_num_threads(1)
-        cpu._PARALLEL_COLD.clear()
+        cpu.PARALLEL_COLD.clear()

@@ -178,9 +178,9 @@ def test_numba_parallel_and_serial_twins_give_the_same_bits(dtype):
     x = _special_values(dtype, n, 9)
     seed, offset, threshold = 314159, 2**32 - 100, 20000
     x_np = cpu._as_numpy(x)
-    scale = cpu._scale_arg(dtype, _scale(threshold))
+    scale = cpu.scale_arg(dtype, _scale(threshold))
     outputs = []
-    for twin in cpu._DROPOUT[dtype]:
+    for twin in cpu.DROPOUT_DRIVERS[dtype]:
         out = torch.empty_like(x)
         cpu._run(twin, (x_np, cpu._as_numpy(out)), offset, seed, threshold, scale)
         outputs.append(out)
@@ -197,9 +197,9 @@ def test_bias_dropout_add_parallel_and_serial_twins_give_the_same_bits(dtype):
     res = torch.randn(70, 1001, generator=g).to(dtype)
     seed, offset, threshold = 5, 2**40 + 3, 30000
     arrays = tuple(cpu._as_numpy(t) for t in (x, bias, res))
-    scale = cpu._scale_arg(dtype, _scale(threshold))
+    scale = cpu.scale_arg(dtype, _scale(threshold))
     outputs = []
-    for twin in cpu._BDA[dtype]:
+    for twin in cpu.BDA_DRIVERS[dtype]:
         out = torch.empty_like(x)
         cpu._run(twin, (*arrays, cpu._as_numpy(out)), offset, seed, threshold, scale)
         outputs.append(out)

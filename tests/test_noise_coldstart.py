@@ -56,7 +56,7 @@ def cold(monkeypatch):
     yield started
     warmup.READY.clear()
     warmup.READY.update(ready)
-    cpu._PARALLEL_COLD.clear()
+    cpu.PARALLEL_COLD.clear()
 
 
 def _draws(n: int, seed: int, offset: int) -> dict[str, torch.Tensor]:
@@ -162,14 +162,14 @@ def test_the_serial_noise_twin_serves_while_the_parallel_one_compiles(cold, monk
     monkeypatch.setattr(noise_cpu, "claim_parallel", lambda n: claims.append(n) or 0)
     x = torch.randn(noise_cpu.PARALLEL_MIN * 2)
     first = noise.gaussian_multiply(x, 3, 0, 0.5)
-    assert (noise_cpu._multiply_par, np.dtype(np.float32)) in cpu._PARALLEL_COLD
+    assert (noise_cpu._multiply_par, np.dtype(np.float32)) in cpu.PARALLEL_COLD
     for _ in range(2):
         assert torch.equal(noise.gaussian_multiply(x, 3, 0, 0.5), first)
     assert claims == []  # the serial twin, without asking for threads
     assert warmup.served_by(("multiply", torch.float32)) == "numba"
     parallel_cached[0] = True
     assert torch.equal(noise.gaussian_multiply(x, 3, 0, 0.5), first)
-    assert claims == [x.numel()] and not cpu._PARALLEL_COLD  # the usual thread policy again
+    assert claims == [x.numel()] and not cpu.PARALLEL_COLD  # the usual thread policy again
     monkeypatch.undo()
     assert torch.equal(noise_cpu.gaussian_multiply(x, 3, 0, 0.5), first)
 
@@ -243,5 +243,5 @@ def test_cache_probe_recognises_the_noise_wrappers_signatures(kind):
     else:
         noise_cpu.gaussian_multiply(x, 1, 0, 0.5)
     (serial, args), (parallel, _) = warmup._samples(kind)
-    assert (parallel, serial) == warmup._NOISE_DRIVERS[op]
+    assert (parallel, serial) == noise_cpu.DRIVERS[op]
     assert warmup._cached(serial, args) is True  # the wrapper compiled exactly this signature

@@ -85,7 +85,7 @@ def test_dropkit_picks_numbas_workqueue_threading_layer():
         "cpu.set_max_threads(2)\n"
         "x = torch.randn(cpu.PARALLEL_MIN * 4)\n"
         "cpu._run(cpu._dropout_float_par, (x.numpy(), x.clone().numpy()), 0, 1, 9, "
-        "cpu._scale_arg(x.dtype, 1.0))\n"
+        "cpu.scale_arg(x.dtype, 1.0))\n"
         "print(numba.threading_layer())\n"
     )
     env = {k: v for k, v in os.environ.items() if k != "NUMBA_THREADING_LAYER"}

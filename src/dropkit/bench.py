@@ -340,11 +340,11 @@ def cpu_breakdown(e: int, repeats: int) -> None:
         "dropkit forward (public, new output)": lambda: kernels.dropout_forward(
             x, 1, 0, threshold, float(scale)
         ),
-        "dropkit kernel into a touched buffer": lambda: cpu._run(
-            cpu._dropout_float_ser, (x_np, out_np), 0, 1, threshold, scale
+        "dropkit kernel into a touched buffer": lambda: cpu.dropout_forward_out(
+            x, out, 1, 0, threshold, float(scale)
         ),
         "dropkit mask only (1 byte/element)": lambda: kernels.keep_mask(n, 1, 0, threshold, "cpu"),
-        "new tensor + first touch, huge pages": lambda: touch(cpu._empty_like(x)),
+        "new tensor + first touch, huge pages": lambda: touch(cpu.empty_like(x)),
         "new tensor + first touch, 4 KiB pages": lambda: touch(torch.empty_like(x)),
         "np.copyto into a touched buffer": lambda: np.copyto(out_np, x_np),
         "x.clone()": lambda: x.clone(),

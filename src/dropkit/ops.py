@@ -149,9 +149,9 @@ class _SmallCPU:
         try:
             from dropkit.kernels import cpu
 
-            self.loops = {dtype: pair[1] for dtype, pair in cpu._DROPOUT.items()}
+            self.loops = {dtype: pair[1] for dtype, pair in cpu.DROPOUT_DRIVERS.items()}
             self.limit = int(cpu.PARALLEL_MIN)
-            self.scale_arg = cpu._scale_arg
+            self.scale_arg = cpu.scale_arg
         except (ImportError, AttributeError, TypeError, IndexError):
             self.loops = {}
 

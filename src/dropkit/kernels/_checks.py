@@ -1,4 +1,5 @@
-"""Argument checks shared by the CPU (numba) and CUDA (Triton) kernels: one wording everywhere."""
+"""Argument checks shared by every kernel backend (numba, Triton, torch, the cold-start stand-ins):
+one home and one wording for each check."""
 
 from __future__ import annotations
 
@@ -21,6 +22,19 @@ def check_stream(n: int, seed: int, offset: int, threshold: int) -> None:
         )
     if not isinstance(threshold, int) or not 0 <= threshold <= THRESHOLD_RANGE:
         raise ValueError(f"threshold must be an integer in [0, 65536], got {threshold!r}")
+
+
+def check_noise_stream(n: int, seed: int, offset: int) -> None:
+    """The noise kernels' stream: ``n >= 0``, ``seed`` in [0, 2^64), ``offset + n <= 2^63``."""
+    if not isinstance(n, int) or n < 0:
+        raise ValueError(f"n must be a non-negative integer, got {n!r}")
+    if not isinstance(seed, int) or not 0 <= seed < 2**64:
+        raise ValueError(f"seed must be an integer in [0, 2**64), got {seed!r}")
+    if not isinstance(offset, int) or offset < 0 or offset + n > 2**63:
+        raise ValueError(
+            f"offset must be an integer >= 0 with offset + numel <= 2**63, got {offset!r} "
+            f"for {n} elements"
+        )
 
 
 def check_tensor(
@@ -58,3 +72,28 @@ def check_bias_residual(x: torch.Tensor, bias: torch.Tensor, residual: torch.Ten
         raise ValueError(
             f"residual must have x's shape {tuple(x.shape)}, got {tuple(residual.shape)}"
         )
+
+
+def check_cpu_tensor(t: torch.Tensor, name: str, dtype: torch.dtype | None = None) -> None:
+    """:func:`check_tensor` for the numba kernels: a CPU tensor."""
+    check_tensor(
+        t,
+        name,
+        dtype,
+        isinstance(t, torch.Tensor) and t.device.type == "cpu",
+        f"a CPU tensor for the numba kernels, got device {getattr(t, 'device', None)}",
+    )
+
+
+def check_cuda_tensor(
+    t: torch.Tensor, name: str, dtype: torch.dtype | None = None, *, interpreted: bool = False
+) -> None:
+    """:func:`check_tensor` for the Triton kernels: a CUDA tensor (any device when ``interpreted``,
+    i.e. under ``TRITON_INTERPRET=1``)."""
+    check_tensor(
+        t,
+        name,
+        dtype,
+        interpreted or (isinstance(t, torch.Tensor) and t.device.type == "cuda"),
+        f"a CUDA tensor for the Triton kernels, got {getattr(t, 'device', None)}",
+    )

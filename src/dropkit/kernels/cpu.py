@@ -48,7 +48,7 @@ import numpy as np
 import torch
 from numba import prange
 
-from dropkit.kernels._checks import check_bias_residual, check_stream, check_tensor
+from dropkit.kernels._checks import check_bias_residual, check_cpu_tensor, check_stream
 from dropkit.kernels.philox import (
     LANES_PER_BLOCK,
     PHILOX_M0,
@@ -58,16 +58,24 @@ from dropkit.kernels.philox import (
 )
 
 __all__ = [
+    "BDA_DRIVERS",
     "CHUNK",
+    "DROPOUT_DRIVERS",
+    "MASK_DRIVERS",
+    "PARALLEL_COLD",
     "PARALLEL_MIN",
     "bias_dropout_add",
     "dropout_backward",
     "dropout_forward",
     "dropout_forward_out",
+    "empty_like",
     "keep_mask",
     "kernel_threads",
     "random_uint16",
+    "scale_arg",
+    "serial_entry",
     "set_max_threads",
+    "warmup_calls",
 ]
 
 #: Stream positions per unit of work (a multiple of 8; 512 bytes of random lanes).
@@ -600,8 +608,9 @@ _PARALLEL_GATE = threading.Lock()
 _MAX_THREADS: list[int | None] = [None]
 #: (parallel twin, NumPy dtype) -> a check, True once the twin may run. Filled on a fresh install
 #: by :mod:`dropkit.kernels.warmup` while a parallel twin is still being compiled in the
-#: background (its serial twin serves meanwhile); empty otherwise.
-_PARALLEL_COLD: dict[tuple[object, object], object] = {}
+#: background (its serial twin serves meanwhile), read here and by
+#: :mod:`dropkit.kernels.noise_cpu`; empty otherwise.
+PARALLEL_COLD: dict[tuple[object, object], object] = {}
 
 
 def _pick_threading_layer() -> None:
@@ -687,8 +696,8 @@ def _run_sized(
 ) -> None:
     """Runs the serial twin below ``PARALLEL_MIN`` elements or with one thread to use, else the
     faster twin as measured, on :func:`kernel_threads` threads."""
-    if _PARALLEL_COLD and n >= PARALLEL_MIN:
-        ready = _PARALLEL_COLD.get((parallel, arrays[0].dtype))
+    if PARALLEL_COLD and n >= PARALLEL_MIN:
+        ready = PARALLEL_COLD.get((parallel, arrays[0].dtype))
         if ready is not None and not ready():  # still being compiled in the background
             _run(serial, arrays, offset, seed, threshold, *scale)
             return
@@ -715,19 +724,6 @@ def _run_sized(
 # ----------------------------------------------------------------------------------------------
 # torch-facing wrappers
 # ----------------------------------------------------------------------------------------------
-_check_stream = check_stream
-
-
-def _check_tensor(t: torch.Tensor, name: str, dtype: torch.dtype | None = None) -> None:
-    check_tensor(
-        t,
-        name,
-        dtype,
-        isinstance(t, torch.Tensor) and t.device.type == "cpu",
-        f"a CPU tensor for the numba kernels, got device {getattr(t, 'device', None)}",
-    )
-
-
 def _as_numpy(t: torch.Tensor) -> np.ndarray:
     """A flat zero-copy NumPy view: float32/float64 as is, float16/bfloat16 as uint16 bits."""
     if t.requires_grad:
@@ -755,8 +751,14 @@ def _run(driver, arrays: tuple, offset: int, seed: int, threshold: int, *scale) 
         entry(*arrays, offset, k0, k1, threshold, *scale)
         return
     typed = (np.int64(offset), np.uint64(k0), np.uint64(k1), np.int32(threshold), *scale)
-    driver(*arrays, *typed)
-    signature = tuple(driver.typeof_pyval(a) for a in (*arrays, *typed))
+    _first_call(driver, (*arrays, *typed), key)
+
+
+def _first_call(driver, args: tuple, key: tuple) -> None:
+    """Calls ``driver`` through numba's dispatcher (compiling or loading the cache) with exactly
+    typed arguments, then keeps the overload it chose under ``key`` in :data:`_ENTRIES`."""
+    driver(*args)
+    signature = tuple(driver.typeof_pyval(a) for a in args)
     for sig, compiled in driver.overloads.items():
         if tuple(sig) == signature:
             _ENTRIES[key] = compiled.entry_point
@@ -783,8 +785,14 @@ def _load_madvise():
 _madvise = _load_madvise() if sys.platform.startswith("linux") else None
 
 
-def _empty_like(x: torch.Tensor) -> torch.Tensor:
-    """``torch.empty_like(x)``, asking Linux for transparent huge pages when it is large."""
+def empty_like(x: torch.Tensor) -> torch.Tensor:
+    """``torch.empty_like(x)``, asking Linux for transparent huge pages when it is large (the
+    kernels' outputs; public for the benchmarks).
+
+    Example:
+        >>> empty_like(torch.ones(2, 3)).shape
+        torch.Size([2, 3])
+    """
     return _advise_huge_pages(torch.empty_like(x))
 
 
@@ -806,23 +814,83 @@ def _advise_huge_pages(out: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def _scale_arg(dtype: torch.dtype, scale: float):
-    # torch's opmath: a Python scalar multiplies reduced/single floats in float32, doubles in float64.
+def scale_arg(dtype: torch.dtype, scale: float) -> np.floating:
+    """``scale`` as the drivers take it for a ``dtype`` tensor: torch's opmath multiplies
+    reduced and single floats by a Python scalar in float32, doubles in float64.
+
+    Example:
+        >>> scale_arg(torch.float16, 2.0).dtype
+        dtype('float32')
+    """
     return np.float64(scale) if dtype == torch.float64 else np.float32(scale)
 
 
-_DROPOUT = {
+#: The dropout drivers (parallel twin, serial twin) per dtype: numba's (jitted) dispatchers over
+#: flat NumPy views, ``(x, out, offset, k0, k1, threshold, scale)``; float32 and float64 share a pair
+#: (numba compiles one overload per element type), float16/bfloat16 run on their uint16 bits.
+DROPOUT_DRIVERS = {
     torch.float32: (_dropout_float_par, _dropout_float_ser),
     torch.float64: (_dropout_float_par, _dropout_float_ser),
     torch.float16: (_dropout_f16_par, _dropout_f16_ser),
     torch.bfloat16: (_dropout_bf16_par, _dropout_bf16_ser),
 }
-_BDA = {
+#: bias + dropout + residual, likewise: ``(x, bias, residual, out, offset, k0, k1, threshold, scale)``.
+BDA_DRIVERS = {
     torch.float32: (_bda_float_par, _bda_float_ser),
     torch.float64: (_bda_float_par, _bda_float_ser),
     torch.float16: (_bda_f16_par, _bda_f16_ser),
     torch.bfloat16: (_bda_bf16_par, _bda_bf16_ser),
 }
+#: The bare keep mask: ``(out, offset, k0, k1, threshold)``, out a NumPy bool array.
+MASK_DRIVERS = (_mask_par, _mask_ser)
+_NP = {
+    torch.float32: np.float32,
+    torch.float64: np.float64,
+    torch.float16: np.uint16,
+    torch.bfloat16: np.uint16,
+}
+_TYPED = (np.int64(0), np.uint64(0), np.uint64(0), np.int32(0))  # offset, k0, k1, threshold
+
+
+def warmup_calls(kind: object) -> list[tuple[object, tuple]]:
+    """(driver, arguments) for the serial then the parallel driver that serve ``kind`` (a torch
+    dtype: dropout; ``("bda", dtype)``; ``"mask"``), with exactly the argument types the wrappers
+    here pass (one-element arrays): what :mod:`dropkit.kernels.warmup` compiles and looks up in
+    numba's cache.
+
+    Example:
+        >>> [driver.__name__ for driver, _ in warmup_calls("mask")]
+        ['_mask_ser', '_mask_par']
+    """
+    if kind == "mask":
+        out = np.zeros(1, dtype=np.bool_)
+        return [(driver, (out, *_TYPED)) for driver in (_mask_ser, _mask_par)]
+    if isinstance(kind, tuple):
+        dtype = kind[1]
+        arrays = tuple(np.zeros(1, dtype=_NP[dtype]) for _ in range(4))
+        parallel, serial = BDA_DRIVERS[dtype]
+    else:
+        dtype = kind
+        arrays = (np.zeros(1, dtype=_NP[dtype]), np.zeros(1, dtype=_NP[dtype]))
+        parallel, serial = DROPOUT_DRIVERS[dtype]
+    scale = (scale_arg(dtype, 1.0),)
+    return [(driver, (*arrays, *_TYPED, *scale)) for driver in (serial, parallel)]
+
+
+def serial_entry(kind: object):
+    """The compiled entry point of the serial driver serving ``kind`` (a dtype's dropout, or
+    ``"mask"``), compiled or loaded from numba's cache on the first call.
+
+    For the kernels' small-tensor lane (:mod:`dropkit.kernels.small`), whose callers checked every
+    argument: it is called with the flat NumPy views and Python numbers, which it converts to the
+    compiled signature's types exactly as the typed NumPy scalars of the checked path (no numba
+    type dispatch, about 1 µs instead of 4). Same compiled loop, so the same bits.
+    """
+    driver, args = warmup_calls(kind)[0]
+    key = (driver, args[0].dtype)
+    if key not in _ENTRIES:
+        _first_call(driver, args, key)
+    return _ENTRIES.get(key, driver)
 
 
 def dropout_forward_out(
@@ -848,8 +916,8 @@ def dropout_forward_out(
         >>> dropout_forward_out(x, x, seed=0, offset=0, threshold=32768, scale=2.0)
         tensor([2., 0., 2., 2.])
     """
-    _check_tensor(x, "x")
-    _check_tensor(out, "out", x.dtype)
+    check_cpu_tensor(x, "x")
+    check_cpu_tensor(out, "out", x.dtype)
     if out.shape != x.shape:
         raise ValueError(f"out must have x's shape {tuple(x.shape)}, got {tuple(out.shape)}")
     return _dropout_into(x, out, seed, offset, threshold, scale)
@@ -859,14 +927,14 @@ def _dropout_into(
     x: torch.Tensor, out: torch.Tensor, seed: int, offset: int, threshold: int, scale: float
 ) -> torch.Tensor:
     n = x.numel()
-    _check_stream(n, seed, offset, threshold)
+    check_stream(n, seed, offset, threshold)
     if n == 0:
         return out
-    parallel, serial = _DROPOUT[x.dtype]
+    parallel, serial = DROPOUT_DRIVERS[x.dtype]
     x_np = _as_numpy(x)
     out_np = x_np if out is x else _as_numpy(out)
     _run_sized(
-        parallel, serial, n, (x_np, out_np), offset, seed, threshold, _scale_arg(x.dtype, scale)
+        parallel, serial, n, (x_np, out_np), offset, seed, threshold, scale_arg(x.dtype, scale)
     )
     return out
 
@@ -897,8 +965,8 @@ def dropout_forward(
         tensor([[2., 0., 2., 2.],
                 [2., 2., 2., 2.]])
     """
-    _check_tensor(x, "x")
-    return _dropout_into(x, _empty_like(x), seed, offset, threshold, scale)
+    check_cpu_tensor(x, "x")
+    return _dropout_into(x, empty_like(x), seed, offset, threshold, scale)
 
 
 def dropout_backward(
@@ -910,8 +978,8 @@ def dropout_backward(
         >>> dropout_backward(torch.ones(4), seed=0, offset=0, threshold=32768, scale=2.0)
         tensor([2., 0., 2., 2.])
     """
-    _check_tensor(grad, "grad")
-    return _dropout_into(grad, _empty_like(grad), seed, offset, threshold, scale)
+    check_cpu_tensor(grad, "grad")
+    return _dropout_into(grad, empty_like(grad), seed, offset, threshold, scale)
 
 
 def keep_mask(
@@ -927,7 +995,7 @@ def keep_mask(
         raise ValueError(f"device must be cpu for the numba kernels, got {device}")
     if not isinstance(n, int) or n < 0:
         raise ValueError(f"n must be a non-negative integer, got {n!r}")
-    _check_stream(n, seed, offset, threshold)
+    check_stream(n, seed, offset, threshold)
     out = _advise_huge_pages(torch.empty(n, dtype=torch.bool))
     if n == 0:
         return out
@@ -942,7 +1010,7 @@ def random_uint16(n: int, seed: int, offset: int) -> torch.Tensor:
         >>> random_uint16(2, seed=0, offset=0).tolist()
         [59605, 26151]
     """
-    _check_stream(n, seed, offset, 0)
+    check_stream(n, seed, offset, 0)
     out = np.empty(n, dtype=np.uint16)
     if n:
         _run_sized(_lanes_par, _lanes_ser, n, (out,), offset, seed, 0)
@@ -976,16 +1044,16 @@ def bias_dropout_add(
         >>> bias_dropout_add(torch.zeros(1, 4), torch.ones(4), torch.ones(1, 4), 0, 0, 32768, 2.0)
         tensor([[3., 1., 3., 3.]])
     """
-    _check_tensor(x, "x")
-    _check_tensor(bias, "bias", x.dtype)
-    _check_tensor(residual, "residual", x.dtype)
+    check_cpu_tensor(x, "x")
+    check_cpu_tensor(bias, "bias", x.dtype)
+    check_cpu_tensor(residual, "residual", x.dtype)
     check_bias_residual(x, bias, residual)
     n = x.numel()
-    _check_stream(n, seed, offset, threshold)
-    out = _empty_like(x)
+    check_stream(n, seed, offset, threshold)
+    out = empty_like(x)
     if n == 0:
         return out
     arrays = (_as_numpy(x), _as_numpy(bias), _as_numpy(residual), _as_numpy(out))
-    parallel, serial = _BDA[x.dtype]
-    _run_sized(parallel, serial, n, arrays, offset, seed, threshold, _scale_arg(x.dtype, scale))
+    parallel, serial = BDA_DRIVERS[x.dtype]
+    _run_sized(parallel, serial, n, arrays, offset, seed, threshold, scale_arg(x.dtype, scale))
     return out

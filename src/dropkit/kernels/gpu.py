@@ -29,7 +29,7 @@ import torch
 import triton
 import triton.language as tl
 
-from dropkit.kernels._checks import check_bias_residual, check_stream, check_tensor
+from dropkit.kernels._checks import check_bias_residual, check_cuda_tensor, check_stream
 from dropkit.kernels.philox import LANES_PER_BLOCK
 
 __all__ = [
@@ -232,16 +232,6 @@ def _bias_dropout_add_kernel(
     tl.store(out_ptr + k, _round(res + dropped, out_ptr, IS_BF16), mask=inside)
 
 
-def _check_tensor(t: torch.Tensor, name: str, dtype: torch.dtype | None = None) -> None:
-    check_tensor(
-        t,
-        name,
-        dtype,
-        INTERPRETED or (isinstance(t, torch.Tensor) and t.device.type == "cuda"),
-        f"a CUDA tensor for the Triton kernels, got {getattr(t, 'device', None)}",
-    )
-
-
 def _scale_bits(dtype: torch.dtype, scale: float) -> tuple[int, bool]:
     """The bits of ``scale`` as float64 (float64 tensors) or float32 (others), and which."""
     if dtype == torch.float64:
@@ -284,8 +274,8 @@ def dropout_forward_out(
         >>> dropout_forward_out(x, x, 0, 0, 32768, 2.0)  # doctest: +SKIP
         tensor([2., 0., 2., 2.], device='cuda:0')
     """
-    _check_tensor(x, "x")
-    _check_tensor(out, "out", x.dtype)
+    check_cuda_tensor(x, "x", interpreted=INTERPRETED)
+    check_cuda_tensor(out, "out", x.dtype, interpreted=INTERPRETED)
     if out.shape != x.shape:
         raise ValueError(f"out must have x's shape {tuple(x.shape)}, got {tuple(out.shape)}")
     n = x.numel()
@@ -325,7 +315,7 @@ def dropout_forward(
         >>> dropout_forward(torch.ones(4, device="cuda"), 0, 0, 32768, 2.0)  # doctest: +SKIP
         tensor([2., 0., 2., 2.], device='cuda:0')
     """
-    _check_tensor(x, "x")
+    check_cuda_tensor(x, "x", interpreted=INTERPRETED)
     return dropout_forward_out(x, torch.empty_like(x), seed, offset, threshold, scale)
 
 
@@ -338,7 +328,7 @@ def dropout_backward(
         >>> dropout_backward(torch.ones(4, device="cuda"), 0, 0, 32768, 2.0)  # doctest: +SKIP
         tensor([2., 0., 2., 2.], device='cuda:0')
     """
-    _check_tensor(grad, "grad")
+    check_cuda_tensor(grad, "grad", interpreted=INTERPRETED)
     return dropout_forward_out(grad, torch.empty_like(grad), seed, offset, threshold, scale)
 
 
@@ -395,9 +385,9 @@ def bias_dropout_add(
         >>> bias_dropout_add(x, torch.ones(4, device="cuda"), r, 0, 0, 32768, 2.0)  # doctest: +SKIP
         tensor([[3., 1., 3., 3.]], device='cuda:0')
     """
-    _check_tensor(x, "x")
-    _check_tensor(bias, "bias", x.dtype)
-    _check_tensor(residual, "residual", x.dtype)
+    check_cuda_tensor(x, "x", interpreted=INTERPRETED)
+    check_cuda_tensor(bias, "bias", x.dtype, interpreted=INTERPRETED)
+    check_cuda_tensor(residual, "residual", x.dtype, interpreted=INTERPRETED)
     check_bias_residual(x, bias, residual)
     n = x.numel()
     check_stream(n, seed, offset, threshold)

@@ -65,7 +65,7 @@ try:
 except ImportError:  # pragma: no cover - not POSIX
     fcntl = None  # type: ignore[assignment]
 
-__all__ = ["build_key", "load", "pending", "status"]
+__all__ = ["build_key", "kernel_addresses", "load", "pending", "status"]
 
 _SOURCE = Path(__file__).with_name("native.cpp")
 _NAME = "dropkit_native"
@@ -281,22 +281,23 @@ def build(wait: float | None = None) -> Path:
     return library
 
 
-def _kernels() -> tuple[int, int, int, int]:
-    """Addresses of the C-callable float32, float64, float16, bfloat16 dropout loops (numba
-    cfuncs, disk-cached)."""
-    from dropkit.kernels import _cfuncs
+def kernel_addresses() -> tuple[int, int, int, int]:
+    """Addresses of the C-callable float32, float64, float16, bfloat16 dropout loops
+    (:mod:`dropkit.kernels.cfuncs`, disk-cached; compiled on first call when not cached) that the
+    library's ``set_kernels`` takes."""
+    from dropkit.kernels import cfuncs
 
     return (
-        _cfuncs.dropout_f32.address,
-        _cfuncs.dropout_f64.address,
-        _cfuncs.dropout_f16.address,
-        _cfuncs.dropout_bf16.address,
+        cfuncs.dropout_f32.address,
+        cfuncs.dropout_f64.address,
+        cfuncs.dropout_f16.address,
+        cfuncs.dropout_bf16.address,
     )
 
 
 def _load_library(library: Path) -> object:
     torch.ops.load_library(str(library))
-    torch.ops.dropkit_native.set_kernels(*_kernels())
+    torch.ops.dropkit_native.set_kernels(*kernel_addresses())
     _STATE["status"] = f"loaded from {library.parent}"
     return torch.ops.dropkit_native.dropout.default
 
@@ -304,9 +305,9 @@ def _load_library(library: Path) -> object:
 def _run_builder(wait: float) -> None:
     """Runs ``python -m dropkit.kernels.native`` and waits for it (at most ``wait`` s to get the
     lock, plus the build). Raises with the builder's reason when it fails."""
-    from dropkit.kernels.warmup import _child_env
+    from dropkit.kernels.warmup import child_env
 
-    env = {**_child_env(), "DROPKIT_NATIVE_WAIT": str(wait)}
+    env = {**child_env(), "DROPKIT_NATIVE_WAIT": str(wait)}
     try:
         done = subprocess.run(
             [sys.executable, "-m", "dropkit.kernels.native"],
@@ -392,7 +393,7 @@ def _poll_background() -> object | None:
     if warmup.start() or warmup.running():
         _STATE["status"] = "building in the background (dropkit.kernels.warmup)"
         return None
-    if warmup._disabled():  # no background build: an explicit load() may still build it
+    if warmup.disabled():  # no background build: an explicit load() may still build it
         _STATE["status"] = "not built (DROPKIT_WARMUP=0: native.load() builds it)"
         return None
     # The background process ended (or could not start) without a library or a recorded failure.
@@ -402,7 +403,7 @@ def _poll_background() -> object | None:
 def _main() -> int:
     """``python -m dropkit.kernels.native``: compile the numba cfuncs, then build the library."""
     try:
-        _kernels()  # numba's disk cache then holds them for the process that loads the library
+        kernel_addresses()  # numba's disk cache then holds them for the process that loads the library
         library = build()
     except Exception as error:  # one line for the parent, which reports it
         first = str(error).strip().splitlines()[0] if str(error).strip() else ""

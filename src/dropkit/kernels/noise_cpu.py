@@ -24,7 +24,7 @@ import torch
 from numba import prange
 
 from dropkit.kernels import cpu
-from dropkit.kernels._checks import check_tensor
+from dropkit.kernels._checks import check_cpu_tensor, check_noise_stream
 from dropkit.kernels.cpu import PARALLEL_MIN as cpu_parallel_min
 from dropkit.kernels.cpu import (
     PathChooser,
@@ -34,7 +34,15 @@ from dropkit.kernels.cpu import (
     use_threads,
 )
 
-__all__ = ["CHUNK", "PARALLEL_MIN", "uniform", "normal", "gaussian_multiply"]
+__all__ = [
+    "CHUNK",
+    "DRIVERS",
+    "PARALLEL_MIN",
+    "uniform",
+    "normal",
+    "gaussian_multiply",
+    "warmup_calls",
+]
 
 #: Stream positions per unit of work (a multiple of 4: whole Philox blocks).
 CHUNK = 256
@@ -250,6 +258,31 @@ def _multiply_ser(out, offset, k0, k1, aux):
 _UNIFORM = (_uniform_par, _uniform_ser)
 _NORMAL = (_normal_par, _normal_ser)
 _MULTIPLY = (_multiply_par, _multiply_ser)
+#: The drivers (parallel twin, serial twin) per operation: ``(out, offset, k0, k1, aux)``, ``aux``
+#: ``(0,)`` for uniform and normal, ``(x, std)`` for the fused multiply.
+DRIVERS = {"uniform": _UNIFORM, "normal": _NORMAL, "multiply": _MULTIPLY}
+_NP = {torch.float32: np.float32, torch.float64: np.float64}
+_TYPED = (np.int64(0), np.uint64(0), np.uint64(0))  # offset, k0, k1
+
+
+def warmup_calls(kind: tuple[str, torch.dtype]) -> list[tuple[object, tuple]]:
+    """(driver, arguments) for the serial then the parallel driver of a noise ``kind``
+    (``("uniform" | "normal" | "multiply", dtype)``) with exactly the argument types the wrappers
+    here pass: what :mod:`dropkit.kernels.warmup` compiles and looks up in numba's cache.
+
+    Example:
+        >>> [driver.__name__ for driver, _ in warmup_calls(("normal", torch.float64))]
+        ['_normal_ser', '_normal_par']
+    """
+    op, dtype = kind
+    out = np.zeros(1, dtype=_NP[dtype])
+    if op == "multiply":  # gaussian_multiply's (x, std)
+        aux: tuple = (np.zeros(1, dtype=_NP[dtype]), _NP[dtype](0.0))
+    else:
+        aux = (0,)
+    parallel, serial = DRIVERS[op]
+    return [(driver, (out, *_TYPED, aux)) for driver in (serial, parallel)]
+
 
 #: One chooser per thread count, as the Bernoulli kernels keep (a twin's speed at 2 threads says
 #: nothing about it at 4).
@@ -264,8 +297,8 @@ def _run(drivers, out: np.ndarray, offset: int, seed: int, aux: tuple) -> None:
     n = out.shape[0]
     args = (out, np.int64(offset), np.uint64(seed & 0xFFFFFFFF), np.uint64(seed >> 32), aux)
     parallel, serial = drivers
-    if cpu._PARALLEL_COLD and n >= PARALLEL_MIN:  # a fresh install (dropkit.kernels.warmup)
-        ready = cpu._PARALLEL_COLD.get((parallel, out.dtype))
+    if cpu.PARALLEL_COLD and n >= PARALLEL_MIN:  # a fresh install (dropkit.kernels.warmup)
+        ready = cpu.PARALLEL_COLD.get((parallel, out.dtype))
         if ready is not None and not ready():  # still being compiled in the background
             serial(*args)
             return
@@ -291,18 +324,6 @@ def _run(drivers, out: np.ndarray, offset: int, seed: int, aux: tuple) -> None:
         release_parallel()
 
 
-def _check_stream(n: int, seed: int, offset: int) -> None:
-    if not isinstance(n, int) or n < 0:
-        raise ValueError(f"n must be a non-negative integer, got {n!r}")
-    if not isinstance(seed, int) or not 0 <= seed < 2**64:
-        raise ValueError(f"seed must be an integer in [0, 2**64), got {seed!r}")
-    if not isinstance(offset, int) or offset < 0 or offset + n > 2**63:
-        raise ValueError(
-            f"offset must be an integer >= 0 with offset + numel <= 2**63, got {offset!r} "
-            f"for {n} elements"
-        )
-
-
 def uniform(n: int, seed: int, offset: int) -> torch.Tensor:
     """Uniform [0, 1) float32 noise at stream positions ``offset .. offset + n − 1``: tensor (n,).
 
@@ -310,7 +331,7 @@ def uniform(n: int, seed: int, offset: int) -> torch.Tensor:
         >>> uniform(2, seed=0, offset=0).tolist()
         [0.3990464210510254, 0.8805201649665833]
     """
-    _check_stream(n, seed, offset)
+    check_noise_stream(n, seed, offset)
     out = torch.empty(n, dtype=torch.float32)
     if n:
         _run(_UNIFORM, out.numpy(), offset, seed, (0,))
@@ -330,7 +351,7 @@ def normal(n: int, seed: int, offset: int, dtype: torch.dtype = torch.float32) -
         >>> normal(3, seed=1, offset=0).shape
         torch.Size([3])
     """
-    _check_stream(n, seed, offset)
+    check_noise_stream(n, seed, offset)
     if dtype not in (torch.float32, torch.float64):
         raise TypeError(f"dtype must be torch.float32 or torch.float64, got {dtype}")
     out = torch.empty(n, dtype=dtype)
@@ -354,16 +375,10 @@ def gaussian_multiply(x: torch.Tensor, seed: int, offset: int, std: float) -> to
         >>> gaussian_multiply(torch.ones(3), seed=0, offset=0, std=0.0)
         tensor([1., 1., 1.])
     """
-    check_tensor(
-        x,
-        "x",
-        None,
-        isinstance(x, torch.Tensor) and x.device.type == "cpu",
-        f"a CPU tensor for the numba kernels, got device {getattr(x, 'device', None)}",
-    )
+    check_cpu_tensor(x, "x")
     if x.dtype not in (torch.float32, torch.float64):
         raise TypeError(f"x must be float32 or float64, got {x.dtype}")
-    _check_stream(x.numel(), seed, offset)
+    check_noise_stream(x.numel(), seed, offset)
     out = torch.empty_like(x)
     if x.numel():
         scalar = np.float64 if x.dtype == torch.float64 else np.float32

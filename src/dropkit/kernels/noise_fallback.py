@@ -14,7 +14,7 @@ import math
 
 import torch
 
-from dropkit.kernels._checks import check_stream
+from dropkit.kernels._checks import check_noise_stream
 from dropkit.kernels.fallback import philox_blocks
 
 __all__ = ["uniform", "normal", "gaussian_multiply"]
@@ -76,7 +76,7 @@ def _box_muller(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.T
 
 def uniform(n: int, seed: int, offset: int, device: torch.device | str) -> torch.Tensor:
     """Uniform [0, 1) float32 noise (n,): ``float32(w >> 8) · 2^-24``."""
-    check_stream(n, seed, offset, 0)
+    check_noise_stream(n, seed, offset)
     if n == 0:
         return torch.empty(0, dtype=torch.float32, device=device)
     return (_words(n, seed, offset, device) >> 8).to(torch.float32) * 2.0**-24
@@ -86,7 +86,7 @@ def normal(
     n: int, seed: int, offset: int, device: torch.device | str, dtype: torch.dtype = torch.float32
 ) -> torch.Tensor:
     """Standard normal noise (n,), float32 or float64 (Box–Muller on word pairs)."""
-    check_stream(n, seed, offset, 0)
+    check_noise_stream(n, seed, offset)
     if dtype not in (torch.float32, torch.float64):
         raise TypeError(f"dtype must be torch.float32 or torch.float64, got {dtype}")
     if n == 0:

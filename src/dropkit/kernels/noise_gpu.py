@@ -18,7 +18,7 @@ import torch
 import triton
 import triton.language as tl
 
-from dropkit.kernels._checks import check_tensor
+from dropkit.kernels._checks import check_cuda_tensor, check_noise_stream
 from dropkit.kernels.gpu import INTERPRETED
 
 __all__ = ["uniform", "normal", "gaussian_multiply"]
@@ -186,16 +186,6 @@ def _multiply_kernel(
     tl.store(out_ptr + k, y, mask=inside)
 
 
-def _check_stream(n: int, seed: int, offset: int) -> None:
-    if not isinstance(seed, int) or not 0 <= seed < 2**64:
-        raise ValueError(f"seed must be an integer in [0, 2**64), got {seed!r}")
-    if not isinstance(offset, int) or offset < 0 or offset + n > 2**63:
-        raise ValueError(
-            f"offset must be an integer >= 0 with offset + numel <= 2**63, got {offset!r} "
-            f"for {n} elements"
-        )
-
-
 def _device(device: torch.device | str) -> torch.device:
     device = torch.device(device)
     if device.type != "cuda" and not INTERPRETED:
@@ -211,7 +201,7 @@ def _launch(n: int, offset: int) -> tuple[tuple[int], dict]:
 
 def uniform(n: int, seed: int, offset: int, device: torch.device | str = "cuda") -> torch.Tensor:
     """Uniform [0, 1) float32 noise (n,) on ``device``: ``float32(w >> 8) · 2^-24``."""
-    _check_stream(n, seed, offset)
+    check_noise_stream(n, seed, offset)
     out = torch.empty(n, dtype=torch.float32, device=_device(device))
     if n:
         grid, options = _launch(n, offset)
@@ -229,7 +219,7 @@ def normal(
     dtype: torch.dtype = torch.float32,
 ) -> torch.Tensor:
     """Standard normal noise (n,) on ``device``, float32 or float64 (Box–Muller, see reference)."""
-    _check_stream(n, seed, offset)
+    check_noise_stream(n, seed, offset)
     if dtype not in (torch.float32, torch.float64):
         raise TypeError(f"dtype must be torch.float32 or torch.float64, got {dtype}")
     out = torch.empty(n, dtype=dtype, device=_device(device))
@@ -243,17 +233,11 @@ def normal(
 
 def gaussian_multiply(x: torch.Tensor, seed: int, offset: int, std: float) -> torch.Tensor:
     """Fused ``y = x · (1 + std · z)`` for a contiguous float32/float64 CUDA tensor."""
-    check_tensor(
-        x,
-        "x",
-        None,
-        INTERPRETED or (isinstance(x, torch.Tensor) and x.device.type == "cuda"),
-        f"a CUDA tensor for the Triton kernels, got {getattr(x, 'device', None)}",
-    )
+    check_cuda_tensor(x, "x", interpreted=INTERPRETED)
     if x.dtype not in (torch.float32, torch.float64):
         raise TypeError(f"x must be float32 or float64, got {x.dtype}")
     n = x.numel()
-    _check_stream(n, seed, offset)
+    check_noise_stream(n, seed, offset)
     out = torch.empty_like(x)
     if n:
         is_f64 = x.dtype == torch.float64

@@ -43,15 +43,21 @@ import sys
 import threading
 import time
 
-import numpy as np
 import torch
 
 from dropkit.kernels import cpu, fallback, noise_cpu, noise_fallback
-from dropkit.kernels._checks import check_bias_residual
+from dropkit.kernels._checks import (
+    check_bias_residual,
+    check_cpu_tensor,
+    check_noise_stream,
+    check_stream,
+)
 
 __all__ = [
     "KINDS",
     "NOISE_KINDS",
+    "child_env",
+    "disabled",
     "numba_ready",
     "outcome",
     "running",
@@ -66,12 +72,6 @@ _LOCK = threading.Lock()
 _PROBE_EVERY = 0.1
 _STATE: dict[str, object] = {"proc": None, "started": False, "outcome": "not started"}
 _NEXT_PROBE: dict[object, float] = {}
-_NP = {
-    torch.float32: np.float32,
-    torch.float64: np.float64,
-    torch.float16: np.uint16,
-    torch.bfloat16: np.uint16,
-}
 _NAMES = {
     "float32": torch.float32,
     "float64": torch.float64,
@@ -80,7 +80,9 @@ _NAMES = {
 }
 
 
-def _disabled() -> bool:
+def disabled() -> bool:
+    """Whether ``DROPKIT_WARMUP=0`` turned the background compile off (numba compiles in the
+    calling process on first use; :mod:`dropkit.kernels.native` builds only on an explicit load)."""
     return os.environ.get("DROPKIT_WARMUP", "1") == "0"
 
 
@@ -92,41 +94,15 @@ NOISE_KINDS: tuple[tuple[str, torch.dtype], ...] = (
     ("multiply", torch.float64),
     ("normal", torch.float64),
 )
-_NOISE_DRIVERS = {
-    "uniform": noise_cpu._UNIFORM,
-    "normal": noise_cpu._NORMAL,
-    "multiply": noise_cpu._MULTIPLY,
-}
-_TYPED = (np.int64(0), np.uint64(0), np.uint64(0), np.int32(0))  # offset, k0, k1, threshold
-_NOISE_TYPED = (np.int64(0), np.uint64(0), np.uint64(0))  # offset, k0, k1
 
 
 def _samples(kind: object) -> list[tuple[object, tuple]]:
     """(driver, arguments) for the serial then the parallel driver that serve ``kind`` (a torch
     dtype: dropout; ``("bda", dtype)``; ``"mask"``; a noise kind of :data:`NOISE_KINDS`), with
-    exactly the types the CPU wrappers pass (zero-length or one-element arrays)."""
-    if kind == "mask":
-        out = np.zeros(1, dtype=np.bool_)
-        return [(driver, (out, *_TYPED)) for driver in (cpu._mask_ser, cpu._mask_par)]
-    if isinstance(kind, tuple) and kind[0] in _NOISE_DRIVERS:
-        op, dtype = kind
-        out = np.zeros(1, dtype=_NP[dtype])
-        if op == "multiply":  # noise_cpu.gaussian_multiply's (x, std)
-            aux: tuple = (np.zeros(1, dtype=_NP[dtype]), _NP[dtype](0.0))
-        else:
-            aux = (0,)
-        parallel, serial = _NOISE_DRIVERS[op]
-        return [(driver, (out, *_NOISE_TYPED, aux)) for driver in (serial, parallel)]
-    if isinstance(kind, tuple):
-        dtype = kind[1]
-        arrays = tuple(np.zeros(1, dtype=_NP[dtype]) for _ in range(4))
-        drivers = cpu._BDA[dtype]
-    else:
-        dtype = kind
-        arrays = (np.zeros(1, dtype=_NP[dtype]), np.zeros(1, dtype=_NP[dtype]))
-        drivers = cpu._DROPOUT[dtype]
-    scale = (cpu._scale_arg(dtype, 1.0),)
-    return [(driver, (*arrays, *_TYPED, *scale)) for driver in (drivers[1], drivers[0])]
+    exactly the types the CPU wrappers pass: each kernel module says its own."""
+    if isinstance(kind, tuple) and kind[0] in noise_cpu.DRIVERS:
+        return noise_cpu.warmup_calls(kind)
+    return cpu.warmup_calls(kind)
 
 
 #: Every kind the warm-up knows (any other is not a kernel's: the kernels' own checks reject it).
@@ -147,11 +123,21 @@ def _cached(driver, args: tuple) -> bool | None:
         signature = tuple(driver.typeof_pyval(a) for a in args)
         if signature in driver.overloads:
             return True
-        cache = driver._cache
-        key = cache._index_key(signature, driver.targetctx.codegen())
-        return key in cache._cache_file._load_index()
+        return _numba_disk_cache_has(driver, signature)
     except Exception:  # numba internals moved: no answer
         return None
+
+
+def _numba_disk_cache_has(driver, signature: tuple) -> bool:
+    """Whether numba's on-disk cache index of the jitted ``driver`` lists ``signature``.
+
+    numba has no public API for this question, so this is the one place dropkit reads numba's
+    private cache objects (``Dispatcher._cache``, ``Cache._index_key``,
+    ``_CacheFile._load_index``, numba 0.57-0.61). Callers treat an exception as "no answer".
+    """
+    cache = driver._cache
+    key = cache._index_key(signature, driver.targetctx.codegen())
+    return key in cache._cache_file._load_index()
 
 
 def _kind_cached(kind: object) -> bool:
@@ -159,7 +145,7 @@ def _kind_cached(kind: object) -> bool:
 
 
 def _parallel_check(kind: object):
-    """A check for :data:`cpu._PARALLEL_COLD`: True (and gone) once ``kind``'s parallel twin is
+    """A check for :data:`dropkit.kernels.cpu.PARALLEL_COLD`: True (and gone) once ``kind``'s parallel twin is
     cached or the warm-up has ended; looks at most every 0.1 s."""
     driver, args = _samples(kind)[1]
     key = (driver, args[0].dtype)
@@ -171,7 +157,7 @@ def _parallel_check(kind: object):
             return False
         next_look[0] = now + _PROBE_EVERY
         if _cached(driver, args) or not running():
-            cpu._PARALLEL_COLD.pop(key, None)
+            cpu.PARALLEL_COLD.pop(key, None)
             return True
         return False
 
@@ -194,7 +180,7 @@ def numba_ready(kind: object) -> bool:
         if kind in READY:
             return True
         now = time.monotonic()
-        if not _disabled():
+        if not disabled():
             if now < _NEXT_PROBE.get(kind, 0.0):
                 return False
             serial, parallel = (_cached(driver, args) for driver, args in _samples(kind))
@@ -203,7 +189,7 @@ def numba_ready(kind: object) -> bool:
                     _NEXT_PROBE[kind] = now + _PROBE_EVERY
                     return False
                 key, check = _parallel_check(kind)  # the serial twin serves meanwhile
-                cpu._PARALLEL_COLD[key] = check
+                cpu.PARALLEL_COLD[key] = check
             # else: cached, or the warm-up is over (or could not run): compile what is missing here
         READY.add(kind)
         return True
@@ -226,7 +212,7 @@ def _kind_from_name(name: str) -> object:
     return torch.float32
 
 
-def _child_env() -> dict[str, str]:
+def child_env() -> dict[str, str]:
     """The environment of dropkit's helper processes: this one's, with this process's import path
     (dropkit may be importable here only through a path set at run time)."""
     env = dict(os.environ)
@@ -240,13 +226,13 @@ def _child_env() -> dict[str, str]:
 def start(kind: object = torch.float32) -> bool:
     """Starts the background warm-up (``kind`` first) unless this process already did, is a forked
     child, or has it turned off. True if it started it now."""
-    if _STATE["started"] or _disabled():
+    if _STATE["started"] or disabled():
         return False
     _STATE["started"] = True
     try:
         _STATE["proc"] = subprocess.Popen(
             [sys.executable, "-m", "dropkit.kernels.warmup", _kind_name(kind)],
-            env=_child_env(),
+            env=child_env(),
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -317,8 +303,8 @@ class ColdCPU:
 
     @staticmethod
     def dropout_forward(x, seed, offset, threshold, scale):  # noqa: D102
-        cpu._check_tensor(x, "x")
-        cpu._check_stream(x.numel(), seed, offset, threshold)
+        check_cpu_tensor(x, "x")
+        check_stream(x.numel(), seed, offset, threshold)
         if x.requires_grad:
             x = x.detach()
         return fallback.dropout_forward(x, seed, offset, threshold, scale)
@@ -327,11 +313,11 @@ class ColdCPU:
 
     @staticmethod
     def dropout_forward_out(x, out, seed, offset, threshold, scale):  # noqa: D102
-        cpu._check_tensor(x, "x")
-        cpu._check_tensor(out, "out", x.dtype)
+        check_cpu_tensor(x, "x")
+        check_cpu_tensor(out, "out", x.dtype)
         if out.shape != x.shape:
             raise ValueError(f"out must have x's shape {tuple(x.shape)}, got {tuple(out.shape)}")
-        cpu._check_stream(x.numel(), seed, offset, threshold)
+        check_stream(x.numel(), seed, offset, threshold)
         if x.requires_grad:
             x = x.detach()
         with torch.no_grad():
@@ -343,16 +329,16 @@ class ColdCPU:
             raise ValueError(f"device must be cpu for the numba kernels, got {device}")
         if not isinstance(n, int) or n < 0:
             raise ValueError(f"n must be a non-negative integer, got {n!r}")
-        cpu._check_stream(n, seed, offset, threshold)
+        check_stream(n, seed, offset, threshold)
         return fallback.keep_mask(n, seed, offset, threshold, "cpu")
 
     @staticmethod
     def bias_dropout_add(x, bias, residual, seed, offset, threshold, scale):  # noqa: D102
-        cpu._check_tensor(x, "x")
-        cpu._check_tensor(bias, "bias", x.dtype)
-        cpu._check_tensor(residual, "residual", x.dtype)
+        check_cpu_tensor(x, "x")
+        check_cpu_tensor(bias, "bias", x.dtype)
+        check_cpu_tensor(residual, "residual", x.dtype)
         check_bias_residual(x, bias, residual)
-        cpu._check_stream(x.numel(), seed, offset, threshold)
+        check_stream(x.numel(), seed, offset, threshold)
         x, bias, residual = (t.detach() for t in (x, bias, residual))
         return fallback.bias_dropout_add(x, bias, residual, seed, offset, threshold, scale)
 
@@ -363,26 +349,20 @@ class ColdNoise:
 
     @staticmethod
     def uniform(n, seed, offset):  # noqa: D102
-        noise_cpu._check_stream(n, seed, offset)
+        check_noise_stream(n, seed, offset)
         return noise_fallback.uniform(n, seed, offset, "cpu")
 
     @staticmethod
     def normal(n, seed, offset, dtype=torch.float32):  # noqa: D102
-        noise_cpu._check_stream(n, seed, offset)
+        check_noise_stream(n, seed, offset)
         return noise_fallback.normal(n, seed, offset, "cpu", dtype)
 
     @staticmethod
     def gaussian_multiply(x, seed, offset, std):  # noqa: D102
-        noise_cpu.check_tensor(
-            x,
-            "x",
-            None,
-            isinstance(x, torch.Tensor) and x.device.type == "cpu",
-            f"a CPU tensor for the numba kernels, got device {getattr(x, 'device', None)}",
-        )
+        check_cpu_tensor(x, "x")
         if x.dtype not in (torch.float32, torch.float64):
             raise TypeError(f"x must be float32 or float64, got {x.dtype}")
-        noise_cpu._check_stream(x.numel(), seed, offset)
+        check_noise_stream(x.numel(), seed, offset)
         with torch.no_grad():
             return noise_fallback.gaussian_multiply(x.detach(), seed, offset, std)
 
@@ -416,7 +396,7 @@ def _main(argv: list[str]) -> int:
             from dropkit.kernels import native
 
             try:
-                native._kernels()  # the cfuncs, cached for the process that loads the library
+                native.kernel_addresses()  # the cfuncs, cached for the process that loads the library
                 native.build()
             except Exception as error:  # recorded in the build folder; the Python path serves
                 print(f"warm-up: native: {type(error).__name__}: {error}", file=sys.stderr)

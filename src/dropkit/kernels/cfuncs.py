@@ -6,9 +6,15 @@ Compiled (or loaded from numba's disk cache) when this module is imported; only
 
 from __future__ import annotations
 
+import torch
 from numba import carray, cfunc, types
 
-from dropkit.kernels.cpu import _dropout_bf16_ser, _dropout_f16_ser, _dropout_float_ser
+from dropkit.kernels.cpu import DROPOUT_DRIVERS
+
+# The serial dropout drivers (numba dispatchers, called from the cfuncs below by numba itself).
+_dropout_float_ser = DROPOUT_DRIVERS[torch.float32][1]
+_dropout_f16_ser = DROPOUT_DRIVERS[torch.float16][1]
+_dropout_bf16_ser = DROPOUT_DRIVERS[torch.bfloat16][1]
 
 
 def _signature(element: types.Type, scale: types.Type) -> types.Type:
