@@ -26,6 +26,8 @@ import shlex
 import sys
 from collections.abc import Sequence
 
+from dropkit._validate import check_int_range, check_rates, check_seed
+
 __all__ = ["main", "build_parser"]
 
 EXIT_BAD_INPUT = 2
@@ -243,18 +245,12 @@ def _check_flags(args: argparse.Namespace, task: str) -> None:
                 f"{flag} applies to {'regression' if task == 'classification' else 'classification'} "
                 f"studies only, and this study is a {task} one"
             )
-    _check_seed(args.seed)
-    _check_threads(args.threads)
+    check_seed(args.seed, "--seed")
+    # torch.set_num_threads(100000) asks OpenMP for that many threads and crashes the process.
+    check_int_range(
+        args.threads, "--threads", 1, _usable_cores(), note="the CPU cores this process may use"
+    )
     _check_writable(args.out)
-
-
-#: The largest seed: NumPy's legacy generator and Optuna's samplers take 32-bit seeds.
-MAX_SEED = 2**32 - 1
-
-
-def _check_seed(seed: int) -> None:
-    if not 0 <= seed <= MAX_SEED:
-        raise ValueError(f"--seed must be an int in [0, {MAX_SEED}] (32 bits), got {seed}")
 
 
 def _usable_cores() -> int:
@@ -263,16 +259,6 @@ def _usable_cores() -> int:
         return len(os.sched_getaffinity(0))
     except (AttributeError, OSError):
         return os.cpu_count() or 1
-
-
-def _check_threads(threads: int) -> None:
-    # torch.set_num_threads(100000) asks OpenMP for that many threads and crashes the process.
-    cores = _usable_cores()
-    if not 1 <= threads <= cores:
-        raise ValueError(
-            f"--threads must be an int in [1, {cores}] (the CPU cores this process may use), "
-            f"got {threads}"
-        )
 
 
 def _check_writable(out: str) -> None:
@@ -388,11 +374,7 @@ def _study(args: argparse.Namespace, argv: Sequence[str]) -> int:
             resolved = config.resolved()
         except (ValueError, TypeError) as err:
             raise type(err)(_flag_name(str(err))) from None
-        for i, p in enumerate(resolved.grid):
-            if not 0.0 < p < 1.0:
-                raise ValueError(f"--grid rates must be in (0, 1), got {p!r} at position {i}")
-        if len(set(resolved.grid)) != len(resolved.grid):
-            raise ValueError(f"--grid must not repeat a rate, got {list(resolved.grid)}")
+        check_rates(resolved.grid, "--grid")
         keep = [args.data] if args.data else []
         out_dir = report.check_target(args.out, keep=keep)
         dataset = study.load_study_data(resolved)

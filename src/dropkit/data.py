@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from dropkit._validate import check_open_unit
+
 __all__ = [
     "Dataset",
     "load_mnist1d",
@@ -134,8 +136,7 @@ def split_train_val(
     x: torch.Tensor, y: torch.Tensor, val_fraction: float = 0.2, seed: int = 0
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """A seeded random split of (x, y) into (x_train, y_train, x_val, y_val)."""
-    if not 0.0 < val_fraction < 1.0:
-        raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction!r}")
+    check_open_unit(val_fraction, "val_fraction")
     n = int(x.shape[0])
     train, val = _split_indices(n, val_fraction, seed)
     if len(train) == 0 or len(val) == 0:
@@ -402,8 +403,7 @@ def load_table(
         (torch.Size([16, 2]), torch.Size([4, 2]), ['no', 'yes'])
     """
     path = os.fspath(path)
-    if not 0.0 < test_fraction < 1.0:
-        raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction!r}")
+    check_open_unit(test_fraction, "test_fraction")
     features, x, labels = read_table(path, label)
     n = len(labels)
     if n < MIN_TABLE_ROWS:

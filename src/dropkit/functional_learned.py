@@ -27,14 +27,13 @@ and on every device, and backward regenerates it from the seed instead of storin
 
 from __future__ import annotations
 
-import math
 import numbers
 
 import torch
 import torch.nn.functional as F
 
 from dropkit import noise as _noise
-from dropkit._validate import check_float_tensor, check_positive_int, check_training
+from dropkit._validate import check_float_tensor, check_positive_int, check_real, check_training
 
 __all__ = [
     "relaxed_bernoulli_mask",
@@ -72,26 +71,11 @@ MOLCHANOV_K3 = 1.48695
 # precision and log θ² of a weight at 0 would be −inf.
 LOG_ALPHA_CLAMP = 10.0
 # Variance floor in the local reparameterisation: sqrt has an infinite gradient at 0.
-_VAR_EPS = 1e-8
+VAR_EPS = 1e-8
 
 
 # --------------------------------------------------------------------------------------------------
 # argument checks shared by the functions below
-
-
-def _check_real(value: object, name: str, *, positive: bool = False, nonneg: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(
-            f"{name} must be a real number, got {value!r} of type {type(value).__name__}"
-        )
-    value = float(value)
-    if math.isnan(value) or math.isinf(value):
-        raise ValueError(f"{name} must be a finite number, got {value!r}")
-    if positive and value <= 0.0:
-        raise ValueError(f"{name} must be a number > 0, got {value!r}")
-    if nonneg and value < 0.0:
-        raise ValueError(f"{name} must be a number >= 0, got {value!r}")
-    return value
 
 
 def _as_open_probability(p: object, name: str, like: torch.Tensor) -> torch.Tensor:
@@ -206,8 +190,8 @@ def relaxed_bernoulli_mask(
     """
     like = p if isinstance(p, torch.Tensor) else torch.empty((), dtype=dtype, device=device)
     p = _as_open_probability(p, "p", like)
-    temperature = _check_real(temperature, "temperature", positive=True)
-    eps = _check_real(eps, "eps", nonneg=True)
+    temperature = check_real(temperature, "temperature", positive=True)
+    eps = check_real(eps, "eps", nonneg=True)
     shape = tuple(int(s) for s in shape)
     _check_broadcasts(p, torch.Size(shape), "p", "mask")
     u = _noise.uniform(shape, dtype=p.dtype, device=p.device, generator=generator)
@@ -262,8 +246,8 @@ def concrete_dropout(
     _check_broadcasts(p, input.shape, "p", "input")
     if not training:
         return input
-    temperature = _check_real(temperature, "temperature", positive=True)
-    eps = _check_real(eps, "eps", nonneg=True)
+    temperature = check_real(temperature, "temperature", positive=True)
+    eps = check_real(eps, "eps", nonneg=True)
     # relaxed_bernoulli_mask's maths in one op whose backward regenerates u from the seed.
     return _noise.concrete_dropout(input, p, temperature, eps, generator)
 
@@ -304,15 +288,15 @@ def concrete_dropout_regularizer(
             f"p must be a single rate for the regulariser, got a tensor of shape {tuple(p.shape)}"
         )
     input_dim = check_positive_int(input_dim, "input_dim")
-    weight_regularizer = _check_real(weight_regularizer, "weight_regularizer", nonneg=True)
-    dropout_regularizer = _check_real(dropout_regularizer, "dropout_regularizer", nonneg=True)
+    weight_regularizer = check_real(weight_regularizer, "weight_regularizer", nonneg=True)
+    dropout_regularizer = check_real(dropout_regularizer, "dropout_regularizer", nonneg=True)
     if isinstance(weight_sq_sum, torch.Tensor):
         if weight_sq_sum.numel() != 1:
             raise ValueError(
                 f"weight_sq_sum must be a scalar, got a tensor of shape {tuple(weight_sq_sum.shape)}"
             )
     else:
-        weight_sq_sum = _check_real(weight_sq_sum, "weight_sq_sum", nonneg=True)
+        weight_sq_sum = check_real(weight_sq_sum, "weight_sq_sum", nonneg=True)
     p = p.reshape(())
     weight_term = weight_regularizer * weight_sq_sum / (1.0 - p)
     neg_entropy = p * torch.log(p) + (1.0 - p) * torch.log1p(-p)
@@ -343,8 +327,8 @@ def concrete_regularizer_weights(
         (0.0001, 0.01)
     """
     n_data = check_positive_int(n_data, "n_data")
-    length_scale = _check_real(length_scale, "length_scale", positive=True)
-    precision = _check_real(precision, "precision", positive=True)
+    length_scale = check_real(length_scale, "length_scale", positive=True)
+    precision = check_real(precision, "precision", positive=True)
     return length_scale**2 / n_data, 2.0 / (precision * n_data)
 
 
@@ -441,7 +425,7 @@ def variational_linear(
         return mean
     alpha = torch.exp(log_alpha.clamp(max=0.0))
     var = F.linear(input * input, alpha * weight * weight)
-    return _noise.gaussian_reparam(mean, var, _VAR_EPS, generator)
+    return _noise.gaussian_reparam(mean, var, VAR_EPS, generator)
 
 
 def variational_dropout_kl(log_alpha: torch.Tensor) -> torch.Tensor:
@@ -512,10 +496,6 @@ def clamped_log_alpha(
     return log_alpha.clamp(-bound, bound)
 
 
-def _check_threshold(threshold: object) -> float:
-    return _check_real(threshold, "threshold")
-
-
 def sparse_variational_linear(
     input: torch.Tensor,
     weight: torch.Tensor,
@@ -558,14 +538,14 @@ def sparse_variational_linear(
     """
     training = check_training(training)
     weight = _check_linear(input, weight, bias, "sparse_variational_linear")
-    threshold = _check_threshold(threshold)
+    threshold = check_real(threshold, "threshold")
     _check_log_sigma2(log_sigma2, weight)
     if not training:
         log_alpha = sparse_variational_log_alpha(weight, log_sigma2)
         return F.linear(input, weight * (log_alpha < threshold).to(weight.dtype), bias)
     mean = F.linear(input, weight, bias)
     var = F.linear(input * input, torch.exp(log_sigma2))
-    return _noise.gaussian_reparam(mean, var, _VAR_EPS, generator)
+    return _noise.gaussian_reparam(mean, var, VAR_EPS, generator)
 
 
 def sparse_variational_conv2d(
@@ -617,7 +597,7 @@ def sparse_variational_conv2d(
         raise ValueError(
             f"sparse_variational_conv2d expects input of rank 3-D or 4-D, got a {input.dim()}-D tensor of shape {tuple(input.shape)}"
         )
-    threshold = _check_threshold(threshold)
+    threshold = check_real(threshold, "threshold")
     _check_log_sigma2(log_sigma2, weight)
     conv = lambda x, w, b: F.conv2d(x, w, b, stride, padding, dilation, groups)  # noqa: E731
     if not training:
@@ -625,7 +605,7 @@ def sparse_variational_conv2d(
         return conv(input, weight * (log_alpha < threshold).to(weight.dtype), bias)
     mean = conv(input, weight, bias)
     var = conv(input * input, torch.exp(log_sigma2), None)
-    return _noise.gaussian_reparam(mean, var, _VAR_EPS, generator)
+    return _noise.gaussian_reparam(mean, var, VAR_EPS, generator)
 
 
 def sparse_variational_dropout_kl(log_alpha: torch.Tensor) -> torch.Tensor:
@@ -684,7 +664,7 @@ def elbo_loss(
     if not isinstance(nll, torch.Tensor) or nll.numel() != 1:
         raise TypeError(f"nll must be a scalar tensor (the mean NLL), got {nll!r}")
     n_data = check_positive_int(n_data, "n_data")
-    kl_weight = _check_real(kl_weight, "kl_weight", nonneg=True)
+    kl_weight = check_real(kl_weight, "kl_weight", nonneg=True)
     return nll.reshape(()) * n_data + kl_weight * kl
 
 
@@ -710,9 +690,9 @@ def standout_keep_prob(
     """
     check_float_tensor(pre_activation, "pre_activation")
     if not isinstance(alpha, torch.Tensor):
-        alpha = _check_real(alpha, "alpha")
+        alpha = check_real(alpha, "alpha")
     if not isinstance(beta, torch.Tensor):
-        beta = _check_real(beta, "beta")
+        beta = check_real(beta, "beta")
     return standout_sigmoid(pre_activation, alpha, beta)
 
 

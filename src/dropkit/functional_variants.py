@@ -23,7 +23,6 @@ Papers:
 from __future__ import annotations
 
 import math
-import numbers
 from collections.abc import Callable, Sequence
 
 import torch
@@ -34,7 +33,11 @@ from dropkit import noise as _noise
 from dropkit import ops, rng
 from dropkit._masking import apply_kept, dropout, eval_scale, train_scale
 from dropkit._validate import (
+    check_bool,
+    check_choice,
     check_float_tensor,
+    check_int_tuple,
+    check_min_rank,
     check_positive_int,
     check_probability,
     check_rank,
@@ -57,41 +60,6 @@ __all__ = [
     "locked_dropout",
     "embedding_dropout",
 ]
-
-
-def _check_choice(value: object, name: str, allowed: tuple[str, ...]) -> str:
-    if value not in allowed:
-        raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
-    return value  # type: ignore[return-value]
-
-
-def _check_bool(value: object, name: str) -> bool:
-    if not isinstance(value, bool):
-        raise TypeError(f"{name} must be a bool, got {value!r} of type {type(value).__name__}")
-    return value
-
-
-def _check_min_rank(x: torch.Tensor, minimum: int, what: str) -> None:
-    if x.dim() < minimum:
-        raise ValueError(
-            f"{what} expects input of rank >= {minimum}, got a {x.dim()}-D tensor of shape {tuple(x.shape)}"
-        )
-
-
-def _block_size_tuple(block_size: int | Sequence[int], spatial_dims: int) -> tuple[int, ...]:
-    if isinstance(block_size, numbers.Integral) and not isinstance(block_size, bool):
-        return (check_positive_int(block_size, "block_size"),) * spatial_dims
-    if isinstance(block_size, Sequence) and not isinstance(block_size, (str, bytes)):
-        if len(block_size) != spatial_dims:
-            raise ValueError(
-                f"block_size must be an int or {spatial_dims} ints (one per spatial dim), "
-                f"got {tuple(block_size)!r}"
-            )
-        return tuple(check_positive_int(b, "block_size") for b in block_size)
-    raise TypeError(
-        f"block_size must be an int or a sequence of {spatial_dims} ints, got {block_size!r} "
-        f"of type {type(block_size).__name__}"
-    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -130,7 +98,7 @@ def drop_block_gamma(p: float, block_size: int | Sequence[int], feat_size: Seque
         raise TypeError(
             f"feat_size must be a sequence of ints, one per spatial dim, got {feat_size!r}"
         )
-    block = _block_size_tuple(block_size, len(feat))
+    block = check_int_tuple(block_size, "block_size", len(feat))
     if any(b > f for b, f in zip(block, feat, strict=True)):
         raise ValueError(
             f"block_size {block} must fit in the feature map {feat}: each entry <= the matching size"
@@ -156,9 +124,9 @@ def _drop_block(
     check_float_tensor(input)
     p = check_probability(p, allow_one=False)
     check_rank(input, (spatial_dims + 1, spatial_dims + 2), name)
-    block = _block_size_tuple(block_size, spatial_dims)
-    _check_bool(share_channels, "share_channels")
-    _check_choice(normalize, "normalize", ("batch", "sample"))
+    block = check_int_tuple(block_size, "block_size", spatial_dims)
+    check_bool(share_channels, "share_channels")
+    check_choice(normalize, "normalize", ("batch", "sample"))
     if not training or p == 0.0:
         # No mask is drawn, so the block need not fit: the input as is (torchvision's rule too).
         return input
@@ -343,9 +311,9 @@ def drop_path(
     check_float_tensor(input)
     p = check_probability(p)
     check_scaling(scaling)
-    _check_choice(mode, "mode", ("row", "batch"))
-    _check_bool(scale_by_keep, "scale_by_keep")
-    _check_min_rank(input, 1, "drop_path (N, *)")
+    check_choice(mode, "mode", ("row", "batch"))
+    check_bool(scale_by_keep, "scale_by_keep")
+    check_min_rank(input, 1, "drop_path (N, *)")
     if not training:
         factor = eval_scale(p, scaling)
         if factor == 1.0:
@@ -408,7 +376,7 @@ def drop_head(
     training = check_training(training)
     check_float_tensor(input)
     p = check_probability(p)
-    _check_choice(normalize, "normalize", ("heads", "inverted"))
+    check_choice(normalize, "normalize", ("heads", "inverted"))
     check_rank(input, (4,), "drop_head (N, H, L, D)")
     if not training or p == 0.0:
         return input
@@ -468,9 +436,9 @@ def attention_dropout(
     training = check_training(training)
     check_float_tensor(input)
     p = check_probability(p)
-    _check_choice(mode, "mode", ("element", "key"))
-    _check_choice(normalize, "normalize", ("inverted", "rows"))
-    _check_min_rank(input, 2, "attention_dropout (…, L, S)")
+    check_choice(mode, "mode", ("element", "key"))
+    check_choice(normalize, "normalize", ("inverted", "rows"))
+    check_min_rank(input, 2, "attention_dropout (…, L, S)")
     if not training or p == 0.0:
         return input
     if normalize == "inverted":
@@ -561,8 +529,8 @@ def _check_drop_connect_args(
     check_float_tensor(weight, "weight")
     if bias is not None:
         check_float_tensor(bias, "bias")
-    _check_bool(per_sample, "per_sample")
-    _check_bool(drop_bias, "drop_bias")
+    check_bool(per_sample, "per_sample")
+    check_bool(drop_bias, "drop_bias")
 
 
 def drop_connect_linear(
@@ -616,7 +584,7 @@ def drop_connect_linear(
     check_scaling(scaling)
     check_rank(weight, (2,), "drop_connect_linear", "weight")
     if per_sample and training:
-        _check_min_rank(input, 2, "drop_connect_linear with per_sample=True")
+        check_min_rank(input, 2, "drop_connect_linear with per_sample=True")
     if input.shape[-1] != weight.shape[1]:
         raise ValueError(
             f"drop_connect_linear: input's last dim ({input.shape[-1]}) must equal weight's "
@@ -889,7 +857,7 @@ def locked_dropout(
         True
     """
     training = check_training(training)
-    _check_bool(batch_first, "batch_first")
+    check_bool(batch_first, "batch_first")
     if isinstance(input, PackedSequence):
         data = check_float_tensor(input.data, "input.data")
         p = check_probability(p)

@@ -51,6 +51,7 @@ import torch
 
 from dropkit import ops as _ops  # noqa: F401  (registers dropkit::draw_seed)
 from dropkit import rng
+from dropkit._validate import check_float_dtype, check_shape
 from dropkit.kernels import noise as kernels
 
 __all__ = [
@@ -187,20 +188,6 @@ def _(shape, seed, normal, dtype, device):
     return torch.empty(shape, dtype=dtype, device=device)
 
 
-def _check_shape(shape: Sequence[int]) -> list[int]:
-    if isinstance(shape, int) or not all(
-        isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in shape
-    ):
-        raise TypeError(f"shape must be a sequence of ints >= 0, got {shape!r}")
-    return [int(s) for s in shape]
-
-
-def _check_dtype(dtype: object) -> torch.dtype:
-    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
-        raise TypeError(f"dtype must be a floating-point torch.dtype, got {dtype!r}")
-    return dtype
-
-
 def uniform(
     shape: Sequence[int],
     *,
@@ -217,8 +204,8 @@ def uniform(
         >>> bool(u.min() >= 0 and u.max() < 1)
         True
     """
-    shape = _check_shape(shape)
-    dtype = _check_dtype(dtype)
+    shape = check_shape(shape)
+    dtype = check_float_dtype(dtype)
     device = torch.device("cpu" if device is None else device)
     if _functorch_active():
         return _plain_noise(shape, rng.draw_seed(generator), False, dtype, device)
@@ -240,8 +227,8 @@ def normal(
         >>> noise.normal((2, 2), dtype=torch.float64).dtype
         torch.float64
     """
-    shape = _check_shape(shape)
-    dtype = _check_dtype(dtype)
+    shape = check_shape(shape)
+    dtype = check_float_dtype(dtype)
     device = torch.device("cpu" if device is None else device)
     if _functorch_active():
         return _plain_noise(shape, rng.draw_seed(generator), True, dtype, device)

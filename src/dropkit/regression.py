@@ -45,7 +45,16 @@ import numpy as np
 import torch
 
 from dropkit import uncertainty as U
-from dropkit._validate import check_positive_int, check_probability
+from dropkit._validate import (
+    check_nonneg_int,
+    check_open_unit,
+    check_positive_finite,
+    check_positive_int,
+    check_probability,
+    check_rates,
+    check_real,
+    check_taus,
+)
 from dropkit.models import MLP
 
 __all__ = [
@@ -152,56 +161,14 @@ class RegressionConfig:
         if not out.hidden:
             raise ValueError("hidden must hold at least one layer width, got none")
         out.batch_size = check_positive_int(self.batch_size, "batch_size")
-        out.lr = _positive_float(self.lr, "lr")
-        out.length_scale = _positive_float(self.length_scale, "length_scale")
-        out.rates = _check_rates(self.rates, "rates")
-        out.taus = None if self.taus is None else _check_taus(self.taus, "taus")
+        out.lr = check_positive_finite(self.lr, "lr")
+        out.length_scale = check_positive_finite(self.length_scale, "length_scale")
+        out.rates = check_rates(self.rates, "rates")
+        out.taus = None if self.taus is None else check_taus(self.taus, "taus")
         for name in ("test_fraction", "val_fraction"):
-            value = getattr(self, name)
-            if not (isinstance(value, (int, float)) and 0.0 < value < 1.0):
-                raise ValueError(f"{name} must be in (0, 1), got {value!r}")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
-            raise ValueError(f"seed must be an int >= 0, got {self.seed!r}")
+            check_open_unit(getattr(self, name), name)
+        check_nonneg_int(self.seed, "seed")
         return out
-
-
-def _positive_float(value: object, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ValueError(f"{name} must be a positive finite number, got {value!r}")
-    if value <= 0:
-        raise ValueError(f"{name} must be a positive finite number, got {value!r}")
-    return float(value)
-
-
-def _check_rates(rates: Sequence[float], name: str) -> tuple[float, ...]:
-    values = tuple(rates)
-    if not values:
-        raise ValueError(f"{name} must hold at least one dropout rate, got none")
-    for i, p in enumerate(values):
-        if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0.0 < p < 1.0:
-            raise ValueError(f"{name}: dropout rates must be in (0, 1), got {p!r} at position {i}")
-    if len(set(values)) != len(values):
-        raise ValueError(f"{name} must not repeat a rate, got {list(values)}")
-    return tuple(float(p) for p in values)
-
-
-def _check_taus(taus: Sequence[float], name: str) -> tuple[float, ...]:
-    values = tuple(taus)
-    if not values:
-        raise ValueError(f"{name} must hold at least one precision τ, got none")
-    for i, tau in enumerate(values):
-        if (
-            isinstance(tau, bool)
-            or not isinstance(tau, (int, float))
-            or not math.isfinite(tau)
-            or tau <= 0
-        ):
-            raise ValueError(
-                f"{name}: precisions τ must be positive finite numbers, got {tau!r} at position {i}"
-            )
-    if len(set(values)) != len(values):
-        raise ValueError(f"{name} must not repeat a value, got {list(values)}")
-    return tuple(float(t) for t in values)
 
 
 @dataclass
@@ -392,13 +359,11 @@ def train_dropout_ensemble(
             f"rates and weight_decays must be non-empty and of equal length, got {len(rates)} "
             f"and {len(decays)}"
         )
-    for i, lam in enumerate(decays):
-        if isinstance(lam, bool) or not isinstance(lam, (int, float)) or not 0 <= lam < math.inf:
-            raise ValueError(f"weight_decays[{i}] must be a finite number >= 0, got {lam!r}")
+    decays = [check_real(lam, f"weight_decays[{i}]", nonneg=True) for i, lam in enumerate(decays)]
     hidden = [check_positive_int(h, f"hidden[{i}]") for i, h in enumerate(hidden)]
     epochs = check_positive_int(epochs, "epochs")
     batch_size = check_positive_int(batch_size, "batch_size")
-    lr = _positive_float(lr, "lr")
+    lr = check_positive_finite(lr, "lr")
     n, d = x.shape
     m = len(rates)
     sizes = [d, *hidden, 1]

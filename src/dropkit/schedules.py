@@ -20,14 +20,19 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import math
-import numbers
 import re
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from torch import nn
 
-from dropkit._validate import check_positive_int, check_probability
+from dropkit._validate import (
+    check_bool,
+    check_nonneg_int,
+    check_positive_finite,
+    check_positive_int,
+    check_probability,
+)
 from dropkit.layers.base import DropoutBase, is_dropout_module
 
 __all__ = [
@@ -42,14 +47,6 @@ __all__ = [
 ]
 
 
-def _check_step(t: object) -> int:
-    if isinstance(t, bool) or not isinstance(t, numbers.Integral):
-        raise TypeError(f"t must be an integer >= 0, got {t!r} of type {type(t).__name__}")
-    if t < 0:
-        raise ValueError(f"t must be an integer >= 0, got {t!r}")
-    return int(t)
-
-
 class Schedule:
     """A dropout-rate schedule: ``schedule(t)`` is the rate at step (or epoch) ``t``.
 
@@ -60,7 +57,7 @@ class Schedule:
         raise NotImplementedError
 
     def __call__(self, t: int) -> float:
-        return self.rate(_check_step(t))
+        return self.rate(check_nonneg_int(t, "t"))
 
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in vars(self).items())
@@ -118,11 +115,7 @@ class _Step(Schedule):
 class _Curriculum(Schedule):
     def __init__(self, p_final: float, gamma: float) -> None:
         self.p_final = check_probability(p_final, "p_final")
-        if isinstance(gamma, bool) or not isinstance(gamma, numbers.Real):
-            raise TypeError(f"gamma must be a positive number, got {gamma!r}")
-        if not math.isfinite(gamma) or gamma <= 0:
-            raise ValueError(f"gamma must be a positive finite number, got {gamma!r}")
-        self.gamma = float(gamma)
+        self.gamma = check_positive_finite(gamma, "gamma")
 
     def rate(self, t: int) -> float:
         return self.p_final * (1.0 - math.exp(-self.gamma * t))
@@ -268,8 +261,7 @@ class DropoutScheduler:
                 raise TypeError(f"types must be a class or a tuple of classes, got {types!r}")
         if where is not None and not callable(where):
             raise TypeError(f"where must be a callable (name, module) -> bool, got {where!r}")
-        if not isinstance(relative, bool):
-            raise TypeError(f"relative must be a bool, got {relative!r}")
+        relative = check_bool(relative, "relative")
         selected: dict[str, nn.Module] = {}
         for name, module in model.named_modules():
             if not is_dropout_module(module) or not getattr(module, "schedulable", True):
@@ -297,7 +289,7 @@ class DropoutScheduler:
 
     def rates(self, t: int) -> dict[str, float]:
         """The rate each scheduled module gets at step ``t`` (without applying it)."""
-        value = float(self.schedule(_check_step(t)))
+        value = float(self.schedule(check_nonneg_int(t, "t")))
         if self.relative:
             if not math.isfinite(value) or value < 0.0:
                 raise ValueError(
@@ -338,7 +330,7 @@ class DropoutScheduler:
         unknown = set(base_p) - set(self.modules)
         if unknown:
             raise ValueError(f"state names modules this scheduler does not hold: {sorted(unknown)}")
-        self.t = _check_step(state["t"])
+        self.t = check_nonneg_int(state["t"], "t")
         self.base_p.update({k: float(v) for k, v in base_p.items()})
         self._apply()
 

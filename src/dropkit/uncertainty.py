@@ -39,12 +39,19 @@ arithmetic mean; :func:`weight_scaling_gap` measures both distances.
 from __future__ import annotations
 
 import math
-import numbers
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from dropkit._validate import (
+    check_choice,
+    check_open_unit,
+    check_positive_finite,
+    check_positive_int,
+    check_probability,
+)
 
 __all__ = [
     "ClassificationUncertainty",
@@ -138,17 +145,6 @@ def _labels(labels: object, n: int, n_classes: int | None = None) -> np.ndarray:
             f"labels must be in [0, {n_classes}), got values in [{arr.min()}, {arr.max()}]"
         )
     return arr
-
-
-def _positive(value: object, name: str) -> float:
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, numbers.Real)
-        or not math.isfinite(value)
-        or value <= 0
-    ):
-        raise ValueError(f"{name} must be a positive finite number, got {value!r}")
-    return float(value)
 
 
 def _entropy(p: np.ndarray) -> np.ndarray:
@@ -316,19 +312,18 @@ WEIGHT_DECAY_CONVENTIONS: dict[str, tuple[float, str]] = {
 
 
 def _convention_factor(convention: object) -> float:
-    if not isinstance(convention, str) or convention not in WEIGHT_DECAY_CONVENTIONS:
-        raise ValueError(
-            f"convention must be one of {sorted(WEIGHT_DECAY_CONVENTIONS)} (the objective the weight "
-            f"decay belongs to), got {convention!r}"
-        )
+    convention = check_choice(
+        convention,
+        "convention",
+        sorted(WEIGHT_DECAY_CONVENTIONS),
+        why="the objective the weight decay belongs to",
+    )
     return WEIGHT_DECAY_CONVENTIONS[convention][0]
 
 
 def _prior_terms(p: object, n_train: object, length_scale: object) -> float:
     """l² (1 − p) / (2 N), the numerator of Gal's eq. 7 over 2N, after checking each argument."""
-    from dropkit._validate import check_positive_int, check_probability
-
-    l = _positive(length_scale, "length_scale")  # noqa: E741 - the paper's symbol
+    l = check_positive_finite(length_scale, "length_scale")  # noqa: E741 - the paper's symbol
     p = check_probability(p, "p", allow_one=False)
     n = check_positive_int(n_train, "n_train")
     return l * l * (1.0 - p) / (2.0 * n)
@@ -359,7 +354,7 @@ def weight_decay_from_tau(
         4e-05
     """
     factor = _convention_factor(convention)
-    return factor * _prior_terms(p, n_train, length_scale) / _positive(tau, "tau")
+    return factor * _prior_terms(p, n_train, length_scale) / check_positive_finite(tau, "tau")
 
 
 def tau_from_weight_decay(
@@ -376,7 +371,11 @@ def tau_from_weight_decay(
         50.0
     """
     factor = _convention_factor(convention)
-    return factor * _prior_terms(p, n_train, length_scale) / _positive(weight_decay, "weight_decay")
+    return (
+        factor
+        * _prior_terms(p, n_train, length_scale)
+        / check_positive_finite(weight_decay, "weight_decay")
+    )
 
 
 def tau_from_prior(
@@ -432,7 +431,7 @@ def regression_uncertainty(samples: object, tau: float) -> RegressionUncertainty
         (array([2., 2.]), array([1.25, 0.25]))
     """
     arr = _regression_samples(samples)
-    tau = _positive(tau, "tau")
+    tau = check_positive_finite(tau, "tau")
     model_var = arr.var(0)
     return RegressionUncertainty(arr.mean(0), model_var + 1.0 / tau, model_var)
 
@@ -465,7 +464,7 @@ def gaussian_log_likelihood(
         raise ValueError(
             f"targets must have shape {arr.shape[1:]} to match samples {arr.shape}, got {y.shape}"
         )
-    tau = _positive(tau, "tau")
+    tau = check_positive_finite(tau, "tau")
     if reduction not in ("mean", "none"):
         raise ValueError(f"reduction must be 'mean' or 'none', got {reduction!r}")
     sq = (y[None] - arr) ** 2
@@ -507,7 +506,7 @@ def _mixture(samples: object, tau: float, targets: object | None = None):
         raise ValueError(f"samples must have shape (T, N) or (T, N, 1), got {arr.shape}")
     if not np.isfinite(arr).all():
         raise ValueError("samples must be finite (a NaN or inf prediction has no interval)")
-    tau = _positive(tau, "tau")
+    tau = check_positive_finite(tau, "tau")
     if targets is None:
         return arr, tau, None
     y = _array(targets, "targets").astype(np.float64)
@@ -547,17 +546,6 @@ def predictive_cdf(samples: object, targets: object, tau: float) -> np.ndarray:
     return _mixture_cdf(arr, tau, y)
 
 
-def _check_level(level: object, name: str = "level") -> float:
-    if (
-        isinstance(level, bool)
-        or not isinstance(level, numbers.Real)
-        or not math.isfinite(level)
-        or not 0.0 < level < 1.0
-    ):
-        raise ValueError(f"{name} must be a number in (0, 1), got {level!r}")
-    return float(level)
-
-
 def predictive_interval(
     samples: object, tau: float, level: float = 0.95
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -576,7 +564,7 @@ def predictive_interval(
         array([1.96, 1.96])
     """
     arr, tau, _ = _mixture(samples, tau)
-    level = _check_level(level)
+    level = check_open_unit(level, "level")
     sigma = 1.0 / math.sqrt(tau)
     bounds = []
     for q in ((1.0 - level) / 2.0, (1.0 + level) / 2.0):
@@ -623,7 +611,7 @@ def interval_coverage(
     arr, tau, y = _mixture(samples, tau, targets)
     if isinstance(levels, (str, bytes)) or not isinstance(levels, (list, tuple, np.ndarray)):
         raise TypeError(f"levels must be a sequence of numbers in (0, 1), got {levels!r}")
-    checked = [_check_level(c, "levels") for c in levels]
+    checked = [check_open_unit(c, "levels") for c in levels]
     if not checked:
         raise ValueError("levels must hold at least one level, got none")
     u = _mixture_cdf(arr, tau, y)
@@ -661,12 +649,6 @@ def brier_score(probs: object, labels: object) -> float:
     return float(((p - onehot) ** 2).sum(-1).mean())
 
 
-def _check_bins(n_bins: object) -> int:
-    from dropkit._validate import check_positive_int
-
-    return check_positive_int(n_bins, "n_bins")
-
-
 def reliability_bins(probs: object, labels: object, n_bins: int = 15) -> dict[str, np.ndarray]:
     """Equal-width confidence bins: per bin the mean confidence, the accuracy and the count.
 
@@ -684,7 +666,7 @@ def reliability_bins(probs: object, labels: object, n_bins: int = 15) -> dict[st
     """
     p = _probs(probs)
     y = _labels(labels, p.shape[0], p.shape[1])
-    n_bins = _check_bins(n_bins)
+    n_bins = check_positive_int(n_bins, "n_bins")
     conf = p.max(-1)
     correct = (p.argmax(-1) == y).astype(np.float64)
     edges = np.linspace(0.0, 1.0, n_bins + 1)
@@ -762,7 +744,7 @@ def reliability_diagram(
         raise ValueError("labels must be given (N,) class indices")
     fig, ax = _figure_for(ax, (4.5, 4.5))
     ax.plot([0, 1], [0, 1], ls="--", color="0.6", lw=1, label="perfect calibration")
-    width = 1.0 / _check_bins(n_bins)
+    width = 1.0 / check_positive_int(n_bins, "n_bins")
     for i, (name, p) in enumerate(series.items()):
         bins = reliability_bins(p, labels, n_bins)
         ece = expected_calibration_error(p, labels, n_bins)

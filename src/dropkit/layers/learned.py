@@ -29,7 +29,12 @@ from torch import nn
 
 from dropkit import functional_learned as FL
 from dropkit import noise
-from dropkit._validate import check_positive_int, check_probability
+from dropkit._validate import (
+    check_choice,
+    check_open_rate,
+    check_positive_int,
+    check_real,
+)
 from dropkit.layers.base import DropoutBase, refuse_scripting
 
 __all__ = [
@@ -50,24 +55,12 @@ def _logit(p: float) -> float:
     return math.log(p) - math.log1p(-p)
 
 
-def _check_open_rate(value: object, name: str, upper: float = 1.0) -> float:
-    p = check_probability(value, name)
-    if p <= 0.0 or p >= 1.0 or p > upper:
-        bound = f"(0, {upper}]" if upper < 1.0 else "(0, 1)"
-        raise ValueError(f"{name} must be in {bound} (its logit is learned), got {value!r}")
-    return p
-
-
 def _refuse_scripted_training(training: bool, name: str) -> None:
     if training:
         raise RuntimeError(
             name + " cannot run its training forward under TorchScript (only eval): train in "
             "eager mode or with torch.compile"
         )
-
-
-def _check_nonneg(value: object, name: str) -> float:
-    return FL._check_real(value, name, nonneg=True)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -137,10 +130,10 @@ class ConcreteDropout(DropoutBase):
     ) -> None:
         if not isinstance(layer, nn.Module):
             raise TypeError(f"layer must be an nn.Module, got {type(layer).__name__}")
-        temperature = FL._check_real(temperature, "temperature", positive=True)
-        weight_regularizer = _check_nonneg(weight_regularizer, "weight_regularizer")
-        dropout_regularizer = _check_nonneg(dropout_regularizer, "dropout_regularizer")
-        eps = _check_nonneg(eps, "eps")
+        temperature = check_real(temperature, "temperature", positive=True)
+        weight_regularizer = check_real(weight_regularizer, "weight_regularizer", nonneg=True)
+        dropout_regularizer = check_real(dropout_regularizer, "dropout_regularizer", nonneg=True)
+        eps = check_real(eps, "eps", nonneg=True)
         if input_dim is not None:
             input_dim = check_positive_int(input_dim, "input_dim")
         super().__init__(p)
@@ -159,7 +152,7 @@ class ConcreteDropout(DropoutBase):
 
     @p.setter
     def p(self, value: float) -> None:
-        logit = _logit(_check_open_rate(value, "p"))
+        logit = _logit(check_open_rate(value, "p", reason="its logit is learned"))
         if "p_logit" not in self._parameters:
             self.p_logit = nn.Parameter(torch.tensor(logit))
         else:
@@ -280,7 +273,7 @@ class VariationalDropout(DropoutBase):
 
     @p.setter
     def p(self, value: float) -> None:
-        log_alpha = _logit(_check_open_rate(value, "p", upper=0.5))
+        log_alpha = _logit(check_open_rate(value, "p", upper=0.5, reason="its logit is learned"))
         if "log_alpha" not in self._parameters:
             shape = () if self.num_features is None else (self.num_features,)
             self.log_alpha = nn.Parameter(torch.full(shape, log_alpha))
@@ -343,9 +336,8 @@ class VariationalLinear(nn.Linear):
         p: float = 0.5,
         alpha_shape: str = "unit",
     ) -> None:
-        if alpha_shape not in _ALPHA_SHAPES:
-            raise ValueError(f"alpha_shape must be one of {_ALPHA_SHAPES}, got {alpha_shape!r}")
-        log_alpha = _logit(_check_open_rate(p, "p", upper=0.5))
+        check_choice(alpha_shape, "alpha_shape", _ALPHA_SHAPES)
+        log_alpha = _logit(check_open_rate(p, "p", upper=0.5, reason="its logit is learned"))
         super().__init__(in_features, out_features, bias)
         shape = {"layer": (), "unit": (in_features,), "weight": (out_features, in_features)}[
             alpha_shape
@@ -387,8 +379,8 @@ class _SVDOMixin:
         return self.weight * (log_alpha < self.threshold).to(self.weight.dtype)
 
     def _init_svdo(self, threshold: float, init_log_sigma2: float) -> None:
-        self.threshold = FL._check_threshold(threshold)
-        init_log_sigma2 = FL._check_real(init_log_sigma2, "init_log_sigma2")
+        self.threshold = check_real(threshold, "threshold")
+        init_log_sigma2 = check_real(init_log_sigma2, "init_log_sigma2")
         # Molchanov et al.'s code starts log σ² at −10: the network begins almost deterministic.
         self.log_sigma2 = nn.Parameter(torch.full_like(self.weight, init_log_sigma2))
 
@@ -520,7 +512,7 @@ class Conv2dSVDO(_SVDOMixin, nn.Conv2d):
         # padding_mode (reflect, replicate, circular) applies to both convolutions.
         mean = self._conv_forward(input, self.weight, self.bias)
         var = self._conv_forward(input * input, torch.exp(self.log_sigma2), None)
-        return noise.gaussian_reparam(mean, var, FL._VAR_EPS)
+        return noise.gaussian_reparam(mean, var, FL.VAR_EPS)
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", threshold={self.threshold}"
@@ -615,7 +607,7 @@ class ELBOLoss(nn.Module):
             raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
         super().__init__()
         self.n_data = check_positive_int(n_data, "n_data")
-        self.kl_weight = _check_nonneg(kl_weight, "kl_weight")
+        self.kl_weight = check_real(kl_weight, "kl_weight", nonneg=True)
         self.warmup_steps = check_positive_int(warmup_steps, "warmup_steps", minimum=0)
         self.nll = nll
         # Held outside the module tree so the loss does not register the model as a submodule.
@@ -708,8 +700,8 @@ class Standout(nn.Module):
             raise TypeError(
                 f"activation must be an nn.Module or None, got {type(activation).__name__}"
             )
-        alpha = FL._check_real(alpha, "alpha")
-        beta = FL._check_real(beta, "beta")
+        alpha = check_real(alpha, "alpha")
+        beta = check_real(beta, "beta")
         super().__init__()
         self.layer = layer
         self.activation = activation if activation is not None else nn.Identity()

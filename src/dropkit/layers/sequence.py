@@ -13,7 +13,7 @@ from torch.nn.utils.rnn import PackedSequence
 
 from dropkit import functional as F
 from dropkit import functional_variants as FV
-from dropkit._validate import check_scaling
+from dropkit._validate import check_bool, check_scaling
 from dropkit.layers.base import DropoutBase
 
 __all__ = ["LockedDropout", "EmbeddingDropout"]
@@ -53,7 +53,7 @@ class LockedDropout(DropoutBase):
         inplace: bool = False,
     ) -> None:
         super().__init__(p, inplace, scaling)
-        self.batch_first = FV._check_bool(batch_first, "batch_first")
+        self.batch_first = check_bool(batch_first, "batch_first")
 
     def forward(self, input: torch.Tensor | PackedSequence) -> torch.Tensor | PackedSequence:
         if torch.jit.is_scripting():

@@ -17,7 +17,13 @@ from collections.abc import Sequence
 import torch
 
 from dropkit import functional_variants as FV
-from dropkit._validate import check_positive_int, check_probability
+from dropkit._validate import (
+    check_bool,
+    check_choice,
+    check_int_tuple,
+    check_positive_int,
+    check_probability,
+)
 from dropkit.layers.base import DropoutBase
 
 __all__ = [
@@ -45,9 +51,9 @@ class _DropBlockNd(DropoutBase):
         inplace: bool = False,
     ) -> None:
         super().__init__(p, inplace)
-        self.block_size = FV._block_size_tuple(block_size, self._spatial_dims)
-        self.share_channels = FV._check_bool(share_channels, "share_channels")
-        self.normalize = FV._check_choice(normalize, "normalize", ("batch", "sample"))
+        self.block_size = check_int_tuple(block_size, "block_size", self._spatial_dims)
+        self.share_channels = check_bool(share_channels, "share_channels")
+        self.normalize = check_choice(normalize, "normalize", ("batch", "sample"))
 
     def extra_repr(self) -> str:
         parts = [super().extra_repr(), f"block_size={self.block_size}"]
@@ -180,8 +186,8 @@ class DropPath(DropoutBase):
         inplace: bool = False,
     ) -> None:
         super().__init__(p, inplace, scaling)
-        self.mode = FV._check_choice(mode, "mode", ("row", "batch"))
-        self.scale_by_keep = FV._check_bool(scale_by_keep, "scale_by_keep")
+        self.mode = check_choice(mode, "mode", ("row", "batch"))
+        self.scale_by_keep = check_bool(scale_by_keep, "scale_by_keep")
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         if torch.jit.is_scripting():
@@ -227,7 +233,7 @@ def drop_path_rates(
     """
     rate = check_probability(drop_path_rate, "drop_path_rate")
     depth = check_positive_int(depth, "depth")
-    FV._check_bool(first_is_zero, "first_is_zero")
+    check_bool(first_is_zero, "first_is_zero")
     if first_is_zero:
         if depth == 1:
             return [0.0]
@@ -262,7 +268,7 @@ class DropHead(DropoutBase):
 
     def __init__(self, p: float = 0.1, *, normalize: str = "heads", inplace: bool = False) -> None:
         super().__init__(p, inplace)
-        self.normalize = FV._check_choice(normalize, "normalize", ("heads", "inverted"))
+        self.normalize = check_choice(normalize, "normalize", ("heads", "inverted"))
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         if torch.jit.is_scripting():
@@ -313,8 +319,8 @@ class AttentionDropout(DropoutBase):
         inplace: bool = False,
     ) -> None:
         super().__init__(p, inplace)
-        self.mode = FV._check_choice(mode, "mode", ("element", "key"))
-        self.normalize = FV._check_choice(normalize, "normalize", ("inverted", "rows"))
+        self.mode = check_choice(mode, "mode", ("element", "key"))
+        self.normalize = check_choice(normalize, "normalize", ("inverted", "rows"))
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         if torch.jit.is_scripting():

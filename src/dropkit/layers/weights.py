@@ -23,7 +23,7 @@ from torch.func import functional_call
 
 from dropkit import functional as F
 from dropkit import functional_variants as FV
-from dropkit._validate import check_scaling
+from dropkit._validate import check_bool, check_scaling
 from dropkit.layers.base import DropoutBase, refuse_scripting
 
 __all__ = [
@@ -43,8 +43,8 @@ class _DropConnectMixin:
     def _init_drop(self, p: float, per_sample: bool, drop_bias: bool, scaling: str) -> None:
         self.p = p  # type: ignore[attr-defined]
         self.scaling = check_scaling(scaling)
-        self.per_sample = FV._check_bool(per_sample, "per_sample")
-        self.drop_bias = FV._check_bool(drop_bias, "drop_bias")
+        self.per_sample = check_bool(per_sample, "per_sample")
+        self.drop_bias = check_bool(drop_bias, "drop_bias")
 
     def scripted_eval_parameters(self) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(weight, bias) of the eval rule, for the TorchScript forward: W and b, or (1 − p) W
