@@ -613,10 +613,14 @@ def _usual_rates(rates: Mapping[str, tuple[float, float]] | None) -> dict[str, t
 
 
 def _selected(checks: Iterable[str | AuditCheck] | None, has_batch: bool) -> list[AuditCheck]:
-    """The checks to run: the table's, or the named ones and custom ones in the order given."""
+    """The checks to run: the table's, or the named ones and custom ones in the order given.
+
+    Without a batch the checks that need one are left out, as in the default; a selection of only
+    such checks is an error (it could find nothing).
+    """
     if checks is None:
-        return [c for c in AUDIT_CHECKS if has_batch or not c.needs_batch]
-    if isinstance(checks, (str, AuditCheck)):
+        checks = AUDIT_CHECKS
+    elif isinstance(checks, (str, AuditCheck)):
         raise TypeError(f"checks must be a list of check names or AuditChecks, got {checks!r}")
     by_name = {c.name: c for c in AUDIT_CHECKS}
     chosen = []
@@ -629,12 +633,12 @@ def _selected(checks: Iterable[str | AuditCheck] | None, has_batch: bool) -> lis
             raise TypeError(
                 f"checks must hold check names or AuditChecks, got {type(item).__name__}: {item!r}"
             )
-        if item.needs_batch and not has_batch:
-            raise ValueError(
-                f"checks: {item.name!r} runs the model and needs a batch, got batch=None"
-            )
         chosen.append(item)
-    return chosen
+    runnable = [c for c in chosen if has_batch or not c.needs_batch]
+    if chosen and not runnable:
+        names = [c.name for c in chosen]
+        raise ValueError(f"checks: {names} all run the model and need a batch, got batch=None")
+    return runnable
 
 
 def _run(check: AuditCheck, ctx: AuditContext) -> list[Finding]:
@@ -698,8 +702,8 @@ def audit(
         ignore: finding codes to leave out.
         seed: seeds the data checks' masks.
         checks: the checks to run, in this order: names from :data:`AUDIT_CHECKS` and
-            :class:`AuditCheck`\ s of your own (None: the whole table; the checks that need a
-            batch only when one is given).
+            :class:`AuditCheck`\ s of your own (None: the whole table). Without a batch the
+            checks that need one are left out (all of them needing one is an error).
 
     Returns:
         The findings, errors first, then warnings, then info; each kind in check order (the
