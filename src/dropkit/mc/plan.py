@@ -44,11 +44,8 @@ class MCPlan:
     run: Callable[[int], tuple[torch.Tensor, int]] | None = field(default=None, repr=False)
 
 
-def check_trunk(trunk: object) -> str:
-    """``trunk`` as given if it is "auto" or "none"."""
-    if trunk not in ("auto", "none"):
-        raise ValueError(f"trunk must be 'auto' or 'none', got {trunk!r}")
-    return trunk  # type: ignore[return-value]
+#: predict's ``trunk`` choices: split the model where possible, or always repeat the input.
+TRUNKS = ("auto", "none")
 
 
 def _flatten_sequential(module: nn.Module, prefix: str) -> list[tuple[str, nn.Module]]:

@@ -11,12 +11,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from dropkit._validate import check_positive_int
+from dropkit._validate import check_bool, check_choice, check_positive_int
 from dropkit.dropout_sites import DropoutSites
 from dropkit.mc.inputs import Inputs, with_shape_context
 from dropkit.mc.outputs import Samples, all_samples_equal, sample_view
-from dropkit.mc.plan import MCPlan, batched_passes, build_plan, check_budget, check_trunk
-from dropkit.mc.seeds import check_seed, saved_global_rng
+from dropkit.mc.plan import TRUNKS, MCPlan, batched_passes, build_plan, check_budget
+from dropkit.mc.seeds import sample_seed, saved_global_rng
 from dropkit.mc.streams import SampleMode, Sampler, patched
 from dropkit.mc.switch import (
     DeadDropoutWarning,
@@ -83,7 +83,7 @@ def mc_plan(model: nn.Module, *inputs: Any, trunk: str = "auto", **kwargs: Any) 
     """
     check_model_type(model)
     batch = Inputs(inputs, kwargs)
-    trunk = check_trunk(trunk)
+    trunk = check_choice(trunk, "trunk", TRUNKS)
     with _sampling(model, batch, seed=0, batched=True) as (_, sampler):
         plan = with_shape_context(model, batch, lambda: build_plan(model, batch, trunk))
         sampler.begin(0, 1)
@@ -192,17 +192,15 @@ def predict(
     check_model_type(model)
     inputs, T = _legacy_T(inputs, T)
     T = check_positive_int(T, "T")
-    if not isinstance(batched, bool):
-        raise TypeError(f"batched must be a bool, got {batched!r}")
-    if not isinstance(strict, bool):
-        raise TypeError(f"strict must be a bool, got {strict!r}")
+    batched = check_bool(batched, "batched")
+    strict = check_bool(strict, "strict")
     batch = Inputs(inputs, kwargs)
     rows = batch.rows
     max_batch_size, max_memory_bytes = check_budget(max_batch_size, max_memory_bytes, rows)
     if transform is not None and not callable(transform):
         raise TypeError(f"transform must be callable or None, got {type(transform).__name__}")
-    trunk = check_trunk(trunk)
-    seed = check_seed(seed)
+    trunk = check_choice(trunk, "trunk", TRUNKS)
+    seed = sample_seed(seed)
     samples = Samples(T)
 
     def store(out: object, first: int, count: int, is_batched: bool) -> bool:

@@ -1,4 +1,4 @@
-"""Seeds of MC sampling: the per-sample stream key, the seed check, torch's global RNG state.
+"""Seeds of MC sampling: the per-sample stream key, the seed of a call, torch's global RNG state.
 
 Sample t's masks are a function of (``seed``, t) alone (see :mod:`dropkit.mc`): elementwise dropout
 calls use the counter-based stream ``mix_seed(seed, k)`` of the k-th call, every other stochastic
@@ -10,29 +10,26 @@ every public entry point leaves the global state as it found it (:func:`saved_gl
 from __future__ import annotations
 
 import contextlib
-import numbers
 from collections.abc import Iterator
 
 import torch
 
 from dropkit import rng
+from dropkit._validate import check_int_range
 
 # Per-sample generators are keyed apart from the per-call elementwise streams (k < 2^62).
 SAMPLE_TAG = 1 << 62
 _MASK64 = (1 << 64) - 1
 
 
-def check_seed(seed: object) -> int:
-    """``seed`` as an int in [0, 2^64); None draws one from torch's global generator."""
+def sample_seed(seed: object) -> int:
+    """The key of a predict call's streams: ``seed`` checked to be 64 bits, or drawn for None.
+
+    A drawn seed is one draw from torch's global generator (the only change predict makes to it).
+    """
     if seed is None:
         return rng.draw_seed()
-    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
-        raise TypeError(
-            f"seed must be an int in [0, 2**64) or None, got {seed!r} of type {type(seed).__name__}"
-        )
-    if not 0 <= int(seed) <= _MASK64:
-        raise ValueError(f"seed must be an int in [0, 2**64) or None, got {seed!r}")
-    return int(seed)
+    return check_int_range(seed, "seed", 0, _MASK64, note="64 bits, or None to draw one")
 
 
 def reseed_globals(seed: int, device: torch.device) -> None:
