@@ -320,3 +320,18 @@ def test_audit_bad_input():
         audit(dropkit.MLP([2, 2]), rates={"hidden": (0.5, 0.1)})
     with pytest.raises(TypeError, match="batch"):
         audit(dropkit.MLP([2, 2]), batch="x")
+
+
+def test_audit_and_activation_stats_leave_batchnorm_statistics_alone():
+    # Their training passes run under no_grad, which does not stop BatchNorm from moving its
+    # running mean and variance and counting batches: the model's buffers are restored.
+    net = nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.Dropout(0.3), nn.Linear(8, 2))
+    x = torch.randn(16, 4) * 3 + 1
+    for mode in ("train", "eval"):
+        getattr(net, mode)()
+        before = {k: v.clone() for k, v in net.state_dict().items()}
+        audit(net, x)
+        activation_stats(net, x)
+        after = net.state_dict()
+        assert all(torch.equal(before[k], after[k]) for k in before), mode
+    assert int(net[1].num_batches_tracked) == 0

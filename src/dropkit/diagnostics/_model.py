@@ -81,8 +81,13 @@ def call_model(model: nn.Module, batch: Any) -> Any:
 
 @contextlib.contextmanager
 def preserved(model: nn.Module, seed: int | None) -> Iterator[None]:
-    """Restores every module's training flag and torch's RNG state on exit."""
+    """Restores every module's training flag, the model's buffers and torch's RNG state on exit.
+
+    The buffers: a training pass moves BatchNorm's running statistics (and counts batches), even
+    without gradients; looking must not change the model.
+    """
     flags = [(m, m.training) for m in model.modules()]
+    buffers = [(b, b.detach().clone()) for b in model.buffers()]
     with torch.random.fork_rng(devices=[]):
         if seed is not None:
             torch.manual_seed(seed)
@@ -91,6 +96,9 @@ def preserved(model: nn.Module, seed: int | None) -> Iterator[None]:
         finally:
             for module, flag in flags:
                 module.training = flag
+            with torch.no_grad():
+                for buffer, saved in buffers:
+                    buffer.copy_(saved)
 
 
 def execution_order(model: nn.Module, batch: Any) -> list[str]:
