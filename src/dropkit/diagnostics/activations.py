@@ -220,8 +220,8 @@ def activation_stats(
     r"""Per dropout module: activation statistics in train and eval mode, and a scale check.
 
     Runs ``batch`` through the model ``repeats`` times in train mode (fresh masks each time) and
-    once in eval mode, without gradients, then restores every module's mode and torch's RNG
-    state. See :class:`ActivationStats` for the fields and the scale-mismatch test.
+    once in eval mode, without gradients, then restores every module's mode, the model's buffers
+    (BatchNorm's running statistics) and torch's RNG state. See :class:`ActivationStats` for the fields and the scale-mismatch test.
 
     Args:
         model: any nn.Module holding dropout modules.

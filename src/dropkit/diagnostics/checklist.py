@@ -127,7 +127,8 @@ class AuditContext:
     """What the checks look at: the model, the batch, and what is measured once for all of them.
 
     The measurements (:attr:`layers`, :attr:`eval_passes`) run on first use, without gradients,
-    with every module's mode and torch's RNG state restored, the masks seeded from ``seed``.
+    with every module's mode, the buffers and torch's RNG state restored, the masks seeded from
+    ``seed``.
 
     Attributes:
         model: the model audited.
@@ -666,7 +667,7 @@ def audit(
 
     Runs the checks of :data:`AUDIT_CHECKS` (or ``checks``). Without a batch, the structure is
     read in registration order (``named_modules``); with a batch the forward pass is run (without
-    gradients, modes and RNG state restored) and the order the modules are really called in is
+    gradients, modes, buffers and RNG state restored) and the order the modules are really called in is
     used, and the four checks that need data are added.
 
     Checks:
