@@ -17,7 +17,7 @@ import torch
 
 import dropkit
 from dropkit import kernels, ops
-from dropkit.kernels import cpu, native, warmup
+from dropkit.kernels import cpu, native, small, warmup
 from dropkit.reference import philox as ref
 
 fcntl = pytest.importorskip("fcntl")
@@ -186,8 +186,9 @@ def cold(monkeypatch):
     monkeypatch.setattr(warmup, "start", start)
     monkeypatch.setattr(warmup, "running", lambda: True)
     monkeypatch.setattr(warmup, "_NEXT_PROBE", {})
-    monkeypatch.setattr(ops._SMALL, "entries", {})
-    monkeypatch.setattr(ops, "_NATIVE", [ops._UNLOADED, None])
+    lane = dict(small.ENTRIES)
+    small.ENTRIES.clear()  # the small-tensor lane serves nothing yet
+    monkeypatch.setattr(native, "_NODES", [native._UNLOADED, None])
 
     def no_numba(*args, **kwargs):
         raise AssertionError("numba ran while its code was being compiled")
@@ -196,6 +197,7 @@ def cold(monkeypatch):
     yield started
     warmup.READY.clear()
     warmup.READY.update(ready)
+    small.ENTRIES.update(lane)
 
 
 def _warm_results(shape, dtype, p, seed):
@@ -240,7 +242,8 @@ def test_cold_paths_match_numba_bit_for_bit(monkeypatch):
     monkeypatch.setattr(warmup, "start", lambda kind=None: True)
     monkeypatch.setattr(warmup, "running", lambda: True)
     monkeypatch.setattr(warmup, "_NEXT_PROBE", {})
-    monkeypatch.setattr(ops._SMALL, "entries", {})
+    lane = dict(small.ENTRIES)
+    small.ENTRIES.clear()
     monkeypatch.setattr(cpu, "_run", lambda *a: pytest.fail("numba ran"))
     try:
         for (shape, dtype), (y, grad) in warm.items():
@@ -254,6 +257,7 @@ def test_cold_paths_match_numba_bit_for_bit(monkeypatch):
         assert torch.equal(out, kernels.dropout_forward(x, 4, 2, 1000, 1.5))
     finally:
         warmup.READY.update(ready)
+        small.ENTRIES.update(lane)
 
 
 def test_cold_path_keeps_the_kernels_argument_checks(cold):
@@ -352,10 +356,10 @@ def test_without_background_builds_the_node_waits_for_an_explicit_load(tmp_path,
     monkeypatch.setenv("DROPKIT_WARMUP", "0")
     monkeypatch.setenv("DROPKIT_NATIVE_DIR", str(tmp_path))
     monkeypatch.setattr(native, "_STATE", {"op": None, "status": "not loaded yet", "tried": False})
-    monkeypatch.setattr(ops, "_NATIVE", [ops._UNLOADED, None])
+    monkeypatch.setattr(native, "_NODES", [native._UNLOADED, None])
     assert native.load(wait=False) is None
     assert native.pending() and "DROPKIT_WARMUP=0" in native.status()
-    assert ops._load_native() == [None, None] and ops._NATIVE[0] is ops._UNLOADED  # asks again
+    assert native._nodes() == [None, None] and native._NODES[0] is native._UNLOADED  # asks again
 
 
 def test_the_serial_twin_serves_while_the_parallel_one_compiles(cold, monkeypatch):

@@ -149,7 +149,7 @@ def test_a_failed_build_falls_back_to_the_python_function(monkeypatch):
 
     monkeypatch.setattr(native, "_STATE", {"op": None, "status": "not loaded yet", "tried": False})
     monkeypatch.setattr(native, "_build", broken)
-    monkeypatch.setattr(ops, "_NATIVE", [ops._UNLOADED, None])
+    monkeypatch.setattr(native, "_NODES", [native._UNLOADED, None])
     assert native.load() is None
     assert native.status() == "unavailable: OSError: no C++ compiler"
     x = torch.randn(10, 10, requires_grad=True)

@@ -108,11 +108,11 @@ def test_dropout_with_seed_matches_the_numpy_reference(n, seed, offset):
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("n", [37, 70_001])
 def test_every_dtype_gives_the_kernel_wrappers_bits(dtype, n):
-    from dropkit.kernels import cpu
+    from dropkit.kernels import cpu, small
 
     x = torch.randn(n, generator=torch.Generator().manual_seed(1)).to(dtype)
     t, scale = ops.threshold(0.2), ops.dropout_scale(0.2)
-    assert ops._SMALL.accepts(x) == (n < cpu.PARALLEL_MIN)  # both eager paths are exercised
+    assert small.accepts(x) == (n < cpu.PARALLEL_MIN)  # both eager paths are exercised
     y = ops.dropout_with_seed(x, 0.2, seed=99, offset=3)
     assert y.dtype == dtype
     assert torch.equal(y, cpu.dropout_forward(x, 99, 3, t, scale))

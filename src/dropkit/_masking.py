@@ -189,7 +189,7 @@ def dropout(
         # the cache lookup and two type tests, then straight to the kernel.
         cached = _FAST.get((p, scaling)) if type(scaling) is str else None
         if cached is not None and type(input) is torch.Tensor and input.is_floating_point():
-            return ops._dropout_checked(input, cached[0], cached[1], inplace)
+            return ops.dropout_prechecked(input, cached[0], cached[1], inplace)
     check_float_tensor(input)
     p_in = p
     p = check_probability(p)

@@ -46,12 +46,11 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-import numpy as np
 import torch
 
 from dropkit import kernels, rng
 from dropkit._validate import check_float_tensor, check_generator, check_probability
-from dropkit.kernels import warmup
+from dropkit.kernels import native
 from dropkit.kernels.philox import THRESHOLD_RANGE, threshold_from_p
 
 __all__ = [
@@ -126,134 +125,8 @@ def dropout_scale(p: float) -> float:
 
 
 # ------------------------------------------------------------------------------------------------
-# Kernels per device, and the layout rule (mask over the logical row-major index)
+# Seeds as op arguments
 # ------------------------------------------------------------------------------------------------
-class _SmallCPU:
-    """Direct calls into the numba CPU kernels' serial loops for small contiguous tensors.
-
-    The public wrappers of :mod:`dropkit.kernels` check every argument, convert every tensor and
-    go through numba's type dispatch: about 12 µs per call, more than the kernel itself for the
-    10^4-element activations of a small MLP. Here the arguments were checked by the caller (they
-    come from :func:`threshold` and :func:`dropkit.rng.draw_seed`) and the compiled loop is
-    entered through its resolved entry point (no type dispatch): about 3 µs per call plus the
-    kernel. Same compiled loop, same argument types (the entry point converts Python numbers to
-    the compiled signature's int32/uint64/float32 exactly as ``np.int32(...)`` etc. would), so the
-    same bits; the tests compare it with the public wrapper. If the kernels module does not expose
-    those loops, everything goes through the public API.
-    """
-
-    def __init__(self) -> None:
-        self.loops: dict[torch.dtype, object] = {}
-        self.entries: dict[torch.dtype, object] = {}
-        self.limit = 0
-        try:
-            from dropkit.kernels import cpu
-
-            self.loops = {dtype: pair[1] for dtype, pair in cpu.DROPOUT_DRIVERS.items()}
-            self.limit = int(cpu.PARALLEL_MIN)
-            self.scale_arg = cpu.scale_arg
-        except (ImportError, AttributeError, TypeError, IndexError):
-            self.loops = {}
-
-    def accepts(self, x: torch.Tensor) -> bool:
-        return (
-            x.is_cpu
-            and 0 < x.numel() < self.limit
-            and x.dtype in self.loops
-            and x.is_contiguous()
-            # numba's code cached (or compiled here); on a fresh install it is being compiled in
-            # the background meanwhile and kernels.dropout_forward serves (same bits)
-            and (x.dtype in _NUMBA_READY or warmup.numba_ready(x.dtype))
-        )
-
-    def _entry_point(self, dtype: torch.dtype):
-        loop = self.loops[dtype]
-        # Compile (or load from numba's disk cache) through the public dispatcher once, with the
-        # argument types the public wrapper passes, then keep the overload the dispatcher chose.
-        sample = self._flat(torch.zeros(1, dtype=dtype))
-        args = (sample, sample.copy(), np.int64(0), np.uint64(0), np.uint64(0), np.int32(0))
-        args = (*args, self.scale_arg(dtype, 1.0))
-        loop(*args)
-        types = tuple(loop.typeof_pyval(a) for a in args)
-        entry = loop
-        for signature, compiled in loop.overloads.items():
-            if tuple(signature) == types:
-                entry = compiled.entry_point
-        self.entries[dtype] = entry
-        return entry
-
-    @staticmethod
-    def _flat(t: torch.Tensor) -> np.ndarray:
-        if t.requires_grad:
-            t = t.detach()
-        dtype = t.dtype
-        if dtype is torch.float32 or dtype is torch.float64:
-            return t.numpy().reshape(-1)
-        # float16 and bfloat16: numba sees their bits as uint16.
-        return t.view(torch.int16).numpy().view(np.uint16).reshape(-1)
-
-    def run(
-        self, x: torch.Tensor, out: torch.Tensor, seed: int, offset: int, thresh: int, scale: float
-    ) -> torch.Tensor:
-        """Writes dropout of x into out (x itself for in place); both contiguous, x accepted."""
-        entry = self.entries.get(x.dtype) or self._entry_point(x.dtype)
-        flat = self._flat(x)
-        # The entry point casts scale to the signature's float32 (float64 for float64 tensors).
-        entry(
-            flat,
-            flat if out is x else self._flat(out),
-            offset,
-            seed & 0xFFFFFFFF,
-            seed >> 32,
-            thresh,
-            scale,
-        )
-        return out
-
-
-_SMALL = _SmallCPU()
-_NUMBA_READY = warmup.READY
-
-
-def _apply(x: torch.Tensor, seed: int, offset: int, thresh: int, scale: float) -> torch.Tensor:
-    """A new tensor: dropout of x over its logical row-major index, in x's memory format."""
-    small = _SMALL
-    entry = small.entries.get(x.dtype)
-    if entry is not None and x.is_cpu and 0 < x.numel() < small.limit and x.is_contiguous():
-        # _SmallCPU.run inlined (the per-call cost of a 10^4-element activation is all overhead).
-        out = torch.empty_like(x)
-        dtype = x.dtype
-        if dtype is torch.float32 or dtype is torch.float64:
-            flat = (x.detach() if x.requires_grad else x).numpy().reshape(-1)
-            entry(
-                flat, out.numpy().reshape(-1), offset, seed & 0xFFFFFFFF, seed >> 32, thresh, scale
-            )
-        else:
-            flat = small._flat(x)
-            entry(flat, small._flat(out), offset, seed & 0xFFFFFFFF, seed >> 32, thresh, scale)
-        return out
-    if small.accepts(x):
-        return _SMALL.run(x, torch.empty_like(x), seed, offset, thresh, scale)
-    if x.is_contiguous():
-        return kernels.dropout_forward(x, seed, offset, thresh, scale)
-    dense = kernels.dropout_forward(x.contiguous(), seed, offset, thresh, scale)
-    # empty_like keeps a dense permuted layout (channels-last) as torch's dropout does.
-    return torch.empty_like(x).copy_(dense)
-
-
-def _apply_(x: torch.Tensor, seed: int, offset: int, thresh: int, scale: float) -> torch.Tensor:
-    """In-place dropout of x (same bits as :func:`_apply`)."""
-    if _SMALL.accepts(x) or x.is_contiguous():
-        if _SMALL.accepts(x):
-            _SMALL.run(x, x, seed, offset, thresh, scale)
-        else:
-            kernels.dropout_forward_out(x, x, seed, offset, thresh, scale)
-        # The kernel wrote through a raw pointer: tell autograd x changed, as x.mul_ would.
-        torch.autograd.graph.increment_version(x)
-        return x
-    return x.copy_(_apply(x, seed, offset, thresh, scale))
-
-
 def _seed_tensor(seed: int) -> torch.Tensor:
     # A 64-bit seed kept in an int64 scalar (two's complement); _seed_int undoes it.
     return torch.tensor(seed - (1 << 64) if seed >= 1 << 63 else seed, dtype=torch.int64)
@@ -263,8 +136,16 @@ def _seed_int(seed: torch.Tensor) -> int:
     return int(seed.item()) & _MASK64
 
 
+def _dropout_(x: torch.Tensor, seed: int, offset: int, thresh: int, scale: float) -> torch.Tensor:
+    """In-place dropout of x (the bits of kernels.dropout_forward)."""
+    kernels.dropout_forward_out(x, x, seed, offset, thresh, scale)
+    # The kernel wrote through a raw pointer: tell autograd x changed, as x.mul_ would.
+    torch.autograd.graph.increment_version(x)
+    return x
+
+
 # ------------------------------------------------------------------------------------------------
-# Eager path: autograd.Function straight onto the kernel (low per-call overhead)
+# Autograd: the eager Function, the torch.func-aware Functions, bias + dropout + residual
 # ------------------------------------------------------------------------------------------------
 class _DropoutFunction(torch.autograd.Function):
     """y = m ⊙ x · scale; saves only the stream (seed, offset, threshold, scale) as Python numbers."""
@@ -274,15 +155,16 @@ class _DropoutFunction(torch.autograd.Function):
         ctx.stream = stream
         if inplace:
             ctx.mark_dirty(x)
-            return _apply_(x, *stream)
-        return _apply(x, *stream)
+            return _dropout_(x, *stream)
+        return kernels.dropout_forward(x, *stream)
 
     @staticmethod
     def backward(ctx, grad):  # noqa: D102
-        # Regenerate the mask: ∂L/∂x = m · scale ⊙ ∂L/∂y (differentiable again for double backward).
+        # Regenerate the mask: ∂L/∂x = m · scale ⊙ ∂L/∂y, i.e. the same dropout of the gradient
+        # (differentiable again for double backward).
         if grad.requires_grad and torch.is_grad_enabled():
-            return _differentiable(grad, ctx.stream, False), None, None
-        return _apply(grad, *ctx.stream), None, None
+            return _eager(grad, *ctx.stream, False), None, None
+        return kernels.dropout_forward(grad, *ctx.stream), None, None
 
 
 def _batched_dropout(function, info, in_dims, x, stream):
@@ -298,8 +180,8 @@ def _batched_dropout(function, info, in_dims, x, stream):
     batch = x.movedim(dim, 0)
     # Kept units are x * scale (the kernel's rounding), dropped ones exactly 0, as in the kernel.
     seed, offset, thresh, scale = stream
-    kept = _apply(torch.ones(batch.shape[1:], dtype=batch.dtype), seed, offset, thresh, 1.0)
-    kept = kept.to(batch.device) != 0
+    ones = torch.ones(batch.shape[1:], dtype=batch.dtype)
+    kept = kernels.dropout_forward(ones, seed, offset, thresh, 1.0).to(batch.device) != 0
     return torch.where(kept, batch * scale, torch.zeros((), dtype=batch.dtype)), 0
 
 
@@ -310,7 +192,7 @@ class _FuncMask(torch.autograd.Function):
 
     @staticmethod
     def forward(x, stream):  # noqa: D102
-        return _apply(x, *stream)
+        return kernels.dropout_forward(x, *stream)
 
     @staticmethod
     def setup_context(ctx, inputs, output):  # noqa: D102
@@ -355,8 +237,6 @@ try:
 except AttributeError:  # pragma: no cover - other torch builds
     pass
 
-_functorch_active = rng._functorch_active
-
 try:
     # autograd.Function.apply minus its Python prologue (default-argument binding, which this
     # Function has none of, and unwrapping functorch wrappers, done below only under functorch):
@@ -365,82 +245,7 @@ try:
 except (AttributeError, KeyError, TypeError):  # pragma: no cover - other torch builds
     _RAW_APPLY = None
 
-
-def _differentiable(x: torch.Tensor, stream: tuple, inplace: bool) -> torch.Tensor:
-    if _functorch_active():
-        return _functorch_dropout(x, stream, inplace)
-    if _RAW_APPLY is None or type(x) is not torch.Tensor:
-        return _DropoutFunction.apply(x, stream, inplace)
-    return _differentiable_raw(x, stream, inplace)
-
-
-def _differentiable_raw(x: torch.Tensor, stream: tuple, inplace: bool) -> torch.Tensor:
-    # A plain tensor outside functorch. Small contiguous floating-point CPU tensors go to the
-    # C++ node of dropkit.kernels.native where it could be built (same kernel, same bits, saves
-    # the same four numbers); everything else, and every in-place call, to _DropoutFunction.
-    if not inplace and _SMALL.accepts(x):
-        native = _NATIVE[0]
-        if native is _UNLOADED:
-            native = _load_native()[0]
-        if native is not None:
-            seed, offset, thresh, scale = stream
-            return native(x, seed - (1 << 64) if seed >> 63 else seed, offset, thresh, scale)
-    return _RAW_APPLY(x, stream, inplace)
-
-
-# The C++ autograd node of dropkit.kernels.native, loaded on first use once built (in the
-# background, once per environment): [dropout(x, seed, offset, thresh, scale),
-# dropout_seeded(x, thresh, scale)], or Nones.
-_UNLOADED = object()
-_NATIVE: list = [_UNLOADED, None]
-
-
-def _load_native() -> list:
-    from dropkit.kernels import native
-
-    op = native.load(wait=False)  # never waits for a build: the Python path serves meanwhile
-    if op is None:
-        if native.pending():  # being built in the background: look again on a later call
-            return [None, None]
-        _NATIVE[:] = [None, None]
-    else:
-        # The overloads' underlying builtins: OpOverload.__call__ only forwards to them.
-        seeded = torch.ops.dropkit_native.dropout_seeded.default
-        _NATIVE[:] = [getattr(op, "_op", op), getattr(seeded, "_op", seeded)]
-    return _NATIVE
-
-
-def _dropout_checked(x: torch.Tensor, thresh: int, scale: float, inplace: bool) -> torch.Tensor:
-    """:func:`dropout_elementwise` with torch's default generator, for arguments already checked.
-
-    The caller (:func:`dropkit.functional.dropout`'s fast path) has checked that ``x`` is a plain
-    floating-point ``torch.Tensor`` and derived ``thresh`` and ``scale`` from a checked rate, so
-    this skips the checks and goes straight to the seed draw and the kernel: same bits, same seed
-    order as :func:`dropout_elementwise`. Under ``torch.compile`` it takes the custom-op path.
-    """
-    if torch.compiler.is_compiling():
-        y = _dropout_with_seed_op(x, _traced_seed(), 0, thresh, scale)
-        return x.copy_(y) if inplace else y
-    context = rng._CONTEXT
-    if context.salts or rng._dist_initialized() or _functorch_active() or torch.jit.is_tracing():
-        seed = rng.draw_seed()
-    else:  # rng.draw_seed() inlined for its common case (default generator, no salt)
-        if not inplace and x.requires_grad and _SMALL.accepts(x) and torch.is_grad_enabled():
-            # The native node draws the same seed from the same generator itself: one call.
-            seeded = _NATIVE[1] if _NATIVE[0] is not _UNLOADED else _load_native()[1]
-            if seeded is not None:
-                return seeded(x, thresh, scale)
-        context.cpu_scratch.random_(-(1 << 63), None)
-        seed = int(context.cpu_scratch_view) & _MASK64
-    if _functorch_active():
-        return _functorch_dropout(x, (seed, 0, thresh, scale), inplace)
-    if x.requires_grad and torch.is_grad_enabled():
-        if _RAW_APPLY is None:
-            return _DropoutFunction.apply(x, (seed, 0, thresh, scale), inplace)
-        return _differentiable_raw(x, (seed, 0, thresh, scale), inplace)
-    if inplace:
-        return _apply_(x, seed, 0, thresh, scale)
-    return _apply(x, seed, 0, thresh, scale)
+_functorch_active = rng.functorch_active
 
 
 def _functorch_dropout(x: torch.Tensor, stream: tuple, inplace: bool) -> torch.Tensor:
@@ -450,16 +255,65 @@ def _functorch_dropout(x: torch.Tensor, stream: tuple, inplace: bool) -> torch.T
     return x.copy_(y) if inplace else y
 
 
-def _dropout_stream(
+def _eager(
     x: torch.Tensor, seed: int, offset: int, thresh: int, scale: float, inplace: bool
 ) -> torch.Tensor:
+    """Dropout of x with a drawn stream, recorded for autograd where x needs grad: under
+    ``torch.func`` the transform-aware Function; a plain tensor the C++ node of
+    :mod:`dropkit.kernels.native` where it serves x (small CPU tensors, out of place: same kernel,
+    same bits, the same four numbers saved), else :class:`_DropoutFunction`; no grad, the kernel."""
     if _functorch_active():
         return _functorch_dropout(x, (seed, offset, thresh, scale), inplace)
     if x.requires_grad and torch.is_grad_enabled():
-        return _differentiable(x, (seed, offset, thresh, scale), inplace)
+        if _RAW_APPLY is None or type(x) is not torch.Tensor:
+            return _DropoutFunction.apply(x, (seed, offset, thresh, scale), inplace)
+        if not inplace:
+            y = native.apply(x, seed, offset, thresh, scale)
+            if y is not None:
+                return y
+        return _RAW_APPLY(x, (seed, offset, thresh, scale), inplace)
     if inplace:
-        return _apply_(x, seed, offset, thresh, scale)
-    return _apply(x, seed, offset, thresh, scale)
+        return _dropout_(x, seed, offset, thresh, scale)
+    return kernels.dropout_forward(x, seed, offset, thresh, scale)
+
+
+def dropout_prechecked(x: torch.Tensor, thresh: int, scale: float, inplace: bool) -> torch.Tensor:
+    """:func:`dropout_elementwise` with torch's default generator, for arguments already checked.
+
+    For :func:`dropkit.functional.dropout`'s fast path, which has checked that ``x`` is a plain
+    floating-point ``torch.Tensor`` and derived ``thresh`` (:func:`threshold`) and ``scale`` (a
+    finite float) from a checked rate: this skips the checks and goes straight to the seed draw
+    and the kernel. Same bits, same seed order as :func:`dropout_elementwise`. Under
+    ``torch.compile`` it takes the custom-op path.
+
+    Example:
+        >>> import torch
+        >>> from dropkit import ops
+        >>> _ = torch.manual_seed(0)
+        >>> y = ops.dropout_prechecked(torch.ones(8), ops.threshold(0.5), 2.0, False)
+        >>> _ = torch.manual_seed(0)
+        >>> torch.equal(y, ops.dropout_elementwise(torch.ones(8), 0.5, 2.0))
+        True
+    """
+    if torch.compiler.is_compiling():
+        y = _dropout_with_seed_op(x, _traced_seed(), 0, thresh, scale)
+        return x.copy_(y) if inplace else y
+    if not rng.unsalted():  # a salt, a torch.func transform, or tracing: the general path
+        return _eager(x, rng.draw_seed(), 0, thresh, scale, inplace)
+    if x.requires_grad and torch.is_grad_enabled():
+        if not inplace:
+            # The native node draws the same seed from the same generator itself: one call.
+            y = native.apply_seeded(x, thresh, scale)
+            if y is not None:
+                return y
+        # (where the seeded node does not serve x, the node with an explicit seed does not either)
+        stream = (rng.draw_unsalted(), 0, thresh, scale)
+        if _RAW_APPLY is None:
+            return _DropoutFunction.apply(x, stream, inplace)
+        return _RAW_APPLY(x, stream, inplace)
+    if inplace:
+        return _dropout_(x, rng.draw_unsalted(), 0, thresh, scale)
+    return kernels.dropout_forward(x, rng.draw_unsalted(), 0, thresh, scale)
 
 
 class _BiasDropoutAddFunction(torch.autograd.Function):
@@ -475,7 +329,7 @@ class _BiasDropoutAddFunction(torch.autograd.Function):
     def backward(ctx, grad):  # noqa: D102
         x_shape, bias_shape, residual_shape = ctx.shapes
         need_x, need_bias, need_residual = ctx.needs_input_grad[:3]
-        grad_h = _dropout_stream(grad, *ctx.stream, False) if (need_x or need_bias) else None
+        grad_h = _eager(grad, *ctx.stream, False) if (need_x or need_bias) else None
         return (
             grad_h.sum_to_size(x_shape) if need_x else None,
             grad_h.sum_to_size(bias_shape) if need_bias else None,
@@ -506,7 +360,7 @@ def _bias_dropout_add_impl(
         )
     # Any other broadcast: the same bits, unfused (the mask follows the shape of x + bias).
     h = x if bias is None else x + bias
-    return residual + _apply(h, seed, 0, thresh, scale)
+    return residual + kernels.dropout_forward(h, seed, 0, thresh, scale)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -542,7 +396,7 @@ def _dropout_with_seed_op(
     x: torch.Tensor, seed: torch.Tensor, offset: int, threshold: int, scale: float
 ) -> torch.Tensor:
     """y = m ⊙ x · scale, m from (seed, offset); seed an int64 scalar (two's complement)."""
-    return _apply(x, _seed_int(seed), offset, threshold, scale)
+    return kernels.dropout_forward(x, _seed_int(seed), offset, threshold, scale)
 
 
 @_dropout_with_seed_op.register_fake
@@ -688,7 +542,7 @@ def dropout_elementwise(
     if _use_custom_ops(x, generator):
         y = _dropout_with_seed_op(x, _traced_seed(), 0, thresh, scale)
         return x.copy_(y) if inplace else y
-    return _dropout_stream(x, rng.draw_seed(generator), 0, thresh, scale, inplace)
+    return _eager(x, rng.draw_seed(generator), 0, thresh, scale, inplace)
 
 
 def keep_mask(
@@ -768,7 +622,7 @@ def dropout_with_seed(
         raise ValueError(f"offset + x.numel() must be at most 2**63, got {offset} + {x.numel()}")
     if _use_custom_ops(x, None):
         return _dropout_with_seed_op(x, _seed_tensor(seed), offset, thresh, scale)
-    return _dropout_stream(x, seed, offset, thresh, scale, False)
+    return _eager(x, seed, offset, thresh, scale, False)
 
 
 def bias_dropout_add(

@@ -51,6 +51,9 @@ import torch
 
 __all__ = [
     "draw_seed",
+    "draw_unsalted",
+    "unsalted",
+    "functorch_active",
     "current_salt",
     "mix_seed",
     "set_data_parallel_group",
@@ -140,7 +143,12 @@ def current_salt() -> int | None:
     return None
 
 
-_functorch_active = getattr(torch._C, "_are_functorch_transforms_active", lambda: False)
+#: Whether a ``torch.func`` transform (grad, vmap, ...) is active: ``torch._C``'s own test, read on
+#: every draw.
+functorch_active = getattr(torch._C, "_are_functorch_transforms_active", lambda: False)
+# torch.jit.is_tracing() minus its Python wrapper (which first asks whether TorchScript is
+# compiling this code; it never is: nothing here is scriptable).
+_is_tracing = getattr(torch._C, "_is_tracing", torch.jit.is_tracing)
 
 
 def _raw_draw(generator: torch.Generator | None) -> int:
@@ -182,10 +190,10 @@ def draw_seed(generator: torch.Generator | None = None) -> int:
         >>> s == rng.draw_seed(torch.Generator().manual_seed(3))
         True
     """
-    if torch.jit.is_tracing():
+    if _is_tracing():
         raise_traced_training()
     context = _CONTEXT
-    if _functorch_active():
+    if functorch_active():
         # Under torch.func transforms the draw is the generator's, as in eager: functorch must not
         # see it (grad forbids the in-place draw into a captured tensor; vmap would batch it).
         with torch._C._DisableFuncTorch():
@@ -199,6 +207,42 @@ def draw_seed(generator: torch.Generator | None = None) -> int:
         return seed
     salt = current_salt()
     return seed if salt is None else mix_seed(seed, salt)
+
+
+def unsalted() -> bool:
+    """Whether :func:`draw_seed` with the default generator returns the generator's raw 64 bits
+    now: no region or fork salt, ``torch.distributed`` not initialised, no ``torch.func``
+    transform, not tracing. Then :func:`draw_unsalted` is that draw, and a native op may draw the
+    same bits from torch's default CPU generator itself.
+
+    Example:
+        >>> import torch
+        >>> from dropkit import rng
+        >>> rng.unsalted()
+        True
+        >>> with rng.model_parallel_region():
+        ...     rng.unsalted()
+        False
+    """
+    return not (_CONTEXT.salts or _dist_initialized() or functorch_active() or _is_tracing())
+
+
+def draw_unsalted() -> int:
+    """:func:`draw_seed` ``()`` for a caller that found :func:`unsalted` True: the next 64 bits
+    of torch's default CPU generator, without the checks.
+
+    Example:
+        >>> import torch
+        >>> from dropkit import rng
+        >>> _ = torch.manual_seed(0)
+        >>> a = rng.draw_unsalted()
+        >>> _ = torch.manual_seed(0)
+        >>> a == rng.draw_seed()
+        True
+    """
+    context = _CONTEXT
+    context.cpu_scratch.random_(-(1 << 63), None)
+    return int(context.cpu_scratch_view) & MASK64
 
 
 @contextlib.contextmanager

@@ -60,12 +60,14 @@ from pathlib import Path
 
 import torch
 
+from dropkit.kernels import small
+
 try:
     import fcntl
 except ImportError:  # pragma: no cover - not POSIX
     fcntl = None  # type: ignore[assignment]
 
-__all__ = ["build_key", "kernel_addresses", "load", "pending", "status"]
+__all__ = ["apply", "apply_seeded", "build_key", "kernel_addresses", "load", "pending", "status"]
 
 _SOURCE = Path(__file__).with_name("native.cpp")
 _NAME = "dropkit_native"
@@ -398,6 +400,87 @@ def _poll_background() -> object | None:
         return None
     # The background process ended (or could not start) without a library or a recorded failure.
     raise RuntimeError(f"the background build ended without {library} ({warmup.outcome()})")
+
+
+# ----------------------------------------------------------------------------------------------
+# Using the node (dropkit.ops): for the small-tensor lane's tensors, once it is loaded
+# ----------------------------------------------------------------------------------------------
+# [dropout(x, seed, offset, thresh, scale), dropout_seeded(x, thresh, scale)]: the ops' builtins
+# once loaded, Nones once known unavailable, _UNLOADED while a background build may deliver it.
+_UNLOADED = object()
+_NODES: list = [_UNLOADED, None]
+_LIMIT = small.LIMIT
+_READY = small.READY
+
+
+def _nodes() -> list:
+    """Loads the node if it has been built (never waits for a build: the Python path serves
+    meanwhile); [None, None] while it is pending, without recording that."""
+    op = load(wait=False)
+    if op is None:
+        if pending():  # being built in the background: look again on a later call
+            return [None, None]
+        _NODES[:] = [None, None]
+    else:
+        # The overloads' underlying builtins: OpOverload.__call__ only forwards to them.
+        seeded = torch.ops.dropkit_native.dropout_seeded.default
+        _NODES[:] = [getattr(op, "_op", op), getattr(seeded, "_op", seeded)]
+    return _NODES
+
+
+def apply(
+    x: torch.Tensor, seed: int, offset: int, threshold: int, scale: float
+) -> torch.Tensor | None:
+    """``y = m ⊙ x · scale`` through the C++ node (recorded for autograd, saving four numbers),
+    or None where the node does not serve ``x``.
+
+    It serves the tensors of the small-tensor lane (:func:`dropkit.kernels.small.accepts`: a
+    contiguous CPU float tensor below ``PARALLEL_MIN`` elements) once it is loaded: the first call
+    for such a tensor loads it if it has been built, else starts the background build
+    (:func:`load` with ``wait=False``) and returns None until it appears. For
+    :mod:`dropkit.ops`, whose arguments are checked: ``seed`` in [0, 2^64) (passed to the node as
+    the signed 64-bit integer of the same bits), ``offset``, ``threshold`` and ``scale`` as the
+    kernels take them.
+    """
+    node = _NODES[0]
+    if node is None:
+        return None
+    if not (
+        x.is_cpu
+        and 0 < x.numel() < _LIMIT
+        and x.is_contiguous()
+        and (x.dtype in _READY or small.accepts(x))
+    ):
+        return None
+    if node is _UNLOADED:
+        node = _nodes()[0]
+        if node is None:
+            return None
+    return node(x, seed - (1 << 64) if seed >> 63 else seed, offset, threshold, scale)
+
+
+def apply_seeded(x: torch.Tensor, threshold: int, scale: float) -> torch.Tensor | None:
+    """:func:`apply` with the seed drawn by the node itself from torch's default CPU generator,
+    exactly as :func:`dropkit.rng.draw_seed` draws it where no salt applies (one ``random64()``),
+    and offset 0: one dispatcher call per dropout. None where the node does not serve ``x``.
+
+    For callers that know the seed is unsalted (:func:`dropkit.rng.unsalted`).
+    """
+    if _NODES[0] is None:
+        return None
+    if not (
+        x.is_cpu
+        and 0 < x.numel() < _LIMIT
+        and x.is_contiguous()
+        and (x.dtype in _READY or small.accepts(x))
+    ):
+        return None
+    node = _NODES[1]
+    if node is None:
+        node = _nodes()[1]
+        if node is None:
+            return None
+    return node(x, threshold, scale)
 
 
 def _main() -> int:

@@ -1,0 +1,197 @@
+"""One eager path for a mask (issue 13): the kernels' entry points pick their implementation
+themselves (the small-tensor lane among them) with the checked path's bits and errors, and the
+modules of the mask path use each other's public names only."""
+
+from __future__ import annotations
+
+import ast
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import dropkit
+from dropkit import kernels, ops
+from dropkit.kernels import cpu, small
+from dropkit.reference import philox as ref
+
+SRC = Path(dropkit.__file__).parent
+DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
+
+
+# ----------------------------------------------------------------------------------------------
+# No module of the mask path reaches into another's underscore names
+# ----------------------------------------------------------------------------------------------
+def _is_module(dotted: str) -> bool:
+    try:
+        return importlib.util.find_spec(dotted) is not None
+    except ModuleNotFoundError:
+        return False
+
+
+def _private_uses(path: Path) -> list[str]:
+    """``from dropkit.X import _y`` and ``X._y`` where X names a dropkit module. An underscore
+    *module* (``kernels/_checks.py``, ``dropkit/_validate.py``) is private to its package, so a
+    sibling may import it; its names are public."""
+    tree = ast.parse(path.read_text())
+    modules: set[str] = set()
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("dropkit"):
+            for alias in node.names:
+                if alias.name.startswith("_") and not _is_module(f"{node.module}.{alias.name}"):
+                    found.append(f"line {node.lineno}: from {node.module} import {alias.name}")
+                elif _is_module(f"{node.module}.{alias.name}"):
+                    modules.add(alias.asname or alias.name)
+        elif isinstance(node, ast.Import):
+            for alias in node.names:
+                if alias.name.startswith("dropkit"):
+                    modules.add(alias.asname or alias.name.split(".")[0])
+    for node in ast.walk(tree):
+        if (
+            isinstance(node, ast.Attribute)
+            and isinstance(node.value, ast.Name)
+            and node.value.id in modules
+            and node.attr.startswith("_")
+            and not node.attr.startswith("__")
+        ):
+            found.append(f"line {node.lineno}: {node.value.id}.{node.attr}")
+    return found
+
+
+MASK_PATH = sorted(
+    [
+        *(p.relative_to(SRC).as_posix() for p in (SRC / "kernels").glob("*.py")),
+        "ops.py",
+        "rng.py",
+        "_masking.py",
+        "bench.py",
+    ]
+)
+
+
+@pytest.mark.parametrize("name", MASK_PATH)
+def test_no_mask_path_module_uses_another_modules_underscore_names(name):
+    assert _private_uses(SRC / name) == []
+
+
+def test_the_underscore_check_sees_every_form(tmp_path):
+    bad = tmp_path / "bad.py"
+    bad.write_text(
+        "from dropkit import ops\nfrom dropkit.kernels import cpu, _checks\n"
+        "from dropkit.rng import _CONTEXT\nops._FAST\ncpu._run\n_checks.check_stream\n"
+    )
+    assert _private_uses(bad) == [
+        "line 3: from dropkit.rng import _CONTEXT",
+        "line 4: ops._FAST",
+        "line 5: cpu._run",
+    ]
+
+
+def test_ops_calls_no_backend_module():
+    # Backend choice lives in dropkit.kernels: ops imports the package and the C++ node only.
+    tree = ast.parse((SRC / "ops.py").read_text())
+    imported = {
+        f"{node.module}.{alias.name}" if isinstance(node, ast.ImportFrom) else alias.name
+        for node in ast.walk(tree)
+        if isinstance(node, (ast.Import, ast.ImportFrom))
+        for alias in node.names
+        if (getattr(node, "module", None) or alias.name).startswith("dropkit.kernels")
+    }
+    assert imported == {"dropkit.kernels.native", "dropkit.kernels.philox.THRESHOLD_RANGE",
+                        "dropkit.kernels.philox.threshold_from_p"}  # fmt: skip
+
+
+# ----------------------------------------------------------------------------------------------
+# The small-tensor lane: the checked path's bits and errors
+# ----------------------------------------------------------------------------------------------
+@pytest.fixture
+def lane_only(monkeypatch):
+    """The lane warm for every dtype and the mask, and the checked CPU path made to fail."""
+    for dtype in DTYPES:
+        small.enter(dtype)
+    small.enter(small.MASK)
+    monkeypatch.setattr(cpu, "_run_sized", lambda *a: pytest.fail("the checked path ran"))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize(
+    "seed, offset, n",
+    [(0, 0, 1), (2**64 - 1, 5, 13), (123456789, 2**32 - 3, 1000), (7, 2**63 - 4097, 4097)],
+)
+def test_the_lane_gives_the_kernels_bits(lane_only, dtype, seed, offset, n):
+    x = torch.randn(n, generator=torch.Generator().manual_seed(n)).to(dtype)
+    thresh = kernels.threshold_from_p(0.3)
+    scale = ops.dropout_scale(0.3)
+    y = kernels.dropout_forward(x, seed, offset, thresh, scale)
+    keep = torch.from_numpy(ref.keep_mask_from_threshold(n, seed, offset, thresh))
+    assert torch.equal(y, torch.where(keep, x * scale, torch.zeros((), dtype=dtype)))
+    inplace = x.clone()
+    assert kernels.dropout_forward_out(inplace, inplace, seed, offset, thresh, scale) is inplace
+    assert torch.equal(inplace, y)
+    mask = kernels.keep_mask(n, seed, offset, thresh, "cpu")
+    assert torch.equal(mask, keep)
+    assert torch.equal(kernels.keep_mask(n, seed, offset, thresh, torch.device("cpu")), keep)
+
+
+@pytest.mark.parametrize(
+    "args, error, match",
+    [
+        ((2**64, 0, 100, 1.0), ValueError, "seed must be an integer in \\[0, 2\\*\\*64\\)"),
+        ((-1, 0, 100, 1.0), ValueError, "seed must be an integer"),
+        ((1.0, 0, 100, 1.0), ValueError, "seed must be an integer"),
+        ((np.int64(1), 0, 100, 1.0), ValueError, "seed must be an integer"),
+        ((1, -1, 100, 1.0), ValueError, "offset must be an integer >= 0"),
+        ((1, 2**63 - 9, 100, 1.0), ValueError, "offset \\+ numel <= 2\\*\\*63"),
+        ((1, 0.0, 100, 1.0), ValueError, "offset must be an integer"),
+        ((1, 0, 65537, 1.0), ValueError, "threshold must be an integer in \\[0, 65536\\]"),
+        ((1, 0, 3.5, 1.0), ValueError, "threshold must be an integer"),
+    ],
+)
+def test_the_lane_keeps_the_checked_paths_errors(args, error, match):
+    x = torch.ones(10)
+    kernels.dropout_forward(x, 1, 0, 100, 1.0)  # the lane is warm for float32
+    assert torch.float32 in small.ENTRIES
+    with pytest.raises(error, match=match):
+        kernels.dropout_forward(x, *args)
+    with pytest.raises(error, match=match):
+        kernels.dropout_forward_out(x, x, *args)
+    seed, offset, threshold, _ = args
+    kernels.keep_mask(10, 1, 0, 100)
+    with pytest.raises(error, match=match):
+        kernels.keep_mask(10, seed, offset, threshold)
+
+
+def test_arguments_the_checked_path_accepts_give_the_same_bits_off_the_lane():
+    # A bool seed, an int scale: not the lane's plain types, so the checked path serves them.
+    x = torch.randn(50)
+    assert torch.equal(
+        kernels.dropout_forward(x, True, 0, 9000, 2), cpu.dropout_forward(x, 1, 0, 9000, 2.0)
+    )
+
+
+def test_non_tensors_are_refused_with_a_type_error():
+    with pytest.raises(TypeError, match="x must be a torch.Tensor, got list"):
+        kernels.dropout_forward([1.0, 2.0], 0, 0, 0, 1.0)
+    with pytest.raises(TypeError, match="grad must be a torch.Tensor, got list"):
+        kernels.dropout_backward([1.0, 2.0], 0, 0, 0, 1.0)
+
+
+@pytest.mark.parametrize("n", [12, 70_001])
+def test_any_layout_gets_the_mask_of_its_contiguous_copy(n):
+    x = torch.randn(2, 3, n // 6 + 1, 2).to(memory_format=torch.channels_last)
+    assert not x.is_contiguous()
+    thresh, scale = kernels.threshold_from_p(0.4), ops.dropout_scale(0.4)
+    y = kernels.dropout_forward(x, 3, 11, thresh, scale)
+    assert y.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(y, kernels.dropout_forward(x.contiguous(), 3, 11, thresh, scale))
+    assert torch.equal(kernels.dropout_backward(x, 3, 11, thresh, scale), y)
+    out = torch.empty_like(x)
+    kernels.dropout_forward_out(x, out, 3, 11, thresh, scale)
+    assert torch.equal(out, y)
+    with pytest.raises(ValueError, match="out must have x's shape"):
+        kernels.dropout_forward_out(x, torch.empty(3), 3, 11, thresh, scale)
+    with pytest.raises(TypeError, match="out must have dtype torch.float32"):
+        kernels.dropout_forward_out(x, out.double(), 3, 11, thresh, scale)
