@@ -449,7 +449,8 @@ def test_bare_postgresql_url_uses_the_installed_driver():
 
 
 def test_postgresql_url_without_driver_connects_with_psycopg2_when_that_is_installed():
-    pytest.importorskip("psycopg2")
+    import psycopg2  # noqa: F401  # the dev extra installs it: a missing one fails, never skips
+
     # Nothing listens on port 1: the error must be about the connection, not a missing driver.
     with pytest.raises(ConnectionError) as info:
         resolve_storage("postgresql://u@127.0.0.1:1/db")
