@@ -37,8 +37,14 @@ them without a graph break. ``draw_seed`` carries ``torch.Tag.nondeterministic_s
 the seed *inside* the op at run time, from the same generator in the same order as eager mode, so
 the compiler never merges, reorders or re-draws a dropout and a compiled model drops the same units
 as eager mode for the same ``torch.manual_seed`` (see ``docs/integration.md``). In eager mode a
-lighter path (an ``autograd.Function`` calling the kernel) skips the dispatcher's overhead for small
-tensors; it produces the same bits.
+lighter path skips the dispatcher: an ``autograd.Function`` calling :mod:`dropkit.kernels` (or,
+for small CPU tensors that need grad, the C++ node of :mod:`dropkit.kernels.native`); it produces
+the same bits.
+
+Layout: this module holds autograd (the Functions, the choice of node), the custom-op
+registrations and the public functions' bodies; which kernel runs (the small-tensor lane, numba,
+its cold-start stand-in, Triton, torch) is decided by :mod:`dropkit.kernels` itself, and seeds by
+:mod:`dropkit.rng`. See ``docs/architecture.md``.
 """
 
 from __future__ import annotations
@@ -49,7 +55,13 @@ from collections.abc import Sequence
 import torch
 
 from dropkit import kernels, rng
-from dropkit._validate import check_float_tensor, check_generator, check_probability
+from dropkit._validate import (
+    check_float_tensor,
+    check_generator,
+    check_probability,
+    check_real,
+    check_shape,
+)
 from dropkit.kernels import native
 from dropkit.kernels.philox import THRESHOLD_RANGE, threshold_from_p
 
@@ -491,16 +503,6 @@ def _use_custom_ops(x: torch.Tensor | None, generator: torch.Generator | None) -
 # ------------------------------------------------------------------------------------------------
 # Public functions
 # ------------------------------------------------------------------------------------------------
-def _check_scale(scale: object) -> float:
-    if isinstance(scale, bool) or not isinstance(scale, (int, float)):
-        raise TypeError(
-            f"scale must be a real number, got {scale!r} of type {type(scale).__name__}"
-        )
-    if not math.isfinite(scale):
-        raise ValueError(f"scale must be a finite number, got {scale!r}")
-    return float(scale)
-
-
 def dropout_elementwise(
     x: torch.Tensor,
     p: float,
@@ -536,7 +538,7 @@ def dropout_elementwise(
     check_float_tensor(x)
     thresh = threshold(p)
     if type(scale) is not float or not math.isfinite(scale):
-        scale = _check_scale(scale)
+        scale = check_real(scale, "scale")
     if generator is not None:
         check_generator(generator)
     if _use_custom_ops(x, generator):
@@ -571,12 +573,10 @@ def keep_mask(
     """
     if torch.jit.is_tracing():  # before the shape check: traced sizes are tensors
         rng.raise_traced_training()
-    if isinstance(shape, int) or not all(isinstance(s, int) and s >= 0 for s in shape):
-        raise TypeError(f"shape must be a sequence of ints >= 0, got {shape!r}")
+    shape = check_shape(shape)
     thresh = threshold(p)
     check_generator(generator)
     device = torch.device("cpu" if device is None else device)
-    shape = [int(s) for s in shape]
     if _use_custom_ops(None, generator):
         return _keep_mask_op(shape, _traced_seed(), thresh, device)
     seed = rng.draw_seed(generator)
@@ -612,7 +612,7 @@ def dropout_with_seed(
     """
     check_float_tensor(x)
     thresh = threshold(p)
-    scale = dropout_scale(p) if scale is None else _check_scale(scale)
+    scale = dropout_scale(p) if scale is None else check_real(scale, "scale")
     for name, value, limit in (("seed", seed, 1 << 64), ("offset", offset, 1 << 63)):
         if isinstance(value, bool) or not isinstance(value, int):
             raise TypeError(f"{name} must be an int, got {value!r} of type {type(value).__name__}")
@@ -785,7 +785,7 @@ def scaled_dot_product_attention_with_dropout(
     if is_causal and attn_mask is not None:
         raise ValueError("is_causal=True needs attn_mask=None (the causal mask is implied)")
     p = check_probability(p)
-    logit_scale = 1.0 / math.sqrt(query.shape[-1]) if scale is None else _check_scale(scale)
+    logit_scale = 1.0 / math.sqrt(query.shape[-1]) if scale is None else check_real(scale, "scale")
     scores = torch.matmul(query, key.transpose(-2, -1)) * logit_scale
     if is_causal:
         length, source = query.shape[-2], key.shape[-2]

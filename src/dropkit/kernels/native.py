@@ -10,6 +10,11 @@ exactly those of every other path, and it saves four numbers for backward, no te
 On a 2-core machine a (100, 100) forward + backward costs about 28 µs instead of 50 µs (a
 ``x * 2`` with backward: 21 µs).
 
+**Using it.** :func:`apply` and :func:`apply_seeded` (called by :mod:`dropkit.ops` for a plain
+tensor that needs grad, out of place) run the node on the tensors of the small-tensor lane
+(:mod:`dropkit.kernels.small`) once the library is loaded, and return None elsewhere (then ops
+records its Python ``autograd.Function``).
+
 **Building.** The library is compiled with :func:`torch.utils.cpp_extension.load` (about 15-30 s;
 needs a C++ compiler and ninja) by a separate process, ``python -m dropkit.kernels.native``, never
 by the process that uses it:
