@@ -14,8 +14,10 @@ from stats import assert_mean_close
 from torch import nn
 
 import dropkit
+import dropkit.convert
 from dropkit.layers.base import DropoutBase
 from dropkit.mc import is_stochastic_module, mc_dropout, mc_plan, predict
+from tests.module_specs import public_module_classes
 
 
 class LSTMHead(nn.Module):
@@ -80,6 +82,11 @@ CASES = [
     ),
     ("DropConnectConv2d", lambda: _conv(dropkit.DropConnectConv2d(2, 3, 3, p=0.3)), (7, 2, 5, 5)),
     ("DropBlock2d", lambda: _conv(dropkit.DropBlock2d(p=0.3, block_size=2)), (7, 2, 5, 5)),
+    (
+        "FeatureAlphaDropout",
+        lambda: _conv(dropkit.convert.FeatureAlphaDropout(0.3)),
+        (7, 2, 5, 5),
+    ),
     ("DropPath", lambda: _dense(dropkit.DropPath(0.3)), (7, 4)),
     (
         "LockedDropout",
@@ -103,12 +110,9 @@ def _stochastic_layers(net: nn.Module) -> list[nn.Module]:
 
 
 def test_every_exported_stochastic_layer_is_recognised() -> None:
-    """A new stochastic layer class must be a DropoutBase or set mc_stochastic (or be listed here)."""
-    modules = {
-        name: obj
-        for name in dropkit.__all__
-        if isinstance(obj := getattr(dropkit, name), type) and issubclass(obj, nn.Module)
-    }
+    """A new stochastic layer class must be a DropoutBase or set mc_stochastic (or be listed here).
+    Every public module class counts, exported from ``dropkit`` or from a submodule only."""
+    modules = {cls.__name__: cls for cls in public_module_classes()}
     recognised = {
         name
         for name, cls in modules.items()

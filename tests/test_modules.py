@@ -18,6 +18,7 @@ from torch.utils._pytree import tree_flatten
 
 import dropkit
 from dropkit import ops
+from dropkit.mc import is_stochastic_module
 from tests.module_specs import EXEMPT, SPECS, public_module_classes
 from tests.stats import assert_fraction_close
 
@@ -253,3 +254,11 @@ def test_train_and_eval_switch_every_submodule_and_eval_is_deterministic(spec):
             not torch.equal(a, b)
             for a, b in zip(_run(module, args, seed=5), _run(module, args, seed=6), strict=True)
         )
+
+
+@pytest.mark.parametrize("spec", SPECS, ids=IDS)
+def test_monte_carlo_sampling_sees_the_randomness_the_row_declares(spec):
+    # dropkit.mc switches on exactly the modules whose training forward is random: a stochastic
+    # row is (or holds) one, and mc_dropout refuses a model with none.
+    module = _built(spec)
+    assert any(is_stochastic_module(m) for m in module.modules()) == spec.stochastic
