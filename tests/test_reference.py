@@ -293,7 +293,7 @@ def test_torch_mlp_matches_reference_on_masks_given_by_the_reference(scaling, mo
         return t * mask.to(t.dtype) * scale
 
     monkeypatch.setattr(ops, "dropout_elementwise", fixed_mask_dropout)
-    monkeypatch.setattr(ops, "_dropout_checked", fixed_mask_checked)
+    monkeypatch.setattr(ops, "dropout_prechecked", fixed_mask_checked)
     _compare(net, reference, x, y, masks, True)
     assert not queue and len(calls) == len(RATES)
     for (threshold, scale), rate in zip(calls, RATES, strict=True):
