@@ -362,6 +362,24 @@ def test_a_check_of_your_own_runs_beside_the_table():
     ]
 
 
+def test_every_functional_module_of_dropkit_is_watched():
+    # drop_path lives in another functional module than dropout; called with training left at its
+    # default (True) in eval, the audit names it.
+    from dropkit import functional_variants
+
+    class Residual(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(4, 4)
+
+        def forward(self, x):
+            return x + functional_variants.drop_path(self.fc(x), 0.5)
+
+    (finding,) = audit(nn.Sequential(Residual()).eval(), X4, checks=["functional-hardcoded"])
+    assert finding.path == "0" and ".drop_path was called with training=True" in finding.message
+    assert functional_variants.drop_path.__name__ == "drop_path"  # unwrapped again
+
+
 def test_checks_bad_input():
     net = dropkit.MLP([2, 2])
     with pytest.raises(

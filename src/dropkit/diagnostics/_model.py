@@ -197,13 +197,19 @@ class CallTracker:
             self.stack.clear()
 
     def _patch_dropkit(self) -> list[tuple[Any, str, Callable]]:
-        """Wraps dropkit's functional dropouts (every function with a ``training`` parameter)."""
+        """Wraps dropkit's functional dropouts (every function with a ``training`` parameter).
+
+        Every loaded module named ``dropkit.functional`` or ``dropkit.functional_*`` (or below
+        ``dropkit.functional.``), so a functional module renamed or added is still watched.
+        """
         patched = []
-        for mod_name in (
-            "dropkit.functional",
-            "dropkit.functional_variants",
-            "dropkit.functional_learned",
-        ):
+        names = sorted(
+            name
+            for name in sys.modules
+            if name == "dropkit.functional"
+            or name.startswith(("dropkit.functional_", "dropkit.functional."))
+        )
+        for mod_name in names:
             module = sys.modules.get(mod_name)
             if module is None:
                 continue
