@@ -35,6 +35,7 @@ __all__ = [
     "check_nonneg_int",
     "check_int_range",
     "check_seed",
+    "check_seeds",
     "check_int_tuple",
     "check_shape",
     "check_generator",
@@ -651,3 +652,20 @@ def check_float_dtype(dtype: object, name: str = "dtype") -> torch.dtype:
     if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
         raise TypeError(f"{name} must be a floating-point torch.dtype, got {dtype!r}")
     return dtype
+
+
+def check_seeds(seeds: object, name: str = "seeds") -> list[int]:
+    """Returns a non-empty sequence of seeds as a list of ints, each checked by :func:`check_seed`.
+
+    Example:
+        >>> check_seeds((0, 1, 2))
+        [0, 1, 2]
+        >>> check_seeds([0, -1])
+        Traceback (most recent call last):
+            ...
+        ValueError: seeds[1] must be an int in [0, 4294967295] (32 bits), got -1
+    """
+    values = _entries(seeds, name, "seeds (ints)")
+    if not values:
+        raise ValueError(f"{name} must hold at least one seed, got none")
+    return [check_seed(s, f"{name}[{i}]") for i, s in enumerate(values)]
