@@ -549,6 +549,126 @@ def test_bad_search_arguments_are_refused():
         RateSearch(_build, train_fn, eval_fn).create_study(":memory:", n_trials=6)
 
 
+_DATA = (torch.zeros(8, 4), torch.zeros(8, dtype=torch.long))  # never trained on: checks only
+
+
+@pytest.mark.parametrize(
+    "settings, error, message",
+    [
+        ({"epochs": 0}, ValueError, "epochs must be an integer >= 1, got 0"),
+        ({"epochs": 2.5}, TypeError, "epochs must be an integer >= 1, got 2.5 of type float"),
+        ({"lr": 0}, ValueError, "lr must be a number > 0, got 0.0"),
+        ({"lr": "fast"}, TypeError, "lr must be a real number, got 'fast' of type str"),
+        ({"lr": math.inf}, ValueError, "lr must be a finite number, got inf"),
+        ({"batch_size": -4}, ValueError, "batch_size must be an integer >= 1, got -4"),
+        ({"weight_decay": -1e-4}, ValueError, "weight_decay must be a number >= 0, got -0.0001"),
+        (
+            {"task": "clf"},
+            ValueError,
+            "task must be one of 'classification', 'regression', got 'clf'",
+        ),
+        ({"metric": "acc"}, ValueError, "metric must be one of 'val_loss', 'val_acc' .*built-in"),
+        ({"metric": "val_acc", "task": "regression"}, ValueError, "needs task='classification'"),
+        ({"build_model": "mlp"}, TypeError, "build_model must be a callable"),
+        ({"train_fn": 3, "eval_fn": len}, TypeError, "train_fn must be callable, got 3"),
+        ({"eval_fn": len}, ValueError, "eval_fn was given without train_fn"),
+        (
+            {"train_fn": len, "eval_fn": len, "metric": None},
+            TypeError,
+            "metric must be a non-empty",
+        ),
+    ],
+)
+def test_training_settings_are_checked_once_with_their_name_value_and_what_is_allowed(
+    settings, error, message
+):
+    from dropkit.tune.trainer import TrainSpec
+
+    kwargs = {"build_model": _build, "train": _DATA, "val": _DATA, **settings}
+    with pytest.raises(error, match=message):
+        TrainSpec(**kwargs)
+    # The public entry points build the same spec from the same keywords, before any training.
+    for entry in (RateSearch, ablation, sensitivity):
+        with pytest.raises(error, match=message):
+            entry(**kwargs)
+
+
+def test_train_spec_is_frozen_and_normalises_its_numbers():
+    import dataclasses
+
+    from dropkit.tune.trainer import TrainSpec
+
+    spec = TrainSpec(_build, train=_DATA, val=_DATA, lr=1, weight_decay=0)
+    assert spec.lr == 1.0 and isinstance(spec.lr, float) and isinstance(spec.weight_decay, float)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        spec.lr = 0.5
+    search = RateSearch(_build, train=_DATA, val=_DATA, grid=[0.1], epochs=1)
+    assert isinstance(search.trainer, TrainSpec) and search.trainer.epochs == 1
+
+
+@pytest.mark.parametrize(
+    "call, error, message",
+    [
+        (
+            lambda: RateSearch(_build, train=_DATA, val=_DATA, seed=-1),
+            ValueError,
+            r"seed must be an int in \[0, 4294967295\].*-1",
+        ),
+        (
+            lambda: RateSearch(_build, train=_DATA, val=_DATA, mode="random"),
+            ValueError,
+            "mode must be one of 'grid', 'per_layer', got 'random'",
+        ),
+        (
+            lambda: RateSearch(_build, train=_DATA, val=_DATA, direction="up"),
+            ValueError,
+            "direction must be one of 'minimize', 'maximize', got 'up'",
+        ),
+        (
+            lambda: RateSearch(_build, train=_DATA, val=_DATA, layers="dropout1"),
+            TypeError,
+            "layers must be a list",
+        ),
+        (
+            lambda: ablation(_build, train=_DATA, val=_DATA, seeds=[0, True]),
+            TypeError,
+            r"seeds\[1\] must be an int",
+        ),
+        (
+            lambda: ablation(_build, train=_DATA, val=_DATA, seeds=[-3]),
+            ValueError,
+            r"seeds\[0\] must be an int in \[0, 4294967295\]",
+        ),
+        (
+            lambda: ablation(_build, train=_DATA, val=_DATA, seeds=7),
+            TypeError,
+            "seeds must be a sequence",
+        ),
+        (
+            lambda: ablation(_build, train=_DATA, val=_DATA, one_at_a_time="all"),
+            ValueError,
+            "one_at_a_time must be one of 'without', 'only', 'both', got 'all'",
+        ),
+        (
+            lambda: sensitivity(_build, train=_DATA, val=_DATA, layers=["fc"]),
+            ValueError,
+            "layers must name dropout modules",
+        ),
+        (lambda: OverfitMonitor(stop=1), TypeError, "stop must be a bool"),
+        (
+            lambda: OverfitMonitor(metric="f1"),
+            ValueError,
+            "metric must be one of 'accuracy', 'loss', got 'f1'",
+        ),
+    ],
+)
+def test_search_and_sweep_arguments_are_refused_with_name_value_and_what_is_allowed(
+    call, error, message
+):
+    with pytest.raises(error, match=message):
+        call()
+
+
 # ---------------------------------------------------------------- ablation / sensitivity ------
 
 
@@ -671,3 +791,23 @@ def test_evaluate_matches_search_records(mnist_small):
     model = search.trainer.model({p: 0.2 for p in search.layers}, 0)
     fit(model, train, val, epochs=2, seed=0)
     assert math.isclose(evaluate(model, val)[0], row["val_loss"], rel_tol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "settings, error, message",
+    [
+        ({"rates": []}, ValueError, "rates must hold at least one dropout rate"),
+        ({"rates": [0.1, 0.1]}, ValueError, "rates must not repeat a rate"),
+        ({"rates": [0.0]}, ValueError, r"dropout rates must be in \(0, 1\), got 0.0 at position 0"),
+        ({"taus": [1.0, -2.0]}, ValueError, "precisions τ must be positive finite numbers"),
+        ({"seed": -1}, ValueError, r"seed must be an int in \[0, 4294967295\]"),
+        ({"T": 0}, ValueError, "T must be an integer >= 1"),
+    ],
+)
+def test_p_tau_search_arguments_are_refused_before_any_training(settings, error, message):
+    from dropkit.tune import search_p_tau
+
+    data = (torch.zeros(6, 2), torch.zeros(6))
+    kwargs = {"rates": [0.1], "taus": [1.0], "epochs": 1, "T": 2, **settings}
+    with pytest.raises(error, match=message):
+        search_p_tau(data, data, **kwargs)

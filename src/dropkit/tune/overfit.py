@@ -3,43 +3,23 @@ and :class:`OverfitMonitor`, which records both per epoch and flags the epoch th
 
 from __future__ import annotations
 
-import math
-import numbers
 import os
 from dataclasses import dataclass
 from typing import Any
 
-from dropkit._validate import check_positive_int
+from dropkit._validate import check_bool, check_choice, check_positive_int, check_real
 from dropkit.train import History
 
 __all__ = ["Gap", "gap", "loss_gap", "OverfitMonitor"]
 
 
-def _check_real(value: object, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(
-            f"{name} must be a real number, got {value!r} of type {type(value).__name__}"
-        )
-    value = float(value)
-    if not math.isfinite(value):
-        raise ValueError(f"{name} must be a finite number, got {value!r}")
-    return value
-
-
 def _check_accuracy(value: object, name: str) -> float:
-    value = _check_real(value, name)
+    value = check_real(value, name)
     if not 0.0 <= value <= 1.0:
         raise ValueError(
             f"{name} must be a fraction in [0, 1], got {value!r} (divide percentages by 100)"
         )
     return value
-
-
-def _check_epsilon(epsilon: object) -> float:
-    epsilon = _check_real(epsilon, "epsilon")
-    if epsilon < 0:
-        raise ValueError(f"epsilon must be a number >= 0, got {epsilon!r}")
-    return epsilon
 
 
 @dataclass(frozen=True)
@@ -100,7 +80,7 @@ def gap(train_acc: float, val_acc: float, epsilon: float = 0.05) -> Gap:
     """
     train_acc = _check_accuracy(train_acc, "train_acc")
     val_acc = _check_accuracy(val_acc, "val_acc")
-    epsilon = _check_epsilon(epsilon)
+    epsilon = check_real(epsilon, "epsilon", nonneg=True)
     value = train_acc - val_acc
     return Gap("accuracy", train_acc, val_acc, value, epsilon, value > epsilon)
 
@@ -130,9 +110,9 @@ def loss_gap(train_loss: float, val_loss: float, epsilon: float = 0.1) -> Gap:
         >>> round(g.gap, 2), g.overfitting
         (0.75, True)
     """
-    train_loss = _check_real(train_loss, "train_loss")
-    val_loss = _check_real(val_loss, "val_loss")
-    epsilon = _check_epsilon(epsilon)
+    train_loss = check_real(train_loss, "train_loss")
+    val_loss = check_real(val_loss, "val_loss")
+    epsilon = check_real(epsilon, "epsilon", nonneg=True)
     value = val_loss - train_loss
     return Gap("loss", train_loss, val_loss, value, epsilon, value > epsilon)
 
@@ -170,14 +150,13 @@ class OverfitMonitor:
         patience: int = 1,
         stop: bool = False,
     ) -> None:
-        if metric not in ("accuracy", "loss"):
-            raise ValueError(f"metric must be 'accuracy' or 'loss', got {metric!r}")
+        check_choice(metric, "metric", ("accuracy", "loss"))
         if epsilon is None:
             epsilon = 0.05 if metric == "accuracy" else 0.1
-        self.epsilon = _check_epsilon(epsilon)
+        self.epsilon = check_real(epsilon, "epsilon", nonneg=True)
         self.metric = metric
         self.patience = check_positive_int(patience, "patience")
-        self.stop = bool(stop)
+        self.stop = check_bool(stop, "stop")
         self.records: list[dict[str, Any]] = []
         self.flagged_epoch: int | None = None
         self._run = 0
@@ -206,8 +185,8 @@ class OverfitMonitor:
         epoch = check_positive_int(epoch, "epoch")
         row: dict[str, Any] = {
             "epoch": epoch,
-            "train_loss": None if train_loss is None else _check_real(train_loss, "train_loss"),
-            "val_loss": None if val_loss is None else _check_real(val_loss, "val_loss"),
+            "train_loss": None if train_loss is None else check_real(train_loss, "train_loss"),
+            "val_loss": None if val_loss is None else check_real(val_loss, "val_loss"),
             "train_acc": None if train_acc is None else _check_accuracy(train_acc, "train_acc"),
             "val_acc": None if val_acc is None else _check_accuracy(val_acc, "val_acc"),
         }

@@ -3,14 +3,13 @@ r"""Regression with MC dropout: dropout rate p and model precision τ by validat
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from dropkit._validate import check_positive_int, check_probability
+from dropkit._validate import check_positive_int, check_rates, check_seed, check_taus
 
 __all__ = ["PTauSearch", "search_p_tau"]
 
@@ -91,9 +90,9 @@ def search_p_tau(
     from dropkit.regression import MC_PASS_BYTES, TAU_FACTORS, train_dropout_ensemble
 
     (x_train, y_train), (x_val, y_val) = train, val
-    rates = [check_probability(p, f"rates[{i}]", allow_one=False) for i, p in enumerate(rates)]
-    if not rates or min(rates) <= 0:
-        raise ValueError(f"rates must be non-empty dropout rates in (0, 1), got {list(rates)}")
+    rates = list(check_rates(rates, "rates"))
+    taus = None if taus is None else check_taus(taus, "taus")
+    seed = check_seed(seed)
     T = check_positive_int(T, "T")
     n = int(x_train.shape[0])
     y_val_np = torch.as_tensor(y_val).double().numpy()
@@ -112,10 +111,7 @@ def search_p_tau(
             residual = first(torch.as_tensor(x_val, dtype=torch.float32))[:, 0].double().numpy()
         tau0 = 1.0 / max(float(np.mean((residual - y_val_np) ** 2)), 1e-12)
         taus = [tau0 * f for f in TAU_FACTORS]
-    taus = [float(t) for t in taus]
-    for i, t in enumerate(taus):
-        if not (math.isfinite(t) and t > 0):
-            raise ValueError(f"taus must be positive finite precisions, got {t!r} at position {i}")
+    taus = list(check_taus(taus, "taus"))
     grid = [(p, tau) for p in rates for tau in taus]
     nets = train_dropout_ensemble(
         x_train,

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
 from torch import nn
 
 from dropkit._validate import check_probability
 from dropkit.layers.base import is_dropout_module
 
-__all__ = ["dropout_layers", "set_rates"]
+__all__ = ["dropout_layers", "set_rates", "check_layers"]
 
 
 def dropout_layers(model: nn.Module) -> dict[str, nn.Module]:
@@ -51,3 +51,23 @@ def set_rates(model: nn.Module, rates: Mapping[str, float]) -> nn.Module:
     for path, value in checked.items():
         layers[path].p = value
     return model
+
+
+def check_layers(layers: Iterable[str] | None, available: list[str]) -> list[str]:
+    """``layers`` as a list after checking it names some of the ``available`` dropout module
+    paths (None: all of them).
+
+    Example:
+        >>> check_layers(["fc"], ["dropout1", "dropout2"])
+        Traceback (most recent call last):
+            ...
+        ValueError: layers must name dropout modules of the model ['dropout1', 'dropout2'], got ['fc']
+    """
+    if layers is None:
+        return list(available)
+    if isinstance(layers, str):
+        raise TypeError(f"layers must be a list of dropout module paths, got the string {layers!r}")
+    layers = list(layers)
+    if not layers or any(path not in available for path in layers):
+        raise ValueError(f"layers must name dropout modules of the model {available}, got {layers}")
+    return layers

@@ -17,9 +17,10 @@ import optuna
 from optuna.trial import TrialState
 from torch import nn
 
-from dropkit._validate import check_positive_int, check_probability
+from dropkit._validate import check_choice, check_positive_int, check_probability, check_seed
+from dropkit.tune.rates import check_layers
 from dropkit.tune.storage import mask_url, quiet, resolve_storage
-from dropkit.tune.trainer import Trainer, built_rates
+from dropkit.tune.trainer import TrainSpec
 from dropkit.tune.trials import SearchResult, result_from_study, run_trials, trial_p
 
 __all__ = ["DEFAULT_GRID", "RateSearch", "search_rates", "builtin_search", "check_grid"]
@@ -105,10 +106,8 @@ class RateSearch:
         seed: int = 0,
         n_startup_trials: int = 5,
     ) -> None:
-        if mode not in ("grid", "per_layer"):
-            raise ValueError(f"mode must be 'grid' or 'per_layer', got {mode!r}")
-        if direction not in ("minimize", "maximize"):
-            raise ValueError(f"direction must be 'minimize' or 'maximize', got {direction!r}")
+        check_choice(mode, "mode", ("grid", "per_layer"))
+        check_choice(direction, "direction", ("minimize", "maximize"))
         self.mode = mode
         self.grid = check_grid(grid)
         self.low = check_probability(low, "low")
@@ -123,35 +122,25 @@ class RateSearch:
                     f"ranges[{path!r}] must be (low, high) with low <= high, got {bounds!r}"
                 )
             self.ranges[path] = (lo, hi)
-        self.trainer = Trainer(
+        self.trainer = TrainSpec(
             build_model,
             train_fn,
             eval_fn,
-            train,
-            val,
-            epochs,
-            lr,
-            batch_size,
-            weight_decay,
-            task,
-            metric,
+            train=train,
+            val=val,
+            epochs=epochs,
+            lr=lr,
+            batch_size=batch_size,
+            weight_decay=weight_decay,
+            task=task,
+            metric=metric,
         )
         self.metric = metric
         self.direction = direction
-        self.seed = int(seed)
+        self.seed = check_seed(seed)  # Optuna's samplers take a 32-bit seed
         self.n_startup_trials = check_positive_int(n_startup_trials, "n_startup_trials", minimum=0)
         # Build one model now: the paths are checked before any trial runs.
-        available = list(built_rates(build_model, self.seed))
-        if not available:
-            raise ValueError("the model built by build_model() holds no dropout module to tune")
-        if layers is None:
-            layers = available
-        layers = list(layers)
-        unknown = [p for p in layers if p not in available]
-        if unknown or not layers:
-            raise ValueError(
-                f"layers must name dropout modules of the model {available}, got {layers}"
-            )
+        layers = check_layers(layers, list(self.trainer.built_rates(self.seed)))
         unknown = [p for p in self.ranges if p not in layers]
         if unknown:
             raise ValueError(f"ranges names {unknown}, which are not searched layers {layers}")
@@ -419,8 +408,7 @@ def builtin_search(
     from dropkit import data as _data
     from dropkit.models import MLP
 
-    if dataset not in _DATASETS:
-        raise ValueError(f"dataset must be one of {_DATASETS}, got {dataset!r}")
+    check_choice(dataset, "dataset", _DATASETS)
     hidden = [check_positive_int(h, f"hidden[{i}]") for i, h in enumerate(hidden)]
     for key, value in search.items():
         if callable(value) or key in ("build_model", "train_fn", "eval_fn", "train", "val"):

@@ -265,7 +265,12 @@ def _with_installed_driver(
 
 
 def _optuna_schema() -> dict[str, set[str]]:
-    """Optuna's RDB tables and their columns (empty when this optuna does not expose them)."""
+    """Optuna's RDB tables and their columns (empty when this optuna does not expose them).
+
+    The one place dropkit reads Optuna's private API: Optuna publishes no description of its
+    schema, and without one a damaged database surfaces as a traceback from deep inside a trial.
+    An Optuna that moves the models turns the schema check off (an empty schema), nothing else.
+    """
     try:
         from optuna.storages._rdb.models import BaseModel
     except ImportError:

@@ -4,61 +4,36 @@ over seeds), and :func:`summarize`, which gives each group's mean, standard devi
 from __future__ import annotations
 
 import math
-import numbers
 import statistics
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from torch import nn
 
+from dropkit._validate import check_choice, check_seeds
+from dropkit.tune.rates import check_layers
 from dropkit.tune.search import DEFAULT_GRID, check_grid
-from dropkit.tune.trainer import Trainer, built_rates
+from dropkit.tune.trainer import TrainSpec
 
 __all__ = ["ablation", "sensitivity", "summarize"]
 
 
-def _trainer_and_rates(
-    build_model,
-    train_fn,
-    eval_fn,
-    train,
-    val,
-    epochs,
-    lr,
-    batch_size,
-    weight_decay,
-    task,
-    metric,
-    seed,
-) -> tuple[Trainer, dict[str, float]]:
-    """The trainer and the built model's dropout rates that ablation and sensitivity share."""
-    trainer = Trainer(
-        build_model,
-        train_fn,
-        eval_fn,
-        train,
-        val,
-        epochs,
-        lr,
-        batch_size,
-        weight_decay,
-        task,
-        metric,
-    )
-    built = built_rates(build_model, seed)
-    if not built:
-        raise ValueError("the model built by build_model() holds no dropout module")
-    return trainer, built
-
-
-def _check_seeds(seeds: Iterable[int]) -> list[int]:
-    seeds = list(seeds)
-    if not seeds:
-        raise ValueError("seeds must hold at least one seed, got none")
-    for s in seeds:
-        if isinstance(s, bool) or not isinstance(s, numbers.Integral):
-            raise TypeError(f"seeds must be ints, got {s!r}")
-    return [int(s) for s in seeds]
+def _train_each(
+    spec: TrainSpec,
+    configs: Sequence[tuple[dict[str, Any], dict[str, float]]],
+    seeds: Sequence[int],
+    progress: Any,
+) -> list[dict[str, Any]]:
+    """Trains every (configuration, seed); a row holds the configuration's fields (its name or
+    its p), the seed, the rates and the metrics."""
+    rows = []
+    for fields, rates in configs:
+        for seed in seeds:
+            metrics = spec.run(rates, seed)
+            rows.append({**fields, "seed": seed, "rates": dict(rates), **metrics})
+            if progress is not None and hasattr(progress, "update"):
+                progress.update(1)
+    return rows
 
 
 def ablation(
@@ -106,25 +81,22 @@ def ablation(
         >>> [r["config"] for r in rows]
         ['all', 'none', 'without:dropout1', 'without:dropout2']
     """
-    if one_at_a_time not in ("without", "only", "both"):
-        raise ValueError(
-            f"one_at_a_time must be 'without', 'only' or 'both', got {one_at_a_time!r}"
-        )
-    seeds = _check_seeds(seeds)
-    trainer, built = _trainer_and_rates(
+    check_choice(one_at_a_time, "one_at_a_time", ("without", "only", "both"))
+    seeds = check_seeds(seeds)
+    spec = TrainSpec(
         build_model,
         train_fn,
         eval_fn,
-        train,
-        val,
-        epochs,
-        lr,
-        batch_size,
-        weight_decay,
-        task,
-        metric,
-        seeds[0],
+        train=train,
+        val=val,
+        epochs=epochs,
+        lr=lr,
+        batch_size=batch_size,
+        weight_decay=weight_decay,
+        task=task,
+        metric=metric,
     )
+    built = spec.built_rates(seeds[0])
     active = [path for path, p in built.items() if p > 0]
     if not active:
         raise ValueError(
@@ -140,14 +112,9 @@ def ablation(
         configs += [
             (f"only:{path}", {**dict.fromkeys(built, 0.0), path: built[path]}) for path in active
         ]
-    rows = []
-    for name, rates in configs:
-        for seed in seeds:
-            metrics = trainer.run(rates, seed)
-            rows.append({"config": name, "seed": seed, "rates": dict(rates), **metrics})
-            if progress is not None and hasattr(progress, "update"):
-                progress.update(1)
-    return rows
+    return _train_each(
+        spec, [({"config": name}, rates) for name, rates in configs], seeds, progress
+    )
 
 
 def sensitivity(
@@ -189,36 +156,24 @@ def sensitivity(
         [(0.0, 2), (0.5, 2)]
     """
     values = check_grid(rates)
-    seeds = _check_seeds(seeds)
-    trainer, built = _trainer_and_rates(
+    seeds = check_seeds(seeds)
+    spec = TrainSpec(
         build_model,
         train_fn,
         eval_fn,
-        train,
-        val,
-        epochs,
-        lr,
-        batch_size,
-        weight_decay,
-        task,
-        metric,
-        seeds[0],
+        train=train,
+        val=val,
+        epochs=epochs,
+        lr=lr,
+        batch_size=batch_size,
+        weight_decay=weight_decay,
+        task=task,
+        metric=metric,
     )
-    layers = list(built) if layers is None else list(layers)
-    unknown = [p for p in layers if p not in built]
-    if unknown or not layers:
-        raise ValueError(
-            f"layers must name dropout modules of the model {list(built)}, got {layers}"
-        )
-    rows = []
-    for p in values:
-        config = {**built, **dict.fromkeys(layers, p)}
-        for seed in seeds:
-            metrics = trainer.run(config, seed)
-            rows.append({"p": p, "seed": seed, "rates": dict(config), **metrics})
-            if progress is not None and hasattr(progress, "update"):
-                progress.update(1)
-    return rows
+    built = spec.built_rates(seeds[0])
+    layers = check_layers(layers, list(built))
+    configs = [({"p": p}, {**built, **dict.fromkeys(layers, p)}) for p in values]
+    return _train_each(spec, configs, seeds, progress)
 
 
 def summarize(
