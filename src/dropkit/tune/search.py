@@ -52,7 +52,9 @@ class RateSearch:
 
     Every trial builds a fresh model with ``torch.manual_seed(seed)`` and trains it with the same
     seed, so trials differ only in their rates (common random numbers). The objective is the
-    validation metric after the last epoch (``val_loss`` by default, minimised).
+    validation metric after the last epoch (``val_loss`` by default, minimised). The training
+    settings (``build_model`` to ``metric`` below, rates and seed aside) are checked once into a
+    :class:`dropkit.tune.trainer.TrainSpec`, kept as :attr:`trainer`.
 
     Args:
         build_model: ``build_model()`` → a fresh nn.Module holding dropout modules.
