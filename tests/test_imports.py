@@ -1,7 +1,6 @@
 """The package imports from anywhere: no module of dropkit shadows the standard library."""
 
 import ast
-import itertools
 import os
 import pkgutil
 import subprocess
@@ -113,9 +112,11 @@ print(leaked)
     assert done.stdout.strip() == "[]"
 
 
-# The functional modules: dropkit.functional re-exports the others; none of the others imports it.
-FUNCTIONAL_MODULES = ("functional", "functional_variants", "functional_learned", "_masking")
-BELOW_FUNCTIONAL = ("functional_variants", "functional_learned", "_masking")
+# The functional package: dropkit/functional/__init__.py re-exports its modules' public names; the
+# modules (one per kind, as dropkit/layers/) build on dropkit._masking and import neither the package
+# nor each other.
+FUNCTIONAL_DIR = PACKAGE_DIR / "functional"
+FUNCTIONAL_MODULES = sorted(p.stem for p in FUNCTIONAL_DIR.glob("*.py") if p.stem != "__init__")
 
 
 def _dropkit_imports(path: Path) -> set[str]:
@@ -130,41 +131,102 @@ def _dropkit_imports(path: Path) -> set[str]:
     return {name for name in found if name.split(".")[0] == "dropkit"}
 
 
-@pytest.mark.parametrize("name", BELOW_FUNCTIONAL)
-def test_the_functional_building_blocks_do_not_import_dropkit_functional(name):
-    imports = _dropkit_imports(PACKAGE_DIR / f"{name}.py")
-    assert "dropkit.ops" in imports or name == "functional_learned"  # the walk sees imports
-    assert "dropkit.functional" not in imports, f"{name}.py imports dropkit.functional: a cycle"
+def test_the_functional_package_mirrors_the_layers():
+    layers = {p.stem for p in (PACKAGE_DIR / "layers").glob("*.py")} - {"__init__", "base"}
+    assert set(FUNCTIONAL_MODULES) == layers
+    # The old files are gone (their names are aliases, see below), and so is functional.py.
+    for old in ("functional.py", "functional_variants.py", "functional_learned.py"):
+        assert not (PACKAGE_DIR / old).exists(), old
 
 
-def test_functional_and_variants_share_one_mask_helper():
+@pytest.mark.parametrize("name", [*FUNCTIONAL_MODULES, "_masking"])
+def test_the_functional_modules_import_neither_the_package_nor_each_other(name):
+    path = FUNCTIONAL_DIR / f"{name}.py" if name != "_masking" else PACKAGE_DIR / "_masking.py"
+    imports = _dropkit_imports(path)
+    assert "dropkit._validate" in imports  # the walk sees imports
+    below = sorted(
+        i for i in imports if i == "dropkit.functional" or i.startswith("dropkit.functional.")
+    )
+    assert below == [], f"{name}.py imports {below}: the functional modules are siblings"
+
+
+def test_the_functional_package_re_exports_without_star_imports():
+    tree = ast.parse((FUNCTIONAL_DIR / "__init__.py").read_text(encoding="utf-8"))
+    stars = [
+        n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.names[0].name == "*"
+    ]
+    assert stars == []
+    import dropkit.functional as F
+
+    seen = []
+    for name in FUNCTIONAL_MODULES:
+        module = sys.modules[f"dropkit.functional.{name}"]
+        for public in module.__all__:
+            assert getattr(F, public) is getattr(module, public), (name, public)
+        seen += module.__all__
+    assert sorted(F.__all__) == sorted(seen) and len(set(seen)) == len(seen)
+
+
+def test_the_functional_modules_share_one_mask_helper():
     import dropkit._masking
+
+    for name in FUNCTIONAL_MODULES:
+        module = sys.modules[f"dropkit.functional.{name}"]
+        assert not hasattr(module, "_apply_kept") and not hasattr(module, "_masked"), name
+        if hasattr(module, "apply_kept"):
+            assert module.apply_kept is dropkit._masking.apply_kept, name
+
+
+def test_the_old_functional_names_are_aliases():
+    import dropkit.functional_learned
     import dropkit.functional_variants
+    from dropkit.functional_learned import concrete_dropout
+    from dropkit.functional_variants import drop_block_gamma, locked_dropout
 
-    assert dropkit.functional_variants.apply_kept is dropkit._masking.apply_kept
-    assert not hasattr(dropkit.functional_variants, "_apply_kept")
+    assert dropkit.functional_learned is dropkit.functional.learned
+    assert dropkit.functional_variants is dropkit.functional
+    assert concrete_dropout is dropkit.functional.concrete_dropout
+    assert drop_block_gamma is dropkit.functional.drop_block_gamma
+    assert locked_dropout is dropkit.functional.locked_dropout
 
 
-@pytest.mark.parametrize("order", list(itertools.permutations(FUNCTIONAL_MODULES[:3])))
-def test_the_functional_modules_import_in_any_order_without_a_cycle(order):
-    # A bare `dropkit` package (its __init__, which imports everything, not run), then the functional
-    # modules in this order in a fresh interpreter. Until dropkit.functional itself is imported it
-    # must not have been loaded by any other; afterwards it re-exports the others' public names.
+@pytest.mark.parametrize(
+    "statement",
+    [
+        *(f"import dropkit.functional.{name}" for name in FUNCTIONAL_MODULES),
+        "import dropkit.functional",
+        "import dropkit.functional_learned as m; m.standout",
+        "from dropkit.functional_variants import drop_path",
+        "from dropkit.functional_learned import LOG_ALPHA_CLAMP",
+    ],
+)
+def test_each_functional_module_imports_alone_in_a_fresh_interpreter(statement):
+    done = subprocess.run(
+        [sys.executable, "-c", statement],
+        env=_child_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd="/",
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+
+
+@pytest.mark.parametrize("first", FUNCTIONAL_MODULES)
+def test_the_functional_modules_import_first_without_dropkit_init(first):
+    # A bare `dropkit` package (its __init__, which imports everything, not run): importing one
+    # functional module first loads the functional package and every sibling without a cycle.
     code = f"""
 import importlib, sys, types
 package = types.ModuleType("dropkit")
 package.__path__ = [{str(PACKAGE_DIR)!r}]
 sys.modules["dropkit"] = package
-for name in {order!r}:
-    module = importlib.import_module("dropkit." + name)
-    if name != "functional":
-        assert "dropkit.functional" not in sys.modules or "functional" in {order!r}[: {order!r}.index(name)], name
+first = importlib.import_module("dropkit.functional.{first}")
 functional = sys.modules["dropkit.functional"]
-for name in ("functional_variants", "functional_learned", "_masking"):
-    module = sys.modules["dropkit." + name]
+for name in {FUNCTIONAL_MODULES!r}:
+    module = importlib.import_module("dropkit.functional." + name)
     for public in module.__all__:
-        if name != "_masking" or public != "apply_kept":
-            assert getattr(functional, public) is getattr(module, public), (name, public)
+        assert getattr(functional, public) is getattr(module, public), (name, public)
 print("ok")
 """
     done = subprocess.run(

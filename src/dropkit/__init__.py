@@ -9,8 +9,6 @@ from dropkit import (
     convert,
     diagnostics,
     functional,
-    functional_learned,
-    functional_variants,
     mc,
     ops,
     rng,
@@ -66,6 +64,16 @@ from dropkit.schedules import DropoutScheduler
 # ``from dropkit.inspect import audit``, without a file named inspect.py.
 inspect = diagnostics
 _sys.modules.setdefault(__name__ + ".inspect", diagnostics)
+
+# The functional forms were three files, functional.py, functional_variants.py (structured, weight
+# and sequence variants) and functional_learned.py; they are now the package dropkit.functional, one
+# module per kind as in dropkit.layers. The old names stay as aliases, without files:
+# ``dropkit.functional_learned`` is dropkit.functional.learned, ``dropkit.functional_variants`` the
+# package (it holds every name the old module had).
+functional_variants = functional
+functional_learned = functional.learned
+_sys.modules.setdefault(__name__ + ".functional_variants", functional_variants)
+_sys.modules.setdefault(__name__ + ".functional_learned", functional_learned)
 
 __version__ = "0.1.0"
 

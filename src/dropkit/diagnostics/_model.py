@@ -209,10 +209,12 @@ class CallTracker:
             if name == "dropkit.functional"
             or name.startswith(("dropkit.functional_", "dropkit.functional."))
         )
+        seen: set[int] = set()
         for mod_name in names:
             module = sys.modules.get(mod_name)
-            if module is None:
-                continue
+            if module is None or id(module) in seen:
+                continue  # an alias: dropkit.functional_learned is dropkit.functional.learned
+            seen.add(id(module))
             for attr in getattr(module, "__all__", []):
                 func = getattr(module, attr, None)
                 if not _pyinspect.isfunction(func):

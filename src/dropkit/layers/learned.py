@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dropkit import functional_learned as FL
+from dropkit.functional import learned as FL
 from dropkit import noise
 from dropkit._validate import (
     check_choice,

@@ -12,7 +12,7 @@ from torch import nn
 from torch.nn.utils.rnn import PackedSequence
 
 from dropkit import functional as F
-from dropkit import functional_variants as FV
+from dropkit.functional import structured as FV
 from dropkit._validate import check_bool, check_scaling
 from dropkit.layers.base import DropoutBase
 

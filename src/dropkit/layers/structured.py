@@ -16,7 +16,7 @@ from collections.abc import Sequence
 
 import torch
 
-from dropkit import functional_variants as FV
+from dropkit.functional import structured as FV
 from dropkit._validate import (
     check_bool,
     check_choice,

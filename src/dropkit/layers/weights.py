@@ -22,7 +22,7 @@ from torch import nn
 from torch.func import functional_call
 
 from dropkit import functional as F
-from dropkit import functional_variants as FV
+from dropkit.functional import structured as FV
 from dropkit._validate import check_bool, check_scaling
 from dropkit.layers.base import DropoutBase, refuse_scripting
 

@@ -56,10 +56,6 @@ from dropkit._validate import (
     check_scaling,
     check_training,
 )
-from dropkit.functional_learned import *  # noqa: F401, F403  (re-exported: the public API)
-from dropkit.functional_learned import __all__ as _learned_all
-from dropkit.functional_variants import *  # noqa: F401, F403
-from dropkit.functional_variants import __all__ as _variants_all
 
 __all__ = [
     "dropout",
@@ -340,8 +336,3 @@ def gaussian_dropout(
     z = _noise.normal(mask_shape, dtype=input.dtype, device=input.device, generator=generator)
     return input * z.mul_(std).add_(1.0)
 
-
-# The structured, weight-level, sequence and learned variants live in files of their own (imported
-# above, re-exported): `dropkit.functional` is the one place to look.
-
-__all__ += _variants_all + _learned_all
