@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 
 import dropkit
-from dropkit import functional_learned as FL
+from dropkit.functional import learned as FL
 
 EPS = 1e-8
 

@@ -14,7 +14,7 @@ from torch.utils.checkpoint import checkpoint
 import dropkit
 from dropkit import functional_learned as FL
 from dropkit import noise, rng
-from dropkit.functional_variants import drop_connect_moment_matching
+from dropkit.functional import drop_connect_moment_matching
 from tests.stats import assert_fraction_close, assert_mean_close, assert_variance_close
 
 _DATA_DEPENDENT_CHECKS = ("ConcreteDropout", "Standout")

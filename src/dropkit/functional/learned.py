@@ -184,7 +184,7 @@ def relaxed_bernoulli_mask(
     Example:
         >>> import torch, dropkit
         >>> g = torch.Generator().manual_seed(0)
-        >>> m = dropkit.functional_learned.relaxed_bernoulli_mask(0.3, (10_000,), generator=g)
+        >>> m = dropkit.functional.relaxed_bernoulli_mask(0.3, (10_000,), generator=g)
         >>> round(1 - m.mean().item(), 1)
         0.3
     """
@@ -235,7 +235,7 @@ def concrete_dropout(
     Example:
         >>> import torch, dropkit
         >>> p = torch.tensor(0.2, requires_grad=True)
-        >>> y = dropkit.functional_learned.concrete_dropout(torch.ones(1000), p)
+        >>> y = dropkit.functional.concrete_dropout(torch.ones(1000), p)
         >>> y.sum().backward()
         >>> p.grad is not None
         True
@@ -277,7 +277,7 @@ def concrete_dropout_regularizer(
 
     Example:
         >>> import torch, dropkit
-        >>> r = dropkit.functional_learned.concrete_dropout_regularizer(0.5, 4.0, 10, 1e-2, 1e-1)
+        >>> r = dropkit.functional.concrete_dropout_regularizer(0.5, 4.0, 10, 1e-2, 1e-1)
         >>> round(r.item(), 4)  # 1e-2·4/0.5 + 1e-1·10·(−log 2)
         -0.6131
     """
@@ -322,7 +322,7 @@ def concrete_regularizer_weights(
 
     Example:
         >>> import dropkit
-        >>> wr, dr = dropkit.functional_learned.concrete_regularizer_weights(100, 0.1, precision=2.0)
+        >>> wr, dr = dropkit.functional.concrete_regularizer_weights(100, 0.1, precision=2.0)
         >>> round(wr, 12), dr
         (0.0001, 0.01)
     """
@@ -362,7 +362,7 @@ def variational_dropout(
     Example:
         >>> import torch, dropkit
         >>> log_alpha = torch.zeros((), requires_grad=True)
-        >>> y = dropkit.functional_learned.variational_dropout(torch.ones(4, 3), log_alpha)
+        >>> y = dropkit.functional.variational_dropout(torch.ones(4, 3), log_alpha)
         >>> y.shape
         torch.Size([4, 3])
     """
@@ -412,7 +412,7 @@ def variational_linear(
     Example:
         >>> import torch, dropkit
         >>> w = torch.randn(3, 5)
-        >>> y = dropkit.functional_learned.variational_linear(torch.randn(2, 5), w, None, torch.tensor(-1.0))
+        >>> y = dropkit.functional.variational_linear(torch.randn(2, 5), w, None, torch.tensor(-1.0))
         >>> y.shape
         torch.Size([2, 3])
     """
@@ -448,7 +448,7 @@ def variational_dropout_kl(log_alpha: torch.Tensor) -> torch.Tensor:
 
     Example:
         >>> import torch, dropkit
-        >>> kl = dropkit.functional_learned.variational_dropout_kl(torch.tensor([-4.0, 0.0]))
+        >>> kl = dropkit.functional.variational_dropout_kl(torch.tensor([-4.0, 0.0]))
         >>> bool(kl[0] > kl[1])
         True
     """
@@ -479,7 +479,7 @@ def sparse_variational_log_alpha(weight: torch.Tensor, log_sigma2: torch.Tensor)
     Example:
         >>> import torch, dropkit
         >>> w = torch.tensor([1.0, 0.1]); ls2 = torch.log(torch.tensor([1e-2, 1e-2]))
-        >>> dropkit.functional_learned.sparse_variational_log_alpha(w, ls2).round(decimals=3)
+        >>> dropkit.functional.sparse_variational_log_alpha(w, ls2).round(decimals=3)
         tensor([-4.6050, -0.0000])
     """
     weight = check_float_tensor(weight, "weight")
@@ -533,7 +533,7 @@ def sparse_variational_linear(
         >>> import torch, dropkit
         >>> w = torch.tensor([[1.0, 1e-3]]); ls2 = torch.full((1, 2), -6.0)
         >>> x = torch.tensor([[2.0, 5.0]])
-        >>> dropkit.functional_learned.sparse_variational_linear(x, w, ls2, training=False)
+        >>> dropkit.functional.sparse_variational_linear(x, w, ls2, training=False)
         tensor([[2.]])
     """
     training = check_training(training)
@@ -583,7 +583,7 @@ def sparse_variational_conv2d(
     Example:
         >>> import torch, dropkit
         >>> w = torch.randn(4, 3, 3, 3); ls2 = torch.full_like(w, -8.0)
-        >>> dropkit.functional_learned.sparse_variational_conv2d(torch.randn(2, 3, 8, 8), w, ls2).shape
+        >>> dropkit.functional.sparse_variational_conv2d(torch.randn(2, 3, 8, 8), w, ls2).shape
         torch.Size([2, 4, 6, 6])
     """
     training = check_training(training)
@@ -627,7 +627,7 @@ def sparse_variational_dropout_kl(log_alpha: torch.Tensor) -> torch.Tensor:
 
     Example:
         >>> import torch, dropkit
-        >>> kl = dropkit.functional_learned.sparse_variational_dropout_kl(torch.tensor([-8.0, 0.0, 8.0]))
+        >>> kl = dropkit.functional.sparse_variational_dropout_kl(torch.tensor([-8.0, 0.0, 8.0]))
         >>> [round(v, 3) for v in kl.tolist()]
         [4.636, 0.431, 0.0]
     """
@@ -658,7 +658,7 @@ def elbo_loss(
 
     Example:
         >>> import torch, dropkit
-        >>> dropkit.functional_learned.elbo_loss(torch.tensor(0.5), torch.tensor(10.0), 100, 0.5)
+        >>> dropkit.functional.elbo_loss(torch.tensor(0.5), torch.tensor(10.0), 100, 0.5)
         tensor(55.)
     """
     if not isinstance(nll, torch.Tensor) or nll.numel() != 1:
@@ -685,7 +685,7 @@ def standout_keep_prob(
 
     Example:
         >>> import torch, dropkit
-        >>> dropkit.functional_learned.standout_keep_prob(torch.tensor([0.0, 100.0]), alpha=1.0, beta=0.0)
+        >>> dropkit.functional.standout_keep_prob(torch.tensor([0.0, 100.0]), alpha=1.0, beta=0.0)
         tensor([0.5000, 1.0000])
     """
     check_float_tensor(pre_activation, "pre_activation")
@@ -733,7 +733,7 @@ def standout(
     Example:
         >>> import torch, dropkit
         >>> a = torch.ones(2, 3); pi = torch.full((2, 3), 0.25)
-        >>> dropkit.functional_learned.standout(a, pi, training=False)
+        >>> dropkit.functional.standout(a, pi, training=False)
         tensor([[0.2500, 0.2500, 0.2500],
                 [0.2500, 0.2500, 0.2500]])
     """

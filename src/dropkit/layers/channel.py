@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from dropkit import functional as F
+from dropkit.functional import channel as F
 from dropkit.layers.base import DropoutBase
 
 __all__ = ["Dropout1d", "Dropout2d", "Dropout3d"]

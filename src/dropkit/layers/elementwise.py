@@ -9,8 +9,8 @@ from collections.abc import Sequence
 
 import torch
 
-from dropkit import functional as F
 from dropkit._validate import check_noise_shape
+from dropkit.functional import elementwise as F
 from dropkit.layers.base import DropoutBase
 
 __all__ = ["Dropout", "AlphaDropout", "GaussianDropout"]

@@ -27,7 +27,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dropkit.functional import learned as FL
 from dropkit import noise
 from dropkit._validate import (
     check_choice,
@@ -35,6 +34,7 @@ from dropkit._validate import (
     check_positive_int,
     check_real,
 )
+from dropkit.functional import learned as FL
 from dropkit.layers.base import DropoutBase, refuse_scripting
 
 __all__ = [
@@ -82,7 +82,7 @@ class ConcreteDropout(DropoutBase):
 
     with ‖W‖² over the wrapped layer's parameters, K the number of input elements per example, and
     the paper's weight_regularizer = l²/N, dropout_regularizer = 2/(τN)
-    (:func:`dropkit.functional_learned.concrete_regularizer_weights`). In eval the input passes
+    (:func:`dropkit.functional.concrete_regularizer_weights`). In eval the input passes
     unchanged (inverted scaling); keep the module in train mode for Monte-Carlo predictions.
 
     ``p`` reads the current learned rate as a float. Setting ``p`` (a rate scheduler does) resets
@@ -306,7 +306,7 @@ class VariationalLinear(nn.Linear):
 
     Kingma, Salimans & Welling 2015: weights w_ji = θ_ji ξ_ji, ξ ~ N(1, α) with a learned α, and the
     pre-activations sampled directly, y = xθᵀ + b + √((x ⊙ x)(α ⊙ θ ⊙ θ)ᵀ) ⊙ ε
-    (:func:`dropkit.functional_learned.variational_linear`). ``alpha_shape`` picks one α for the
+    (:func:`dropkit.functional.variational_linear`). ``alpha_shape`` picks one α for the
     layer, one per input unit (the paper's Gaussian dropout on the inputs), or one per weight.
     Eval: y = xθᵀ + b. :meth:`kl` sums the paper's approximation over every weight.
 
@@ -508,7 +508,7 @@ class Conv2dSVDO(_SVDOMixin, nn.Conv2d):
         if not self.training:
             kept = (self.log_alpha < self.threshold).to(self.weight.dtype)
             return self._conv_forward(input, self.weight * kept, self.bias)
-        # Same maths as functional_learned.sparse_variational_conv2d, through _conv_forward so that
+        # Same maths as functional.learned.sparse_variational_conv2d, through _conv_forward so that
         # padding_mode (reflect, replicate, circular) applies to both convolutions.
         mean = self._conv_forward(input, self.weight, self.bias)
         var = self._conv_forward(input * input, torch.exp(self.log_sigma2), None)
@@ -661,7 +661,7 @@ class Standout(nn.Module):
 
     Training: y = m ⊙ a, m_j ~ Bernoulli(π_j) (no rescaling); the standout network's gradient
     uses the local expectation of the mask, ∂L/∂π = a ⊙ ∂L/∂y
-    (:func:`dropkit.functional_learned.standout`). Eval: y = π ⊙ a, the paper's expectation rule.
+    (:func:`dropkit.functional.standout`). Eval: y = π ⊙ a, the paper's expectation rule.
     α and β are fixed hyperparameters (``learn_alpha_beta=True`` learns them).
 
     Args:

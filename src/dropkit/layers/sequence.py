@@ -11,9 +11,9 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import PackedSequence
 
-from dropkit import functional as F
-from dropkit.functional import structured as FV
+from dropkit._masking import eval_scale
 from dropkit._validate import check_bool, check_scaling
+from dropkit.functional import sequence as F
 from dropkit.layers.base import DropoutBase
 
 __all__ = ["LockedDropout", "EmbeddingDropout"]
@@ -25,7 +25,7 @@ class LockedDropout(DropoutBase):
     Training: y_t = m ⊙ x_t · s for all t, m ~ Bernoulli(1 − p) of shape (N, C) drawn once per
     forward (Gal & Ghahramani 2016; AWD-LSTM's ``LockedDropout``); s = 1/(1 − p) (inverted) or 1
     (inference). Eval: identity (inverted) or (1 − p) x (inference). Accepts PackedSequence.
-    See :func:`dropkit.functional_variants.locked_dropout`.
+    See :func:`dropkit.functional.locked_dropout`.
 
     Args:
         p: probability of dropping a feature of a sequence, in [0, 1].
@@ -62,7 +62,7 @@ class LockedDropout(DropoutBase):
             raise RuntimeError(
                 "LockedDropout under TorchScript takes a Tensor, not a PackedSequence"
             )
-        return FV.locked_dropout(
+        return F.locked_dropout(
             input,
             self.p,
             self.training,
@@ -85,7 +85,7 @@ class EmbeddingDropout(nn.Embedding, DropoutBase):
     word in the batch looks up the zero vector; kept rows are scaled by 1/(1 − p) (inverted) or 1
     (inference). Eval: ``nn.Embedding`` (inverted) or (1 − p) W[input] (inference). A drop-in
     replacement for ``nn.Embedding`` (same parameters and options, ``from_pretrained`` works).
-    See :func:`dropkit.functional_variants.embedding_dropout`.
+    See :func:`dropkit.functional.embedding_dropout`.
 
     Args:
         num_embeddings, embedding_dim, padding_idx, max_norm, norm_type, scale_grad_by_freq,
@@ -142,7 +142,7 @@ class EmbeddingDropout(nn.Embedding, DropoutBase):
                 input, weight, self.padding_idx, self.max_norm, self.norm_type,
                 self.scale_grad_by_freq, self.sparse,
             )  # fmt: skip
-        return FV.embedding_dropout(
+        return F.embedding_dropout(
             input, self.weight, self.p, self.training,
             padding_idx=self.padding_idx, max_norm=self.max_norm, norm_type=self.norm_type,
             scale_grad_by_freq=self.scale_grad_by_freq, sparse=self.sparse, scaling=self.scaling,
@@ -156,7 +156,7 @@ class EmbeddingDropout(nn.Embedding, DropoutBase):
 
     def to_plain(self) -> nn.Embedding:
         """The ``nn.Embedding`` this layer computes in eval (rows scaled by 1 − p for inference)."""
-        weight = self.weight.detach() * F.eval_scale(self.p, self.scaling)
+        weight = self.weight.detach() * eval_scale(self.p, self.scaling)
         return nn.Embedding(
             self.num_embeddings, self.embedding_dim, self.padding_idx, self.max_norm,
             self.norm_type, self.scale_grad_by_freq, self.sparse, _weight=weight.clone(),

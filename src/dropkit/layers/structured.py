@@ -2,7 +2,7 @@ r"""Structured dropout: contiguous blocks (DropBlock), whole residual branches (
 attention heads (DropHead) and attention weights.
 
 Each module holds its state (``p`` and the variant's options) and calls one function of
-:mod:`dropkit.functional_variants`, which holds the maths.
+:mod:`dropkit.functional.structured`, which holds the maths.
 
 Papers: DropBlock, Ghiasi et al. 2018 (https://arxiv.org/abs/1810.12890); stochastic depth,
 Huang et al. 2016 (https://arxiv.org/abs/1603.09382); DropHead, Zhou et al. 2020
@@ -16,7 +16,6 @@ from collections.abc import Sequence
 
 import torch
 
-from dropkit.functional import structured as FV
 from dropkit._validate import (
     check_bool,
     check_choice,
@@ -24,6 +23,7 @@ from dropkit._validate import (
     check_positive_int,
     check_probability,
 )
+from dropkit.functional import structured as F
 from dropkit.layers.base import DropoutBase
 
 __all__ = [
@@ -71,7 +71,7 @@ class DropBlock2d(_DropBlockNd):
     γ = p/(b_h b_w) · HW/((H − b_h + 1)(W − b_w + 1)); every unit of a seeded block is dropped
     (a max-pool of the seed mask), and the kept units are scaled by count(M)/count_ones(M) over
     the batch (``normalize="batch"``, the paper's Algorithm 1) or per sample (``"sample"``).
-    Eval: identity. See :func:`dropkit.functional_variants.drop_block2d`.
+    Eval: identity. See :func:`dropkit.functional.drop_block2d`.
 
     Args:
         p: target fraction of units to drop, in [0, 1).
@@ -97,7 +97,7 @@ class DropBlock2d(_DropBlockNd):
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         if torch.jit.is_scripting():
             return self.scripted_forward(input, -1)
-        return FV.drop_block2d(
+        return F.drop_block2d(
             input, self.p, self.block_size, self.training, self.inplace,
             share_channels=self.share_channels, normalize=self.normalize,
         )  # fmt: skip
@@ -141,7 +141,7 @@ class DropBlock3d(_DropBlockNd):
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         if torch.jit.is_scripting():
             return self.scripted_forward(input, -1)
-        return FV.drop_block3d(
+        return F.drop_block3d(
             input, self.p, self.block_size, self.training, self.inplace,
             share_channels=self.share_channels, normalize=self.normalize,
         )  # fmt: skip
@@ -155,7 +155,7 @@ class DropPath(DropoutBase):
     scaled by 1/(1 − p) (``scale_by_keep``, timm and torchvision's default). With
     ``scaling="inference"`` (the paper's rule) kept branches are not scaled in training and eval
     multiplies the branch by 1 − p. Same semantics as ``torchvision.ops.StochasticDepth(p, mode)``.
-    See :func:`dropkit.functional_variants.drop_path` and :func:`drop_path_rates`.
+    See :func:`dropkit.functional.drop_path` and :func:`drop_path_rates`.
 
     Args:
         p: probability of dropping the branch, in [0, 1].
@@ -192,7 +192,7 @@ class DropPath(DropoutBase):
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         if torch.jit.is_scripting():
             return self.scripted_forward(input, -1)
-        return FV.drop_path(
+        return F.drop_path(
             input, self.p, self.training, self.inplace,
             mode=self.mode, scale_by_keep=self.scale_by_keep, scaling=self.scaling,
         )  # fmt: skip
@@ -248,7 +248,7 @@ class DropHead(DropoutBase):
     Training: each (sample, head) is kept with probability 1 − p; kept heads are rescaled by
     H/(number of kept heads) of their sample (``normalize="heads"``, the paper's) or by 1/(1 − p)
     (``"inverted"``). Eval: identity. Apply it to the per-head attention output before the heads
-    are merged. See :func:`dropkit.functional_variants.drop_head`.
+    are merged. See :func:`dropkit.functional.drop_head`.
 
     Args:
         p: probability of dropping a head, in [0, 1].
@@ -273,7 +273,7 @@ class DropHead(DropoutBase):
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         if torch.jit.is_scripting():
             return self.scripted_forward(input, -1)
-        return FV.drop_head(input, self.p, self.training, self.inplace, normalize=self.normalize)
+        return F.drop_head(input, self.p, self.training, self.inplace, normalize=self.normalize)
 
     def extra_repr(self) -> str:
         parts = [super().extra_repr()]
@@ -288,7 +288,7 @@ class AttentionDropout(DropoutBase):
     ``mode="element"`` drops single weights (as ``nn.MultiheadAttention``'s dropout),
     ``mode="key"`` drops whole keys for every query (DropAttention(c)); ``normalize="inverted"``
     rescales by 1/(1 − p), ``"rows"`` renormalises each row to sum to one (DropAttention).
-    Eval: identity. See :func:`dropkit.functional_variants.attention_dropout`.
+    Eval: identity. See :func:`dropkit.functional.attention_dropout`.
 
     Args:
         p: probability of dropping a weight (or key), in [0, 1].
@@ -325,7 +325,7 @@ class AttentionDropout(DropoutBase):
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         if torch.jit.is_scripting():
             return self.scripted_forward(input, -1)
-        return FV.attention_dropout(
+        return F.attention_dropout(
             input, self.p, self.training, self.inplace, mode=self.mode, normalize=self.normalize
         )
 

@@ -21,9 +21,9 @@ import torch.nn.functional as TF
 from torch import nn
 from torch.func import functional_call
 
-from dropkit import functional as F
-from dropkit.functional import structured as FV
+from dropkit._masking import eval_scale, train_scale
 from dropkit._validate import check_bool, check_scaling
+from dropkit.functional import weights as F
 from dropkit.layers.base import DropoutBase, refuse_scripting
 
 __all__ = [
@@ -75,7 +75,7 @@ class _DropConnectMixin:
 
     def _plain_state(self) -> dict[str, torch.Tensor]:
         """The parameters of the equivalent plain layer in eval (W, or (1 − p) W for inference)."""
-        factor = F.eval_scale(self.p, self.scaling)  # type: ignore[attr-defined]
+        factor = eval_scale(self.p, self.scaling)  # type: ignore[attr-defined]
         state = {}
         for name, value in self.state_dict().items():  # type: ignore[attr-defined]
             scaled = name == "weight" or (name == "bias" and self.drop_bias)
@@ -91,7 +91,7 @@ class DropConnectLinear(_DropConnectMixin, nn.Linear, DropoutBase):
     (inference). Eval: ``nn.Linear`` (inverted) or ``nn.Linear`` with weights (1 − p) W (inference,
     the paper's mean-weight inference). :meth:`moment_matching` gives Wan et al.'s Gaussian
     moment-matching inference of a(layer(x)). See
-    :func:`dropkit.functional_variants.drop_connect_linear`.
+    :func:`dropkit.functional.drop_connect_linear`.
 
     Args:
         in_features, out_features, bias, device, dtype: as ``nn.Linear``.
@@ -132,7 +132,7 @@ class DropConnectLinear(_DropConnectMixin, nn.Linear, DropoutBase):
         if torch.jit.is_scripting():
             weight, bias = self.scripted_eval_parameters()
             return TF.linear(input, weight, bias)
-        return FV.drop_connect_linear(
+        return F.drop_connect_linear(
             input, self.weight, self.bias, self.p, self.training,
             per_sample=self.per_sample, drop_bias=self.drop_bias, scaling=self.scaling,
         )  # fmt: skip
@@ -171,7 +171,7 @@ class DropConnectLinear(_DropConnectMixin, nn.Linear, DropoutBase):
     ) -> torch.Tensor:
         """a(layer(input)) by Wan et al.'s Gaussian moment-matching inference (their Algorithm 2).
 
-        See :func:`dropkit.functional_variants.drop_connect_moment_matching`.
+        See :func:`dropkit.functional.drop_connect_moment_matching`.
 
         Example:
             >>> import torch, dropkit
@@ -179,7 +179,7 @@ class DropConnectLinear(_DropConnectMixin, nn.Linear, DropoutBase):
             >>> layer.moment_matching(torch.randn(2, 16), num_samples=32).shape
             torch.Size([2, 4])
         """
-        return FV.drop_connect_moment_matching(
+        return F.drop_connect_moment_matching(
             input, self.weight, self.bias, self.p, activation, num_samples,
             drop_bias=self.drop_bias, scaling=self.scaling, generator=generator,
         )  # fmt: skip
@@ -215,7 +215,7 @@ class _DropConnectConvNd(_DropConnectMixin):
             padding: object = 0
         else:
             padding = self.padding  # type: ignore[attr-defined]
-        return FV.drop_connect_conv(
+        return F.drop_connect_conv(
             input, self.weight, self.bias, self.p, self.training,  # type: ignore[attr-defined]
             stride=self.stride, padding=padding, dilation=self.dilation, groups=self.groups,  # type: ignore[attr-defined]
             per_sample=self.per_sample, drop_bias=self.drop_bias, scaling=self.scaling,
@@ -309,7 +309,7 @@ def _make_conv(plain: type[nn.modules.conv._ConvNd], k: int, example: str) -> ty
     Training: y = conv(x, M ⊙ W · s) + b, M ~ Bernoulli(1 − p) of W's shape, one mask per
     mini-batch (default) or per sample (``per_sample=True``, one grouped convolution); s = 1/(1 − p)
     (inverted) or 1 (inference). Eval: the plain convolution with W (inverted) or (1 − p) W
-    (inference). See :func:`dropkit.functional_variants.drop_connect_conv`.
+    (inference). See :func:`dropkit.functional.drop_connect_conv`.
 {_CONV_ARGS_DOC}
     Shape:
         as ``nn.{plain.__name__}`` ((N, C, *) with ``per_sample``).
@@ -414,12 +414,12 @@ class WeightDrop(DropoutBase):
         self.weights = chosen
 
     def forward(self, *args: object, **kwargs: object) -> object:
-        if self.training and self.p == 0.0 and F.train_scale(self.p, self.scaling) == 1.0:
+        if self.training and self.p == 0.0 and train_scale(self.p, self.scaling) == 1.0:
             return self.module(*args, **kwargs)
-        if not self.training and F.eval_scale(self.p, self.scaling) == 1.0:
+        if not self.training and eval_scale(self.p, self.scaling) == 1.0:
             return self.module(*args, **kwargs)
         dropped = {
-            name: FV.drop_connect(
+            name: F.drop_connect(
                 getattr(self.module, name), self.p, self.training, scaling=self.scaling
             )
             for name in self.weights
@@ -440,7 +440,7 @@ class WeightDrop(DropoutBase):
     def to_plain(self) -> nn.RNNBase:
         """A copy of the wrapped RNN with the eval weights (W_hh, or (1 − p) W_hh for inference)."""
         plain = copy.deepcopy(self.module)
-        factor = F.eval_scale(self.p, self.scaling)
+        factor = eval_scale(self.p, self.scaling)
         if factor != 1.0:
             with torch.no_grad():
                 for name in self.weights:
