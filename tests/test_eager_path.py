@@ -195,3 +195,63 @@ def test_any_layout_gets_the_mask_of_its_contiguous_copy(n):
         kernels.dropout_forward_out(x, torch.empty(3), 3, 11, thresh, scale)
     with pytest.raises(TypeError, match="out must have dtype torch.float32"):
         kernels.dropout_forward_out(x, out.double(), 3, 11, thresh, scale)
+
+
+# ----------------------------------------------------------------------------------------------
+# rng's unsalted draw and the C++ node's reach, as dropkit.ops uses them
+# ----------------------------------------------------------------------------------------------
+def test_unsalted_is_false_wherever_draw_seed_would_salt_or_refuse():
+    from dropkit import rng
+
+    assert rng.unsalted()
+    with rng.model_parallel_region():
+        assert not rng.unsalted()
+    tracker = rng.RNGStatesTracker()
+    tracker.add("a", 1)
+    with tracker.fork("a"):
+        assert not rng.unsalted()
+    seen = []
+
+    def probe(t):
+        seen.append(rng.unsalted())
+        return t * 2
+
+    torch.func.grad(lambda t: probe(t).sum())(torch.ones(2))
+    torch.jit.trace(probe, torch.ones(2), check_trace=False)
+    assert seen == [False, False]  # under a torch.func transform, and while tracing
+    torch.manual_seed(5)
+    drawn = rng.draw_unsalted()
+    torch.manual_seed(5)
+    assert drawn == rng.draw_seed()
+
+
+def test_the_prechecked_fast_path_salts_as_dropout_elementwise_does():
+    from dropkit import rng
+
+    x = torch.ones(64)
+    t, scale = ops.threshold(0.5), ops.dropout_scale(0.5)
+    with rng.model_parallel_region():
+        torch.manual_seed(3)
+        fast = ops.dropout_prechecked(x, t, scale, False)
+        torch.manual_seed(3)
+        checked = ops.dropout_elementwise(x, 0.5, scale)
+    torch.manual_seed(3)
+    unsalted = ops.dropout_prechecked(x, t, scale, False)
+    assert torch.equal(fast, checked) and not torch.equal(fast, unsalted)
+
+
+@pytest.mark.parametrize(
+    "x",
+    [
+        torch.randn(small.LIMIT, requires_grad=True),  # above the lane
+        torch.randn(20, 30).t().requires_grad_(True),  # not contiguous
+        torch.randn(10, device="meta", requires_grad=True),  # not on the CPU
+        torch.randn(0, requires_grad=True),  # empty
+    ],
+    ids=["large", "strided", "meta", "empty"],
+)
+def test_the_native_node_declines_tensors_outside_the_lane(x):
+    from dropkit.kernels import native
+
+    assert native.apply(x, 1, 0, 100, 1.0) is None
+    assert native.apply_seeded(x, 100, 1.0) is None
