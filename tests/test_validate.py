@@ -271,3 +271,40 @@ def test_every_public_check_is_exported_and_documented():
         if callable(obj):
             assert obj.__doc__, name
     assert not [n for n in dir(V) if n.startswith("check_") and n not in V.__all__]
+
+
+# ------------------------------------------------------------------------------------------------
+# the call sites say the same
+
+
+def test_string_options_of_the_schedules_and_uncertainty_are_checked_choices():
+    from dropkit import schedules
+    from dropkit import uncertainty as U
+
+    with _raises(ValueError, "interval must be one of 'step', 'epoch', got 'batch'"):
+        schedules.DropoutScheduleHooks(schedules.constant(0.1), interval="batch")
+    with _raises(TypeError, "interval must be a string, one of 'step', 'epoch', got 1 of type int"):
+        schedules.DropoutScheduleHooks(schedules.constant(0.1), interval=1)
+    samples, y = np.zeros((2, 3)), np.zeros(3)
+    with _raises(ValueError, "reduction must be one of 'mean', 'none', got 'sum'"):
+        U.gaussian_log_likelihood(samples, y, 1.0, reduction="sum")
+    with pytest.raises(ValueError, match="^convention must be one of .*'paper'.* got 'keras'$"):
+        U.tau_from_prior(0.5, 0.2, 100, 1e-3, convention="keras")
+
+
+def test_layers_and_functions_use_the_shared_checks():
+    import dropkit
+    from dropkit import functional as F
+
+    with _raises(TypeError, "per_sample must be a bool (True or False), got 1 of type int"):
+        dropkit.DropConnectLinear(2, 2, p=0.5, per_sample=1)
+    with _raises(ValueError, "mode must be one of 'row', 'batch', got 'col'"):
+        dropkit.DropPath(0.1, mode="col")
+    with _raises(ValueError, "block_size must be an int or 2 ints (one per spatial dim), got (3,)"):
+        F.drop_block2d(torch.ones(1, 1, 4, 4), 0.1, (3,))
+    with _raises(ValueError, "temperature must be a number > 0, got 0.0"):
+        dropkit.ConcreteDropout(torch.nn.Linear(2, 2), temperature=0.0)
+    with _raises(ValueError, "p must be in (0, 0.5] (its logit is learned), got 0.7"):
+        dropkit.VariationalDropout(0.7)
+    with _raises(ValueError, "t must be an integer >= 0, got -1"):
+        dropkit.schedules.constant(0.1)(-1)

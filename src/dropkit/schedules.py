@@ -28,6 +28,7 @@ from torch import nn
 
 from dropkit._validate import (
     check_bool,
+    check_choice,
     check_nonneg_int,
     check_positive_finite,
     check_positive_int,
@@ -374,8 +375,7 @@ class DropoutScheduleHooks:
         log: bool = False,
         **scheduler_kwargs: Any,
     ) -> None:
-        if interval not in ("step", "epoch"):
-            raise ValueError(f"interval must be 'step' or 'epoch', got {interval!r}")
+        check_choice(interval, "interval", ("step", "epoch"))
         if not callable(schedule):
             raise TypeError(
                 f"schedule must be a Schedule or a callable t -> rate, got {schedule!r}"

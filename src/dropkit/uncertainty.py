@@ -465,8 +465,7 @@ def gaussian_log_likelihood(
             f"targets must have shape {arr.shape[1:]} to match samples {arr.shape}, got {y.shape}"
         )
     tau = check_positive_finite(tau, "tau")
-    if reduction not in ("mean", "none"):
-        raise ValueError(f"reduction must be 'mean' or 'none', got {reduction!r}")
+    check_choice(reduction, "reduction", ("mean", "none"))
     sq = (y[None] - arr) ** 2
     dims = 1
     if sq.ndim == 3:
