@@ -157,10 +157,6 @@ _WEIGHT_DROP_SCRIPT = Refusal(
     r"WeightDrop cannot be compiled by torch\.jit\.script",
     "refused with an error naming the layer: script .to_plain() for eval",
 )
-_FEATURE_ALPHA_SCRIPT = (
-    "known bug: torch.jit.script cannot compile its forward, in eval too (it builds a tuple from "
-    "the input's rank); use torch.export or jit.trace"
-)
 _ELBO_SCRIPT = Refusal(
     dropkit.layers.base.ScriptError,
     r"ELBOLoss cannot be compiled by torch\.jit\.script",
@@ -329,8 +325,7 @@ SPECS: tuple[ModuleSpec, ...] = (
         _randn(3, 4, 4),
         twin=lambda m: nn.FeatureAlphaDropout(m.p),
         train_twin=TrainTwin(lambda m: nn.FeatureAlphaDropout(m.p), (256, 64, 2, 2), _channels),
-        known_bugs=dict.fromkeys(("jit_script", "jit_script_train"), _FEATURE_ALPHA_SCRIPT),
-        refusals=_refusals(),
+        refusals=_refusals(script_train=True),
     ),
     ModuleSpec(
         dropkit.GaussianDropout,

@@ -114,3 +114,84 @@ def test_converted_model_runs_mc_dropout_batched_equal_to_loop() -> None:
     convert_dropout(net)
     x = torch.randn(4, 6, dtype=torch.float64)
     assert torch.allclose(predict(net, x, T=8, seed=0), predict(net, x, T=8, seed=0, batched=False))
+
+
+def _selu_net(feature_dropout: nn.Module) -> nn.Module:
+    return nn.Sequential(nn.Conv2d(3, 64, 3, padding=1), nn.SELU(), feature_dropout)
+
+
+def test_a_converted_model_with_feature_alpha_dropout_scripts_in_eval_and_training() -> None:
+    torch.manual_seed(0)
+    original = _selu_net(nn.FeatureAlphaDropout(0.3)).eval()
+    x = torch.randn(256, 3, 2, 2)
+    with torch.no_grad():
+        expected = original(x)
+    net, swapped = convert_dropout(original)
+    assert swapped == ["2"] and type(net[2]) is FeatureAlphaDropout
+    scripted = torch.jit.script(net)
+    with torch.no_grad():
+        # eval: the identity, as the unscripted converted model and torch's
+        assert torch.equal(scripted(x), net(x)) and torch.equal(scripted(x), expected)
+        h = scripted(x)  # the dropout's input
+        scripted.train()
+        net.train()
+        torch.manual_seed(1)
+        y = scripted(x)
+        torch.manual_seed(1)  # the same seed: eager mode's mask, bit for bit
+        assert torch.equal(y, net(x))
+        assert not torch.equal(scripted(x), y)  # a fresh mask per call, no seed frozen in
+    a, b, alpha_prime = dropkit.functional.alpha_dropout_affine(0.3)
+    kept = torch.isclose(y, a * h + b, rtol=1e-6, atol=1e-6).flatten(2).all(-1)
+    dropped = (y == a * alpha_prime + b).flatten(2).all(-1)
+    assert bool((kept ^ dropped).all())  # every channel wholly kept or wholly dropped
+    # 256 × 64 independent channel draws: the dropped fraction within 6σ of the binomial bound
+    assert_fraction_close(int(dropped.sum()), 256 * 64, 0.3, what="dropped channels")
+
+
+@pytest.mark.parametrize("shape", [(4, 8), (4, 8, 5), (4, 8, 3, 3), (2, 8, 2, 3, 3), (8, 5, 5)])
+@pytest.mark.parametrize("inplace", [False, True])
+def test_scripted_feature_alpha_dropout_is_eager_mode_bit_for_bit(shape, inplace) -> None:
+    layer = FeatureAlphaDropout(0.4, inplace=inplace)
+    scripted = torch.jit.script(layer)
+    x = torch.randn(shape, dtype=torch.float64)
+    for seed in (3, 4):
+        torch.manual_seed(seed)
+        eager = layer(x.clone())
+        torch.manual_seed(seed)
+        assert torch.equal(scripted(x.clone()), eager)
+    y = x.clone()
+    torch.manual_seed(5)
+    out = scripted(y)
+    assert (out.data_ptr() == y.data_ptr()) is inplace
+    assert torch.equal(scripted.eval()(x), x)
+
+
+@pytest.mark.parametrize("p", [0.0, 1.0])
+def test_scripted_feature_alpha_dropout_edge_rates_as_eager(p) -> None:
+    x = torch.randn(3, 4, 5)
+    x[0, 0, 0] = float("inf")
+    layer = FeatureAlphaDropout(p)
+    scripted = torch.jit.script(layer)
+    expected = torch.zeros_like(x) if p == 1.0 else x
+    assert torch.equal(scripted(x), expected) and torch.equal(layer(x), expected)
+
+
+def test_scripted_feature_alpha_dropout_refuses_bad_input_naming_it() -> None:
+    scripted = torch.jit.script(FeatureAlphaDropout(0.2))
+    for training in (True, False):
+        scripted.train(training)
+        with pytest.raises(
+            torch.jit.Error, match=r"ValueError: .*rank >= 2 \(N, C, \*\), got shape"
+        ):
+            scripted(torch.randn(5))
+        with pytest.raises(
+            torch.jit.Error, match=r"TypeError: .*floating-point .*got dtype torch\.int64"
+        ):
+            scripted(torch.ones(2, 3, dtype=torch.int64))
+
+
+@pytest.mark.parametrize("p", [1e-6, 0.05, 0.1, 0.2, 1 / 3, 0.5, 0.7, 0.9, 1 - 2**-20])
+def test_the_torchscript_alpha_affine_is_eager_modes(p) -> None:
+    a, b, alpha_prime = dropkit.functional.alpha_dropout_affine(p)
+    assert dropkit.convert.scripted_alpha_affine(p, alpha_prime) == (a, b)
+    assert torch.jit.script(dropkit.convert.scripted_alpha_affine)(p, alpha_prime) == (a, b)

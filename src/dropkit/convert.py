@@ -32,11 +32,15 @@ warning) to 1-D channel dropout, while dropkit.Dropout2d reads a 3-D input as on
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
 from dropkit import functional as F
+from dropkit.functional.elementwise import ALPHA_PRIME
 from dropkit.integrations import huggingface
+from dropkit.layers.base import scripted_threshold
 from dropkit.layers.channel import Dropout1d, Dropout2d, Dropout3d
 from dropkit.layers.elementwise import AlphaDropout, Dropout
 
@@ -50,6 +54,10 @@ class FeatureAlphaDropout(AlphaDropout):
     whole, then the affine correction of :func:`dropkit.functional.alpha_dropout` restores zero
     mean and unit variance. The mask's shape (N, C, 1, …, 1) follows the input's rank, so one
     module serves 1-D, 2-D and 3-D feature maps. Eval: identity.
+
+    ``torch.jit.script`` compiles it in eval and in training (``inplace`` too): the scripted
+    training forward draws its channel mask through dropkit's ops, the same bits as eager mode
+    for the same ``torch.manual_seed`` (as Dropout1d/2d/3d).
 
     Args:
         p: probability of dropping a channel, in [0, 1].
@@ -69,13 +77,88 @@ class FeatureAlphaDropout(AlphaDropout):
     def __init__(self, p: float = 0.5, inplace: bool = False) -> None:
         super().__init__(p, inplace)
 
+    def __prepare_scriptable__(self) -> FeatureAlphaDropout:
+        # TorchScript reads instance attributes, not module globals: the compiled forward's α'.
+        self._alpha_prime = ALPHA_PRIME
+        return super().__prepare_scriptable__()
+
     def forward(self, input: torch.Tensor) -> torch.Tensor:
+        if torch.jit.is_scripting():
+            return scripted_feature_alpha_dropout(
+                input, self._p, self.training, self.inplace, self._alpha_prime
+            )
         if input.dim() < 2:
             raise ValueError(
                 f"FeatureAlphaDropout expects input of rank >= 2 (N, C, *), got shape {tuple(input.shape)}"
             )
         noise_shape = (None, None) + (1,) * (input.dim() - 2)
         return F.alpha_dropout(input, self.p, self.training, self.inplace, noise_shape=noise_shape)
+
+
+# TorchScript forms (torch.jit.script compiles these, never the Python path above): the same ops
+# and the same bits as F.alpha_dropout with noise_shape (None, None, 1, ..., 1).
+# tests/test_convert.py holds scripted_alpha_affine equal to F.alpha_dropout_affine.
+def scripted_alpha_affine(p: float, alpha_prime: float) -> tuple[float, float]:
+    """(a, b) of alpha dropout at drop rate p < 1 with α' = ``alpha_prime``, as
+    :func:`dropkit.functional.alpha_dropout_affine`."""
+    keep = 1.0 - p
+    a = 1.0 / math.sqrt(keep + alpha_prime**2 * keep * (1.0 - keep))
+    b = -a * (1.0 - keep) * alpha_prime
+    return a, b
+
+
+def _scripted_dtype_name(dtype: torch.dtype) -> str:
+    # TorchScript prints a dtype as its enum number; name the non-floating ones an input can have.
+    for candidate, name in [
+        (torch.bool, "torch.bool"),
+        (torch.uint8, "torch.uint8"),
+        (torch.int8, "torch.int8"),
+        (torch.int16, "torch.int16"),
+        (torch.int32, "torch.int32"),
+        (torch.int64, "torch.int64"),
+        (torch.complex64, "torch.complex64"),
+        (torch.complex128, "torch.complex128"),
+    ]:
+        if dtype == candidate:
+            return name
+    return "(a non-floating dtype)"
+
+
+def scripted_feature_alpha_dropout(
+    input: torch.Tensor, p: float, training: bool, inplace: bool, alpha_prime: float
+) -> torch.Tensor:
+    """FeatureAlphaDropout's forward under TorchScript: eval the identity; training one keep
+    mask per (sample, channel) from dropkit's ops, kept a·x + b, dropped a·α' + b (α' =
+    ``alpha_prime``, SELU's saturation)."""
+    if not input.is_floating_point():
+        raise TypeError(
+            "input must be a floating-point tensor (float16, bfloat16, float32 or float64), got dtype "
+            + _scripted_dtype_name(input.dtype)
+        )
+    if input.dim() < 2:
+        raise ValueError(
+            "FeatureAlphaDropout expects input of rank >= 2 (N, C, *), got shape "
+            + str(input.shape)
+        )
+    if not training or p == 0.0:
+        return input
+    if p == 1.0:  # zeros (not 0·x, which is NaN for an infinite x), as eager mode
+        everything = torch.ones((), dtype=torch.bool, device=input.device)
+        if inplace:
+            return input.masked_fill_(everything, 0.0)
+        return input.masked_fill(everything, 0.0)
+    a, b = scripted_alpha_affine(p, alpha_prime)
+    # A written-to anchor, never a constant: TorchScript would otherwise fold the draw (see
+    # dropkit.layers.base.scripted_dropout).
+    anchor = torch.empty(0)
+    anchor.zero_()
+    seed = torch.ops.dropkit.draw_seed(anchor)
+    shape = list(input.shape[:2]) + [1] * (input.dim() - 2)
+    kept = torch.ops.dropkit.keep_mask(shape, seed, scripted_threshold(p), input.device)
+    dropped_value = a * alpha_prime + b
+    if inplace:
+        return input.mul_(a).add_(b).masked_fill_(~kept, dropped_value)
+    return torch.where(kept, input * a + b, input.new_full([], dropped_value))
 
 
 _SWAPS: dict[type[nn.Module], type[nn.Module]] = {
