@@ -1,9 +1,8 @@
 r"""The mask rule every functional module shares: the scales, ``noise_shape``, applying a kept mask,
 and :func:`dropout` itself.
 
-One home for what :mod:`dropkit.functional` and :mod:`dropkit.functional_variants` both build on, so
-that neither imports the other (functional.py re-exports the public names here: ``dropkit.functional``
-stays the public API). See :mod:`dropkit.functional` for the scaling table and the mask's resolution.
+One home for what every module of :mod:`dropkit.functional` builds on, so that none of them imports
+a sibling (``dropkit.functional`` re-exports the public names here: it stays the public API). See :mod:`dropkit.functional` for the scaling table and the mask's resolution.
 """
 
 from __future__ import annotations
