@@ -308,3 +308,30 @@ def test_layers_and_functions_use_the_shared_checks():
         dropkit.VariationalDropout(0.7)
     with _raises(ValueError, "t must be an integer >= 0, got -1"):
         dropkit.schedules.constant(0.1)(-1)
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "error", "message"),
+    [
+        ("lr", 0.0, ValueError, "lr must be a positive finite number, got 0.0"),
+        ("lr", float("nan"), ValueError, "lr must be a positive finite number, got nan"),
+        ("lr", "0.1", TypeError, "lr must be a positive finite number, got '0.1' of type str"),
+        ("val_fraction", 1.0, ValueError, "val_fraction must be a number in (0, 1), got 1.0"),
+        ("metric", "acc", ValueError, "metric must be one of 'val_acc', 'val_loss', got 'acc'"),
+        ("seed", -1, ValueError, "seed must be an int in [0, 4294967295] (32 bits), got -1"),
+        ("seed", 2.0, TypeError, "seed must be an int in [0, 4294967295] (32 bits), got 2.0 of type float"),
+    ],
+)
+def test_study_config_uses_the_one_validator(field, value, error, message):
+    from dropkit.study.config import StudyConfig
+
+    with _raises(error, message):
+        StudyConfig(**{field: value}).resolved()
+
+
+def test_fit_checks_lr_with_the_one_validator():
+    from dropkit.train import fit
+
+    data = (torch.randn(8, 3), torch.randint(0, 2, (8,)))
+    with _raises(ValueError, "lr must be a positive finite number, got inf"):
+        fit(torch.nn.Linear(3, 2), data, lr=float("inf"))

@@ -8,7 +8,6 @@ A_train − A_val compares like with like).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
@@ -22,7 +21,7 @@ from torch.utils.data import (
     TensorDataset,
 )
 
-from dropkit._validate import check_positive_int
+from dropkit._validate import check_positive_finite, check_positive_int
 
 __all__ = ["History", "fit", "evaluate", "as_loader"]
 
@@ -154,8 +153,7 @@ def fit(
     """
     epochs = check_positive_int(epochs, "epochs")
     batch_size = check_positive_int(batch_size, "batch_size")
-    if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
-        raise ValueError(f"lr must be a positive finite number, got {lr!r}")
+    check_positive_finite(lr, "lr")
     loss_fn = _loss_fn(task)
     if seed is not None:
         torch.manual_seed(seed)

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from dropkit import data as _data
 from dropkit import tune
-from dropkit._validate import check_positive_int
+from dropkit._validate import (
+    check_choice,
+    check_open_unit,
+    check_positive_finite,
+    check_positive_int,
+    check_seed,
+)
 
 #: The MNIST-1D paper's MLP test accuracy (Greydanus 2020, table 1), the baseline's reference.
 PAPER_MLP_TEST_ACC = 0.68
@@ -83,14 +88,10 @@ class StudyConfig:
         if not out.hidden:
             raise ValueError("hidden must hold at least one layer width, got none")
         out.batch_size = check_positive_int(self.batch_size, "batch_size")
-        if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
-            raise ValueError(f"lr must be a positive finite number, got {self.lr!r}")
-        if not 0.0 < self.val_fraction < 1.0:
-            raise ValueError(f"val_fraction must be in (0, 1), got {self.val_fraction!r}")
-        if self.metric not in ("val_acc", "val_loss"):
-            raise ValueError(f"metric must be 'val_acc' or 'val_loss', got {self.metric!r}")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
-            raise ValueError(f"seed must be an int >= 0, got {self.seed!r}")
+        check_positive_finite(self.lr, "lr")
+        check_open_unit(self.val_fraction, "val_fraction")
+        check_choice(self.metric, "metric", ("val_acc", "val_loss"))
+        check_seed(self.seed, "seed")
         # Seeds seed .. seed + k − 1 seed NumPy's legacy generator and Optuna's samplers: 32 bits.
         largest = 2**32 - max(out.seeds, out.final_seeds)
         if self.seed > largest:
