@@ -19,7 +19,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dropkit import kernels
-from dropkit.kernels import cpu
+from dropkit.kernels import cpu, threads
 from dropkit.reference import philox as ref
 from tests.stats import assert_fraction_close
 
@@ -237,7 +237,7 @@ def test_forked_child_of_a_process_that_ran_parallel_kernels_still_works():
                 np.array_equal(cpu.dropout_forward(x, 3, 0, 100, 1.0).numpy(), expected.numpy())
                 for _ in range(3)
             )
-            code = 0 if ok and cpu._FORKED_CHILD else 2
+            code = 0 if ok and threads.forked_child() else 2
         finally:
             os._exit(code)
     _, status = os.waitpid(pid, 0)
@@ -245,30 +245,30 @@ def test_forked_child_of_a_process_that_ran_parallel_kernels_still_works():
 
 
 def test_path_chooser_prefers_the_measured_faster_twin_and_backs_off_probing():
-    chooser = cpu._PathChooser()
+    chooser = threads.PathChooser()
     n = 1 << 20
     assert chooser.pick(n) == (True, 21)  # nothing measured: try parallel first
     chooser.record(21, True, 10e-9)
     assert chooser.pick(n) == (False, 21)  # then serial
     chooser.record(21, False, 1e-9)
     picks = []
-    for _ in range(3 * cpu._PathChooser.PROBE_MIN):
+    for _ in range(3 * threads.PathChooser.PROBE_MIN):
         parallel, size_class = chooser.pick(n)
         picks.append(parallel)
         chooser.record(size_class, parallel, 10e-9 if parallel else 1e-9)
     # serial is 10x faster: parallel only as a probe, the first after PROBE_MIN calls, the next
     # after twice as many (the choice held).
     first = picks.index(True)
-    assert first == cpu._PathChooser.PROBE_MIN - 1
+    assert first == threads.PathChooser.PROBE_MIN - 1
     assert picks.count(True) == 2
-    assert picks.index(True, first + 1) == first + 2 * cpu._PathChooser.PROBE_MIN
+    assert picks.index(True, first + 1) == first + 2 * threads.PathChooser.PROBE_MIN
 
 
 def test_path_chooser_switches_when_a_probe_wins():
-    chooser = cpu._PathChooser()
+    chooser = threads.PathChooser()
     chooser.record(chooser.pick(1 << 20)[1], True, 10e-9)
     chooser.record(chooser.pick(1 << 20)[1], False, 1e-9)
-    for _ in range(cpu._PathChooser.PROBE_MIN - 1):
+    for _ in range(threads.PathChooser.PROBE_MIN - 1):
         assert chooser.pick(1 << 20)[0] is False
     assert chooser.pick(1 << 20)[0] is True  # the probe
     chooser.record(21, True, 0.1e-9)  # parallel is now much faster: believed at once
@@ -276,7 +276,7 @@ def test_path_chooser_switches_when_a_probe_wins():
 
 
 def test_path_chooser_forgets_a_slow_outlier_at_the_first_faster_time():
-    chooser = cpu._PathChooser()
+    chooser = threads.PathChooser()
     chooser.record(chooser.pick(1 << 20)[1], True, 1e-3)  # e.g. the thread pool starting up
     chooser.record(chooser.pick(1 << 20)[1], False, 2e-9)
     chooser.stats[21][2] = 1  # next call probes parallel

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 import dropkit
-from dropkit.kernels import cpu, noise, noise_cpu, warmup
+from dropkit.kernels import cpu, noise, noise_cpu, threads, warmup
 
 _REAL_NOISE_RUN = noise_cpu._run
 _SIZES = [1, 1000, noise_cpu.PARALLEL_MIN * 2 + 3]
@@ -159,7 +159,7 @@ def test_the_serial_noise_twin_serves_while_the_parallel_one_compiles(cold, monk
     )
     monkeypatch.setattr(noise_cpu, "_run", _REAL_NOISE_RUN)  # numba's twins may run here
     claims = []
-    monkeypatch.setattr(noise_cpu, "claim_parallel", lambda n: claims.append(n) or 0)
+    monkeypatch.setattr(threads, "claim_parallel", lambda n: claims.append(n) or 0)
     x = torch.randn(noise_cpu.PARALLEL_MIN * 2)
     first = noise.gaussian_multiply(x, 3, 0, 0.5)
     assert (noise_cpu._multiply_par, np.dtype(np.float32)) in cpu.PARALLEL_COLD

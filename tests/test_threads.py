@@ -11,7 +11,7 @@ import numba
 import pytest
 import torch
 
-from dropkit.kernels import cpu
+from dropkit.kernels import cpu, threads
 
 _N = cpu.PARALLEL_MIN * 4
 
@@ -42,7 +42,7 @@ def test_one_torch_thread_means_serial_kernels(torch_threads, monkeypatch):
     torch_threads(1)
     calls = _record(monkeypatch)
     x = torch.randn(_N)
-    for _ in range(3 * cpu._PathChooser.PROBE_MAX // 64):
+    for _ in range(3 * threads.PathChooser.PROBE_MAX // 64):
         cpu.dropout_forward(x, 1, 0, 1000, 1.0)
         cpu.keep_mask(_N, 1, 0, 1000)
     assert calls and not any(parallel for parallel, _ in calls)
@@ -116,4 +116,4 @@ def test_concurrent_callers_never_overlap_parallel_regions(torch_threads):
     for w in workers:
         w.join()
     assert failures == []
-    assert not cpu._PARALLEL_GATE.locked()
+    assert not threads._PARALLEL_GATE.locked()

@@ -319,7 +319,12 @@ def test_layers_and_functions_use_the_shared_checks():
         ("val_fraction", 1.0, ValueError, "val_fraction must be a number in (0, 1), got 1.0"),
         ("metric", "acc", ValueError, "metric must be one of 'val_acc', 'val_loss', got 'acc'"),
         ("seed", -1, ValueError, "seed must be an int in [0, 4294967295] (32 bits), got -1"),
-        ("seed", 2.0, TypeError, "seed must be an int in [0, 4294967295] (32 bits), got 2.0 of type float"),
+        (
+            "seed",
+            2.0,
+            TypeError,
+            "seed must be an int in [0, 4294967295] (32 bits), got 2.0 of type float",
+        ),
     ],
 )
 def test_study_config_uses_the_one_validator(field, value, error, message):

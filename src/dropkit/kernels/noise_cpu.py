@@ -9,30 +9,23 @@ As in :mod:`dropkit.kernels.cpu`: the stream is cut into chunks of ``CHUNK`` pos
 the stream, each chunk's Philox blocks are computed into a small buffer (the same jitted
 generator, :func:`dropkit.kernels.cpu.philox_fill`), then the element loop reads it. Tensors of
 ``PARALLEL_MIN`` elements or more may run the ``prange`` twin (same bits), on torch's thread count
-and one parallel region at a time (:func:`dropkit.kernels.cpu.claim_parallel`); never in a forked
+and one parallel region at a time (:func:`dropkit.kernels.threads.claim_parallel`); never in a forked
 child. No ``fastmath``: contraction into FMAs would change bits.
 """
 
 from __future__ import annotations
 
 import math
-import time
 
 import numba
 import numpy as np
 import torch
 from numba import prange
 
-from dropkit.kernels import cpu
 from dropkit.kernels._checks import check_cpu_tensor, check_noise_stream
-from dropkit.kernels.cpu import PARALLEL_MIN as cpu_parallel_min
-from dropkit.kernels.cpu import (
-    PathChooser,
-    claim_parallel,
-    philox_fill,
-    release_parallel,
-    use_threads,
-)
+from dropkit.kernels.cpu import philox_fill
+from dropkit.kernels.threads import PARALLEL_MIN as cpu_parallel_min
+from dropkit.kernels.threads import PathChooser, run_twins
 
 __all__ = [
     "CHUNK",
@@ -291,37 +284,24 @@ _WARM: set[tuple[object, str]] = set()
 
 
 def _run(drivers, out: np.ndarray, offset: int, seed: int, aux: tuple) -> None:
-    """The Bernoulli kernels' thread policy (:func:`dropkit.kernels.cpu.claim_parallel`): serial
+    """The Bernoulli kernels' thread policy (:func:`dropkit.kernels.threads.run_twins`): serial
     below ``PARALLEL_MIN`` elements, with one thread to use (torch's count, 1 in a forked child)
     or while another dropkit parallel region runs; else the faster twin as measured."""
     n = out.shape[0]
     args = (out, np.int64(offset), np.uint64(seed & 0xFFFFFFFF), np.uint64(seed >> 32), aux)
     parallel, serial = drivers
-    if cpu.PARALLEL_COLD and n >= PARALLEL_MIN:  # a fresh install (dropkit.kernels.warmup)
-        ready = cpu.PARALLEL_COLD.get((parallel, out.dtype))
-        if ready is not None and not ready():  # still being compiled in the background
-            serial(*args)
-            return
-    threads = claim_parallel(n)
-    if not threads:
+    if n < PARALLEL_MIN:
         serial(*args)
         return
-    try:
-        chooser = _CHOOSERS.get(threads) or _CHOOSERS.setdefault(threads, PathChooser())
-        use_parallel, size_class = chooser.pick(n)
-        driver = parallel if use_parallel else serial
-        if use_parallel:
-            use_threads(threads)
-        key = (driver, str(out.dtype))
-        if key not in _WARM:  # the first call compiles or loads from the cache: not a timing
-            _WARM.add(key)
-            driver(*args)
-            return
-        start = time.perf_counter()
-        driver(*args)
-        chooser.record(size_class, use_parallel, (time.perf_counter() - start) / n)
-    finally:
-        release_parallel()
+    dtype = str(out.dtype)
+
+    def warm(driver) -> bool:
+        if (driver, dtype) in _WARM:
+            return True
+        _WARM.add((driver, dtype))
+        return False
+
+    run_twins(parallel, serial, n, out.dtype, lambda driver: driver(*args), warm, _CHOOSERS)
 
 
 def uniform(n: int, seed: int, offset: int) -> torch.Tensor:

@@ -45,7 +45,7 @@ import time
 
 import torch
 
-from dropkit.kernels import cpu, fallback, noise_cpu, noise_fallback
+from dropkit.kernels import cpu, fallback, noise_cpu, noise_fallback, threads
 from dropkit.kernels._checks import (
     check_bias_residual,
     check_cpu_tensor,
@@ -145,7 +145,7 @@ def _kind_cached(kind: object) -> bool:
 
 
 def _parallel_check(kind: object):
-    """A check for :data:`dropkit.kernels.cpu.PARALLEL_COLD`: True (and gone) once ``kind``'s parallel twin is
+    """A check for :data:`dropkit.kernels.threads.PARALLEL_COLD`: True (and gone) once ``kind``'s parallel twin is
     cached or the warm-up has ended; looks at most every 0.1 s."""
     driver, args = _samples(kind)[1]
     key = (driver, args[0].dtype)
@@ -157,7 +157,7 @@ def _parallel_check(kind: object):
             return False
         next_look[0] = now + _PROBE_EVERY
         if _cached(driver, args) or not running():
-            cpu.PARALLEL_COLD.pop(key, None)
+            threads.PARALLEL_COLD.pop(key, None)
             return True
         return False
 
@@ -189,7 +189,7 @@ def numba_ready(kind: object) -> bool:
                     _NEXT_PROBE[kind] = now + _PROBE_EVERY
                     return False
                 key, check = _parallel_check(kind)  # the serial twin serves meanwhile
-                cpu.PARALLEL_COLD[key] = check
+                threads.PARALLEL_COLD[key] = check
             # else: cached, or the warm-up is over (or could not run): compile what is missing here
         READY.add(kind)
         return True
