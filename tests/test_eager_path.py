@@ -5,7 +5,6 @@ modules of the mask path use each other's public names only."""
 from __future__ import annotations
 
 import ast
-import importlib.util
 from pathlib import Path
 
 import numpy as np
@@ -16,51 +15,16 @@ import dropkit
 from dropkit import kernels, ops
 from dropkit.kernels import cpu, small
 from dropkit.reference import philox as ref
+from tests.test_layout import private_uses
 
 SRC = Path(dropkit.__file__).parent
 DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
 
 
 # ----------------------------------------------------------------------------------------------
-# No module of the mask path reaches into another's underscore names
+# No module of the mask path reaches into another's underscore names (the rule and its own test:
+# tests/test_layout.py, which checks every module; listed here for the mask path's own record)
 # ----------------------------------------------------------------------------------------------
-def _is_module(dotted: str) -> bool:
-    try:
-        return importlib.util.find_spec(dotted) is not None
-    except ModuleNotFoundError:
-        return False
-
-
-def _private_uses(path: Path) -> list[str]:
-    """``from dropkit.X import _y`` and ``X._y`` where X names a dropkit module. An underscore
-    *module* (``kernels/_checks.py``, ``dropkit/_validate.py``) is private to its package, so a
-    sibling may import it; its names are public."""
-    tree = ast.parse(path.read_text())
-    modules: set[str] = set()
-    found = []
-    for node in ast.walk(tree):
-        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("dropkit"):
-            for alias in node.names:
-                if alias.name.startswith("_") and not _is_module(f"{node.module}.{alias.name}"):
-                    found.append(f"line {node.lineno}: from {node.module} import {alias.name}")
-                elif _is_module(f"{node.module}.{alias.name}"):
-                    modules.add(alias.asname or alias.name)
-        elif isinstance(node, ast.Import):
-            for alias in node.names:
-                if alias.name.startswith("dropkit"):
-                    modules.add(alias.asname or alias.name.split(".")[0])
-    for node in ast.walk(tree):
-        if (
-            isinstance(node, ast.Attribute)
-            and isinstance(node.value, ast.Name)
-            and node.value.id in modules
-            and node.attr.startswith("_")
-            and not node.attr.startswith("__")
-        ):
-            found.append(f"line {node.lineno}: {node.value.id}.{node.attr}")
-    return found
-
-
 MASK_PATH = sorted(
     [
         *(p.relative_to(SRC).as_posix() for p in (SRC / "kernels").glob("*.py")),
@@ -74,20 +38,7 @@ MASK_PATH = sorted(
 
 @pytest.mark.parametrize("name", MASK_PATH)
 def test_no_mask_path_module_uses_another_modules_underscore_names(name):
-    assert _private_uses(SRC / name) == []
-
-
-def test_the_underscore_check_sees_every_form(tmp_path):
-    bad = tmp_path / "bad.py"
-    bad.write_text(
-        "from dropkit import ops\nfrom dropkit.kernels import cpu, _checks\n"
-        "from dropkit.rng import _CONTEXT\nops._FAST\ncpu._run\n_checks.check_stream\n"
-    )
-    assert _private_uses(bad) == [
-        "line 3: from dropkit.rng import _CONTEXT",
-        "line 4: ops._FAST",
-        "line 5: cpu._run",
-    ]
+    assert private_uses(SRC / name) == []
 
 
 def test_ops_calls_no_backend_module():

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 import dropkit
+from tests.test_layout import private_uses
 
 PACKAGE_DIR = Path(dropkit.__file__).resolve().parent
 
@@ -251,60 +252,8 @@ CHECKED_SOURCES = sorted(
         *(PACKAGE_DIR / f"{name}.py" for name in ("regression", "data", "cli", "_validate")),
     ]
 )
-#: dropkit's shared helpers whose names are public although the module's is not.
-SHARED_PRIVATE_MODULES = ("dropkit._validate", "dropkit._masking")
-
-
-def _dropkit_private_uses(path: Path) -> list[str]:
-    """``from dropkit.x import _y``, ``from dropkit._x import y`` (but the shared helpers), and
-    ``m._y`` for ``m`` a dropkit module the file imported."""
-    tree = ast.parse(path.read_text(encoding="utf-8"))
-    modules, found = set(), []
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            for alias in node.names:
-                if alias.name.split(".")[0] == "dropkit":
-                    modules.add(alias.asname or alias.name.split(".")[0])
-        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-            if node.module.split(".")[0] != "dropkit":
-                continue
-            private_module = node.module not in SHARED_PRIVATE_MODULES and any(
-                part.startswith("_") for part in node.module.split(".")
-            )
-            for alias in node.names:
-                underscore = alias.name.startswith("_") and not alias.name.startswith("__")
-                if private_module or underscore:
-                    found.append(f"line {node.lineno}: from {node.module} import {alias.name}")
-                modules.add(alias.asname or alias.name)  # maybe a module: checked below
-    for node in ast.walk(tree):
-        if (
-            isinstance(node, ast.Attribute)
-            and isinstance(node.value, ast.Name)
-            and node.value.id in modules
-            and node.attr.startswith("_")
-            and not node.attr.startswith("__")
-        ):
-            found.append(f"line {node.lineno}: {ast.unparse(node)}")
-    return found
 
 
 @pytest.mark.parametrize("path", CHECKED_SOURCES, ids=lambda p: f"{p.parent.name}/{p.name}")
 def test_no_module_reaches_into_another_modules_underscore_names(path):
-    assert _dropkit_private_uses(path) == []
-
-
-def test_the_underscore_check_sees_every_form(tmp_path):
-    bad = tmp_path / "bad.py"
-    bad.write_text(
-        "from dropkit.functional import structured as FV\nimport dropkit.rng\n"
-        "from dropkit.rng import _CONTEXT\nfrom dropkit.kernels._x import y\n"
-        "from dropkit._validate import check_real\nfrom dropkit._masking import apply_kept\n"
-        "FV._check_bool\ndropkit._sys\nself._ok\nother._fine\nFV.drop_path\n"
-        "from dropkit import __version__\n"
-    )
-    assert _dropkit_private_uses(bad) == [
-        "line 3: from dropkit.rng import _CONTEXT",
-        "line 4: from dropkit.kernels._x import y",
-        "line 7: FV._check_bool",
-        "line 8: dropkit._sys",
-    ]
+    assert private_uses(path) == []

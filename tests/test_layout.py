@@ -19,7 +19,7 @@ import pytest
 
 import dropkit
 
-ROOT = Path(dropkit.__file__).parent
+ROOT = Path(dropkit.__file__).resolve().parent
 SOURCES = sorted(ROOT.rglob("*.py"))
 
 MAX_FUNCTION_LINES = 150
@@ -51,26 +51,53 @@ def is_module(dotted: str) -> bool:
         return False
 
 
+def private_part(dotted: str) -> str | None:
+    """The package an underscore module of ``dotted`` is private to (``dropkit.kernels`` for
+    ``dropkit.kernels._checks.x``), or None when no part of the path is private."""
+    parts = dotted.split(".")
+    for i, part in enumerate(parts):
+        if part.startswith("_") and not part.startswith("__"):
+            return ".".join(parts[:i])
+    return None
+
+
 def private_uses(path: Path, here: str | None = None) -> list[str]:
-    """Uses of another dropkit module's underscore names in the file at ``path``."""
+    """Uses of another dropkit module's underscore names in the file at ``path``.
+
+    An underscore *name* is private to its file: ``from dropkit.x import _y`` and ``x._y`` (``x``
+    an imported dropkit module) are refused anywhere else. An underscore *module*
+    (``kernels/_checks.py``, ``dropkit/_validate.py``) is private to its package: the package's
+    own modules may import it and use its public names, modules outside that package may not.
+    """
     here = here or module_name(path)
     tree = ast.parse(path.read_text())
     bound = set()  # local names bound to dropkit modules
     found = []
+
+    def outside(private_to: str | None) -> bool:
+        return private_to is not None and not (here + ".").startswith(private_to + ".")
+
     for node in ast.walk(tree):
         if isinstance(node, ast.ImportFrom):
             source = absolute(node, here, path.name == "__init__.py")
             if not source.startswith("dropkit"):
                 continue
             for alias in node.names:
-                if alias.name.startswith("_") and not alias.name.startswith("__"):
-                    found.append(f"line {node.lineno}: from {source} import {alias.name}")
-                elif is_module(f"{source}.{alias.name}"):
+                target = f"{source}.{alias.name}"
+                if is_module(target):
                     bound.add(alias.asname or alias.name)
+                    if outside(private_part(target)):
+                        found.append(f"line {node.lineno}: from {source} import {alias.name}")
+                elif (alias.name.startswith("_") and not alias.name.startswith("__")) or outside(
+                    private_part(source)
+                ):
+                    found.append(f"line {node.lineno}: from {source} import {alias.name}")
         elif isinstance(node, ast.Import):
             for alias in node.names:
                 if alias.name.startswith("dropkit"):
                     bound.add(alias.asname or alias.name.split(".")[0])
+                    if outside(private_part(alias.name)):
+                        found.append(f"line {node.lineno}: import {alias.name}")
     for node in ast.walk(tree):
         if (
             isinstance(node, ast.Attribute)
@@ -143,13 +170,29 @@ def test_the_underscore_check_sees_every_form(tmp_path):
     bad = tmp_path / "bad.py"
     bad.write_text(
         "from dropkit import ops\nfrom dropkit.rng import _CONTEXT\nops._FAST\n"
-        "import dropkit.kernels.cpu as cpu\ncpu._run\nfrom . import _masking\nfrom .ops import _apply\n"
-        "self._fine\nops.__name__\n"
+        "import dropkit.kernels.cpu as cpu\ncpu._run\nfrom .ops import _apply\n"
+        "self._fine\nops.__name__\nfrom dropkit import __version__\n"
+        "from dropkit._validate import check_real\nfrom dropkit._masking import apply_kept\n"
+        "from dropkit.kernels._checks import check_stream\nfrom dropkit.kernels import _checks\n"
+        "from dropkit.diagnostics import _model\nimport dropkit.kernels._checks\n"
+        "from dropkit.functional import structured as FV\nFV._check_bool\nFV.drop_path\n"
+        "import dropkit\ndropkit._sys\nother._fine\n"
     )
     assert private_uses(bad, here="dropkit.layers.bad") == [
         "line 2: from dropkit.rng import _CONTEXT",
-        "line 6: from dropkit.layers import _masking",
-        "line 7: from dropkit.layers.ops import _apply",
+        "line 6: from dropkit.layers.ops import _apply",
+        "line 12: from dropkit.kernels._checks import check_stream",
+        "line 13: from dropkit.kernels import _checks",
+        "line 14: from dropkit.diagnostics import _model",
+        "line 15: import dropkit.kernels._checks",
+        "line 3: ops._FAST",
+        "line 5: cpu._run",
+        "line 17: FV._check_bool",
+        "line 20: dropkit._sys",
+    ]
+    # Inside the package an underscore module is private to, its modules may import it.
+    assert private_uses(bad, here="dropkit.kernels.bad")[2:5] == [
+        "line 14: from dropkit.diagnostics import _model",
         "line 3: ops._FAST",
         "line 5: cpu._run",
     ]
