@@ -11,8 +11,7 @@ from dropkit.kernels.philox import THRESHOLD_RANGE
 SUPPORTED = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
-def check_stream(n: int, seed: int, offset: int, threshold: int) -> None:
-    """``seed`` in [0, 2^64), ``offset + n <= 2^63``, ``threshold`` in [0, 65536]."""
+def _check_seed_offset(n: int, seed: int, offset: int) -> None:
     if not isinstance(seed, int) or not 0 <= seed < 2**64:
         raise ValueError(f"seed must be an integer in [0, 2**64), got {seed!r}")
     if not isinstance(offset, int) or offset < 0 or offset + n > 2**63:
@@ -20,6 +19,11 @@ def check_stream(n: int, seed: int, offset: int, threshold: int) -> None:
             f"offset must be an integer >= 0 with offset + numel <= 2**63, got {offset!r} "
             f"for {n} elements"
         )
+
+
+def check_stream(n: int, seed: int, offset: int, threshold: int) -> None:
+    """``seed`` in [0, 2^64), ``offset + n <= 2^63``, ``threshold`` in [0, 65536]."""
+    _check_seed_offset(n, seed, offset)
     if not isinstance(threshold, int) or not 0 <= threshold <= THRESHOLD_RANGE:
         raise ValueError(f"threshold must be an integer in [0, 65536], got {threshold!r}")
 
@@ -28,13 +32,7 @@ def check_noise_stream(n: int, seed: int, offset: int) -> None:
     """The noise kernels' stream: ``n >= 0``, ``seed`` in [0, 2^64), ``offset + n <= 2^63``."""
     if not isinstance(n, int) or n < 0:
         raise ValueError(f"n must be a non-negative integer, got {n!r}")
-    if not isinstance(seed, int) or not 0 <= seed < 2**64:
-        raise ValueError(f"seed must be an integer in [0, 2**64), got {seed!r}")
-    if not isinstance(offset, int) or offset < 0 or offset + n > 2**63:
-        raise ValueError(
-            f"offset must be an integer >= 0 with offset + numel <= 2**63, got {offset!r} "
-            f"for {n} elements"
-        )
+    _check_seed_offset(n, seed, offset)
 
 
 def check_tensor(
