@@ -19,19 +19,11 @@ import dropkit
 from dropkit import kernels, ops
 from dropkit.kernels import cpu, native, small, warmup
 from dropkit.reference import philox as ref
+from tests.coldstart import child_env, cold_process
 
 fcntl = pytest.importorskip("fcntl")
 
 _KINDS = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
-
-
-def _env(**extra: str) -> dict[str, str]:
-    env = dict(os.environ)
-    src = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "src")
-    env["PYTHONPATH"] = os.pathsep.join([src, env.get("PYTHONPATH", "")])
-    env.pop("DROPKIT_WARMUP", None)  # conftest turns the background warm-up off for other tests
-    env.update(extra)
-    return env
 
 
 # ----------------------------------------------------------------------------------------------
@@ -101,7 +93,7 @@ _FIRST_CALL = textwrap.dedent(
 def test_a_held_build_lock_never_blocks_the_first_call(tmp_path):
     """A build killed mid-way leaves torch's lock file, or another process is building: the first
     dropout calls return at once with the right bits while the build is left to the background."""
-    env = _env(DROPKIT_NATIVE_DIR=str(tmp_path), DROPKIT_NATIVE_WAIT="600", DROPKIT_NATIVE="1")
+    env = child_env(DROPKIT_NATIVE_DIR=str(tmp_path), DROPKIT_NATIVE_WAIT="600", DROPKIT_NATIVE="1")
     probe = "from dropkit.kernels import native; print(native._build_directory())"
     directory = subprocess.run(
         [sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=120
@@ -172,32 +164,8 @@ def test_a_recorded_build_failure_keeps_the_python_path_without_rebuilding(tmp_p
 # ----------------------------------------------------------------------------------------------
 @pytest.fixture
 def cold(monkeypatch):
-    """This process as on a fresh install: numba's cache empty, the warm-up running."""
-    monkeypatch.delenv("DROPKIT_WARMUP", raising=False)
-    ready = set(warmup.READY)
-    warmup.READY.clear()
-    started: list[object] = []
-
-    def start(kind=None):  # as the real one: True only the first time
-        started.append(kind)
-        return len(started) == 1
-
-    monkeypatch.setattr(warmup, "_cached", lambda driver, args: False)
-    monkeypatch.setattr(warmup, "start", start)
-    monkeypatch.setattr(warmup, "running", lambda: True)
-    monkeypatch.setattr(warmup, "_NEXT_PROBE", {})
-    lane = dict(small.ENTRIES)
-    small.ENTRIES.clear()  # the small-tensor lane serves nothing yet
-    monkeypatch.setattr(native, "_NODES", [native._UNLOADED, None])
-
-    def no_numba(*args, **kwargs):
-        raise AssertionError("numba ran while its code was being compiled")
-
-    monkeypatch.setattr(cpu, "_run", no_numba)
-    yield started
-    warmup.READY.clear()
-    warmup.READY.update(ready)
-    small.ENTRIES.update(lane)
+    """This process as on a fresh install (tests/coldstart.py)."""
+    yield from cold_process(monkeypatch)
 
 
 def _warm_results(shape, dtype, p, seed):
@@ -337,7 +305,7 @@ def test_fresh_install_first_call_is_served_without_compiling_in_process(tmp_pat
                           "same": torch.equal(y, y2), "after_by": warmup.served_by()}))
         """
     )
-    env = _env(NUMBA_CACHE_DIR=str(tmp_path / "numba"), DROPKIT_NATIVE="0")
+    env = child_env(NUMBA_CACHE_DIR=str(tmp_path / "numba"), DROPKIT_NATIVE="0")
     out = subprocess.run(
         [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=1200
     )

@@ -6,7 +6,6 @@ nothing in the calling process."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import textwrap
@@ -17,46 +16,16 @@ import torch
 
 import dropkit
 from dropkit.kernels import cpu, noise, noise_cpu, threads, warmup
+from tests.coldstart import child_env, cold_process
 
 _REAL_NOISE_RUN = noise_cpu._run
 _SIZES = [1, 1000, noise_cpu.PARALLEL_MIN * 2 + 3]
 
 
-def _env(**extra: str) -> dict[str, str]:
-    env = dict(os.environ)
-    src = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "src")
-    env["PYTHONPATH"] = os.pathsep.join([src, env.get("PYTHONPATH", "")])
-    env.pop("DROPKIT_WARMUP", None)  # conftest turns the background warm-up off for other tests
-    env.update(extra)
-    return env
-
-
 @pytest.fixture
 def cold(monkeypatch):
-    """This process as on a fresh install: numba's cache empty, the warm-up running."""
-    monkeypatch.delenv("DROPKIT_WARMUP", raising=False)
-    ready = set(warmup.READY)
-    warmup.READY.clear()
-    started: list[object] = []
-
-    def start(kind=None):  # as the real one: True only the first time
-        started.append(kind)
-        return len(started) == 1
-
-    monkeypatch.setattr(warmup, "_cached", lambda driver, args: False)
-    monkeypatch.setattr(warmup, "start", start)
-    monkeypatch.setattr(warmup, "running", lambda: True)
-    monkeypatch.setattr(warmup, "_NEXT_PROBE", {})
-
-    def no_numba(*args, **kwargs):
-        raise AssertionError("numba ran while its code was being compiled")
-
-    monkeypatch.setattr(noise_cpu, "_run", no_numba)
-    monkeypatch.setattr(cpu, "_run", no_numba)
-    yield started
-    warmup.READY.clear()
-    warmup.READY.update(ready)
-    cpu.PARALLEL_COLD.clear()
+    """This process as on a fresh install (tests/coldstart.py)."""
+    yield from cold_process(monkeypatch)
 
 
 def _draws(n: int, seed: int, offset: int) -> dict[str, torch.Tensor]:
@@ -207,7 +176,7 @@ def test_fresh_install_first_gaussian_dropout_is_served_at_once_with_numba_s_bit
     compiles nothing in the calling process, is served by the fallback, and gives the bits the
     warm numba path gives for the same seed."""
     out_file = tmp_path / "first.pt"
-    env = _env(NUMBA_CACHE_DIR=str(tmp_path / "numba"), DROPKIT_NATIVE="0")
+    env = child_env(NUMBA_CACHE_DIR=str(tmp_path / "numba"), DROPKIT_NATIVE="0")
     out = subprocess.run(
         [sys.executable, "-c", _FIRST_CALL, str(out_file)],
         env=env,
